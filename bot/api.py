@@ -1,0 +1,365 @@
+"""The public Python API: launch, answer, decide, post results, continue, read, fork.
+
+Every method that writes appends one event and wakes the thread's runner;
+none waits for the agent. A write that does not fit what the thread waits for
+raises a `Refused` error and writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from store import DuplicateKey, EventStore, SeqConflict, ThreadRow
+
+from .context import DEFAULT_SYSTEM_PROMPT
+from .errors import AlreadyAnswered, NotAllowed, NotWaiting, UsageError
+from .events import Approval, Event, HumanResponse, Source, ToolResult, UserMessage
+from .log import ThreadLog
+from .model import Model
+from .render import thread_json, thread_markdown
+from .runner import Outbound, Runner
+from .thread import HUMAN_INPUT, OpenCall, ThreadState, derive
+from .tools import Toolbox
+
+__all__ = ["OPERATOR_CHANNELS", "Receipt", "ThreadBot", "ThreadView"]
+
+OPERATOR_CHANNELS = frozenset({"http", "cli", "api", "system"})
+"""Sources that are authenticated as the operator (API token, shell access):
+they may answer and decide anything."""
+
+Kind = Literal["question", "approval", "result"]
+
+_KIND_NOUN = {"question": "an answer", "approval": "a decision", "result": "a result"}
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    thread_id: str
+    seq: int
+    duplicate: bool = False
+    """True when the delivery key was seen before and nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    id: str
+    state: ThreadState
+    events: list[Event]
+
+    def json(self) -> dict[str, Any]:
+        return thread_json(self.id, self.state, self.events)
+
+    def markdown(self) -> str:
+        return thread_markdown(self.id, self.state, self.events)
+
+
+def _kind_of(c: OpenCall) -> Kind | None:
+    if c.call.name == HUMAN_INPUT:
+        return "question"
+    if c.deferred:
+        return "result"
+    if c.call.requires_approval and c.approval is None:
+        return "approval"
+    return None
+
+
+def participants(events: Iterable[Event]) -> set[str]:
+    """Everyone who has written in the thread."""
+    return {
+        e.source.user
+        for e in events
+        if isinstance(e, UserMessage | HumanResponse) and e.source.user is not None
+    }
+
+
+MayAnswer = Callable[[ThreadState, list[Event], OpenCall, Source], bool]
+
+
+class ThreadBot:
+    def __init__(
+        self,
+        store: EventStore,
+        model: Model,
+        tools: Toolbox | None = None,
+        *,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_turns: int = 25,
+        max_errors: int = 3,
+        retry_delay: float = 1.0,
+        outbound: Mapping[str, Outbound] | None = None,
+        approvers: Mapping[str, Collection[str]] | None = None,
+        may_answer: MayAnswer | None = None,
+    ) -> None:
+        self.store = store
+        self.log = ThreadLog(store)
+        self.model = model
+        self.tools = tools or Toolbox()
+        self.approvers = {k: frozenset(v) for k, v in (approvers or {}).items()}
+        self.may_answer = may_answer or self._default_may_answer
+        self.runner = Runner(
+            self.log,
+            model,
+            self.tools,
+            system_prompt=system_prompt,
+            max_turns=max_turns,
+            max_errors=max_errors,
+            retry_delay=retry_delay,
+            outbound=outbound,
+        )
+
+    # -- launching and continuing ------------------------------------------
+
+    async def launch(
+        self,
+        text: str,
+        *,
+        source: Source | None = None,
+        key: str | None = None,
+        routes: Iterable[str] = (),
+    ) -> str:
+        """Start a thread; the agent runs in the background. Returns its id.
+        With a `key` already used, returns the thread that key started."""
+        if not text.strip():
+            raise UsageError("a thread starts with a non-empty message")
+        first = UserMessage(text=text, source=source or Source(channel="api"), key=key)
+        thread_id = uuid.uuid4().hex[:16]
+        try:
+            self.log.create(thread_id, [first], routes=routes)
+        except DuplicateKey as e:
+            return e.thread_id
+        self.runner.kick(thread_id)
+        return thread_id
+
+    async def send(
+        self, thread_id: str, text: str, *, source: Source | None = None, key: str | None = None
+    ) -> Receipt:
+        """Continue a thread with a new message: after an answer, after a
+        failure, or while the agent is working. A thread waiting for a person
+        takes an answer or a decision instead."""
+        if not text.strip():
+            raise UsageError("a message cannot be empty")
+        event = UserMessage(text=text, source=source or Source(channel="api"), key=key)
+
+        def build(state: ThreadState, events: list[Event]) -> Event:
+            if state.pending is not None and state.pending.kind != "result":
+                raise NotWaiting(
+                    f"thread {thread_id} is {state.status} (call {state.pending.call_id}); "
+                    f"send {_KIND_NOUN[state.pending.kind]} instead of a new message"
+                )
+            return event
+
+        return await self._write(thread_id, key, build)
+
+    # -- settling what the thread waits for ----------------------------------
+
+    async def respond(
+        self,
+        thread_id: str,
+        text: str,
+        *,
+        call_id: str | None = None,
+        option: str | None = None,
+        source: Source | None = None,
+        key: str | None = None,
+    ) -> Receipt:
+        """Answer a question the agent asked (`request_human_input`)."""
+        src = source or Source(channel="api")
+
+        def make(c: OpenCall) -> Event:
+            return HumanResponse(
+                call_id=c.call.call_id, text=text, option=option, source=src, key=key
+            )
+
+        return await self._settle(thread_id, "question", call_id, src, make, key)
+
+    async def decide(
+        self,
+        thread_id: str,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        call_id: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        source: Source | None = None,
+        key: str | None = None,
+    ) -> Receipt:
+        """Approve or reject a call waiting for approval. A rejection's
+        comment reaches the model; an approval may edit the arguments."""
+        src = source or Source(channel="api")
+
+        def make(c: OpenCall) -> Event:
+            if arguments is not None:
+                t = self.tools.get(c.call.name)
+                if t is not None and (problem := t.validate(arguments)) is not None:
+                    raise UsageError(f"edited arguments do not fit {c.call.name}: {problem}")
+            return Approval(
+                call_id=c.call.call_id,
+                approved=approved,
+                comment=comment,
+                arguments=arguments if approved else None,
+                source=src,
+                key=key,
+            )
+
+        return await self._settle(thread_id, "approval", call_id, src, make, key)
+
+    async def post_result(
+        self,
+        thread_id: str,
+        call_id: str,
+        output: Any,
+        *,
+        is_error: bool = False,
+        source: Source | None = None,
+        key: str | None = None,
+    ) -> Receipt:
+        """Post the outcome of a deferred call."""
+        src = source or Source(channel="api")
+
+        def make(c: OpenCall) -> Event:
+            return ToolResult(
+                call_id=c.call.call_id, output=output, is_error=is_error, source=src, key=key
+            )
+
+        return await self._settle(thread_id, "result", call_id, src, make, key)
+
+    async def _settle(
+        self,
+        thread_id: str,
+        kind: Kind,
+        call_id: str | None,
+        source: Source,
+        make: Callable[[OpenCall], Event],
+        key: str | None,
+    ) -> Receipt:
+        def build(state: ThreadState, events: list[Event]) -> Event:
+            c = self._find(thread_id, state, kind, call_id)
+            if not self.may_answer(state, events, c, source):
+                raise NotAllowed(
+                    f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}"
+                )
+            return make(c)
+
+        return await self._write(thread_id, key, build)
+
+    def _find(
+        self, thread_id: str, state: ThreadState, kind: Kind, call_id: str | None
+    ) -> OpenCall:
+        if call_id is not None:
+            for c in state.open_calls:
+                if c.call.call_id == call_id:
+                    if _kind_of(c) != kind:
+                        waits = _kind_of(c)
+                        raise NotWaiting(
+                            f"call {call_id} waits for "
+                            f"{_KIND_NOUN[waits] if waits else 'nothing: it is running'}, "
+                            f"not {_KIND_NOUN[kind]}"
+                        )
+                    return c
+            if (r := state.resolved.get(call_id)) is not None:
+                by = r.source.who() if r.source else "threadbot"
+                raise AlreadyAnswered(f"call {call_id} was already settled ({r.kind}) by {by}", by)
+            raise NotWaiting(f"thread {thread_id} has no call {call_id}")
+        for c in state.open_calls:
+            if _kind_of(c) == kind:
+                return c
+        # Nothing of that kind is open: say who settled the last one, if anyone.
+        wanted = {
+            "question": ("answer",),
+            "approval": ("approved", "rejected"),
+            "result": ("result",),
+        }[kind]
+        last = max(
+            (r for r in state.resolved.values() if r.kind in wanted),
+            key=lambda r: r.seq,
+            default=None,
+        )
+        message = f"thread {thread_id} is {state.status}, not waiting for {_KIND_NOUN[kind]}"
+        if last is not None and last.source is not None:
+            by = last.source.who()
+            raise AlreadyAnswered(f"{message}; the last one came from {by}", by)
+        raise NotWaiting(message)
+
+    def _default_may_answer(
+        self, state: ThreadState, events: list[Event], c: OpenCall, source: Source
+    ) -> bool:
+        if source.channel in OPERATOR_CHANNELS:
+            return True
+        user = source.user
+        if user is None:
+            return False
+        if c.call.requires_approval and _kind_of(c) == "approval":
+            allowed = set(c.call.approvers) or set(self.approvers.get(source.channel, ()))
+            if not allowed and state.origin is not None and state.origin.user:
+                allowed = {state.origin.user}
+            return user in allowed
+        return user in participants(events) or user in self.approvers.get(source.channel, ())
+
+    async def _write(
+        self,
+        thread_id: str,
+        key: str | None,
+        build: Callable[[ThreadState, list[Event]], Event],
+    ) -> Receipt:
+        """Check against the thread as it is and append; on a race, check
+        again against what the other writer left."""
+        # A redelivery is answered before any check: the thread has moved on
+        # since the original, and the original's result is what the caller wants.
+        if key is not None and (found := self.store.find_key(key)) is not None:
+            return Receipt(found[0], found[1], duplicate=True)
+        events = self.log.load(thread_id)
+        while True:
+            new = build(derive(events), events)
+            try:
+                events = self.log.append(thread_id, events, [new])
+            except DuplicateKey as e:
+                return Receipt(e.thread_id, e.seq, duplicate=True)
+            except SeqConflict:
+                # Someone else wrote first: check again against what is there now.
+                events = self.log.refresh(thread_id, events)
+                continue
+            self.runner.kick(thread_id)
+            return Receipt(thread_id, len(events) - 1)
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, thread_id: str) -> ThreadView:
+        events = self.log.load(thread_id)
+        return ThreadView(thread_id, derive(events), events)
+
+    def threads(self, *, status: str | None = None, limit: int = 100) -> list[ThreadRow]:
+        return self.store.threads(status=status, limit=limit)
+
+    async def fork(self, thread_id: str, at: int) -> str:
+        """A new thread holding a copy of events 0..at, pointing at its parent.
+        It runs from there like any thread (delivery keys are not copied)."""
+        events = self.log.load(thread_id, upto=at)
+        if at < 0 or at >= len(events):
+            raise UsageError(f"thread {thread_id} has no event {at} (it has 0..{len(events) - 1})")
+        copies = [e.model_copy(update={"key": None}) for e in events]
+        new_id = uuid.uuid4().hex[:16]
+        self.log.create(new_id, copies, parent=(thread_id, at))
+        self.runner.kick(new_id)
+        return new_id
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def resume_all(self) -> list[str]:
+        """At start-up: every thread left `running` gets a run."""
+        ids = self.store.thread_ids(status="running")
+        for thread_id in ids:
+            self.runner.kick(thread_id)
+        return ids
+
+    async def settle(self, thread_id: str | None = None) -> None:
+        """Wait until the thread's run (or every run) has paused or stopped."""
+        if thread_id is None:
+            await self.runner.settle_all()
+        else:
+            await self.runner.settle(thread_id)
+
+    async def close(self) -> None:
+        await self.runner.shutdown()

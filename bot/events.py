@@ -1,0 +1,197 @@
+"""The events of a thread: the only state threadbot has.
+
+A thread is an append-only list of these. Everything else (is it waiting, for
+whom, for which call, how many errors in a row) is derived from the list by
+`bot.thread.derive`. Events are immutable; one `TypeAdapter` reads and writes
+them all.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "Approval",
+    "AssistantMessage",
+    "Delivered",
+    "Error",
+    "Event",
+    "HumanResponse",
+    "Source",
+    "ToolCall",
+    "ToolDeferred",
+    "ToolResult",
+    "ToolStarted",
+    "UserMessage",
+    "dump_event",
+    "load_event",
+    "load_events",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Source(BaseModel):
+    """Who said something, and where: the audit trail of every human event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    """`http`, `cli`, `slack`, `email`, `system`..."""
+    user: str | None = None
+    """The platform's id for the person (Slack user id, email address)."""
+    name: str | None = None
+    """A display name, when the platform gives one."""
+    refs: dict[str, str] = Field(default_factory=dict)
+    """Platform references: Slack channel and ts, email Message-ID."""
+
+    def who(self) -> str:
+        return self.name or self.user or self.channel
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ts: datetime = Field(default_factory=_now)
+    key: str | None = None
+    """The inbound delivery id (Slack event_id, email Message-ID, HTTP
+    Idempotency-Key). Unique across the store: a redelivery is a no-op."""
+
+
+class UserMessage(_Base):
+    """A person said something that is not the answer to a pending question."""
+
+    type: Literal["user_message"] = "user_message"
+    text: str
+    source: Source
+
+
+class AssistantMessage(_Base):
+    """The model's plain reply: the agent is done until someone writes again."""
+
+    type: Literal["assistant_message"] = "assistant_message"
+    text: str
+
+
+class ToolCall(_Base):
+    """The model (or threadbot itself, when it escalates) chose a tool."""
+
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    text: str | None = None
+    """What the model said alongside its calls; kept on the first call of a batch."""
+    requires_approval: bool = False
+    """Copied from the tool's definition when the call was made."""
+    approvers: tuple[str, ...] = ()
+    """Who may approve, copied from the tool's definition; empty means the
+    channel's default (its approvers, else the person who started the thread)."""
+
+
+class ToolStarted(_Base):
+    """A non-idempotent tool began. Written before the side effect, so a crash
+    after it is known: the outcome is unknown and the tool is not run again."""
+
+    type: Literal["tool_started"] = "tool_started"
+    call_id: str
+
+
+class ToolDeferred(_Base):
+    """The tool handed back a deferred result: the outcome is posted later."""
+
+    type: Literal["tool_deferred"] = "tool_deferred"
+    call_id: str
+    note: str | None = None
+
+
+class ToolResult(_Base):
+    """A tool's output, or its compact error."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    output: Any = None
+    is_error: bool = False
+    source: Source | None = None
+    """Set when the result was posted from outside (a deferred result)."""
+
+
+class HumanResponse(_Base):
+    """The answer to a `request_human_input` call."""
+
+    type: Literal["human_response"] = "human_response"
+    call_id: str
+    text: str
+    option: str | None = None
+    """The option chosen, when the question offered options."""
+    source: Source
+
+
+class Approval(_Base):
+    """The decision on a call that required approval."""
+
+    type: Literal["approval"] = "approval"
+    call_id: str
+    approved: bool
+    comment: str | None = None
+    arguments: dict[str, Any] | None = None
+    """Arguments edited by the approver; the call runs with these instead of
+    the model's, and the thread keeps both."""
+    source: Source
+
+
+class Delivered(_Base):
+    """A question, approval request or answer was posted to a channel."""
+
+    type: Literal["delivered"] = "delivered"
+    of_seq: int
+    """The seq of the event that was delivered."""
+    channel: str
+    refs: dict[str, str] = Field(default_factory=dict)
+    """Where it landed (Slack ts, email Message-ID): used to route replies."""
+
+
+class Error(_Base):
+    """A model or system error in compact form; the model sees it."""
+
+    type: Literal["error"] = "error"
+    message: str
+    kind: str = "model"
+    fatal: bool = False
+    """A fatal error stops the thread (`failed`) until someone writes again."""
+
+
+Event = Annotated[
+    UserMessage
+    | AssistantMessage
+    | ToolCall
+    | ToolStarted
+    | ToolDeferred
+    | ToolResult
+    | HumanResponse
+    | Approval
+    | Delivered
+    | Error,
+    Field(discriminator="type"),
+]
+
+_ONE: TypeAdapter[Event] = TypeAdapter(Event)
+_MANY: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def dump_event(event: Event) -> str:
+    return _ONE.dump_json(event, exclude_none=True).decode()
+
+
+def load_event(body: str | bytes) -> Event:
+    return _ONE.validate_json(body)
+
+
+def load_events(bodies: list[str]) -> list[Event]:
+    """Parse a thread's rows in one pass (one JSON array, one validation)."""
+    return _MANY.validate_json("[" + ",".join(bodies) + "]")

@@ -1,0 +1,1 @@
+"""Example tools modules. Point `THREADBOT_TOOLS` at your own."""

@@ -1,0 +1,177 @@
+"""The model behind a small protocol: the real one over the `openai` SDK, and
+a scripted one that replays canned replies (tests, the offline demo).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from .errors import ModelError
+
+__all__ = [
+    "Model",
+    "ModelCall",
+    "ModelReply",
+    "OpenAIModel",
+    "ScriptedModel",
+    "ask",
+    "call",
+    "say",
+]
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    id: str
+    name: str
+    arguments: str
+    """The JSON text the model wrote; parsed (and checked) by the runner."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    text: str | None = None
+    calls: tuple[ModelCall, ...] = ()
+
+
+class Model(Protocol):
+    name: str
+    """Shown at start-up and in the thread's errors."""
+
+    async def complete(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> ModelReply: ...
+
+
+class OpenAIModel:
+    """Chat Completions with tools, on OpenAI or any compatible server.
+
+    The SDK does transport, retries with backoff on 429/5xx and connection
+    errors, timeouts and response parsing. The request body is serialized here:
+    `chat.completions.create()` validates and transforms every message of the
+    context on every call, which in a long thread costs more than the rest of
+    a resume put together.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        self.model = model
+        self.name = f"{model} via {base_url or 'api.openai.com'}"
+        self.client = client or openai.AsyncOpenAI(
+            # Local servers (Ollama, vLLM, llama.cpp) accept any key.
+            api_key=api_key or "unused",
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self._model_json = json.dumps(model)
+        self._tools_cache: tuple[int, str] | None = None
+
+    def _tools_json(self, tools: Sequence[dict[str, Any]]) -> str:
+        if self._tools_cache is None or self._tools_cache[0] != id(tools):
+            self._tools_cache = (id(tools), json.dumps(list(tools)))
+        return self._tools_cache[1]
+
+    def body(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]) -> bytes:
+        parts = ['{"model":', self._model_json, ',"messages":', json.dumps(list(messages))]
+        if tools:
+            parts += [',"tools":', self._tools_json(tools)]
+        parts.append("}")
+        return "".join(parts).encode()
+
+    async def complete(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> ModelReply:
+        try:
+            completion = await self.client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                content=self.body(messages, tools),
+                options={"headers": {"Content-Type": "application/json"}},
+            )
+        except openai.APIStatusError as e:
+            # Retrying cannot fix a bad key, a missing model or a bad request.
+            fatal = e.status_code in (400, 401, 403, 404, 422)
+            raise ModelError(f"model error {e.status_code}: {_brief(e)}", fatal=fatal) from e
+        except openai.APIError as e:
+            raise ModelError(f"model unreachable: {_brief(e)}") from e
+        if not completion.choices:
+            raise ModelError("model returned no choices")
+        message = completion.choices[0].message
+        calls = tuple(
+            ModelCall(c.id, c.function.name, c.function.arguments or "{}")
+            for c in message.tool_calls or ()
+            if c.type == "function"
+        )
+        return ModelReply(text=message.content, calls=calls)
+
+
+def _brief(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+# -- scripted ------------------------------------------------------------------
+
+Script = ModelReply | Callable[[Sequence[Message]], ModelReply]
+
+
+@dataclass
+class ScriptedModel:
+    """Replays canned replies in order; a reply may be a function of the
+    messages. Records every request. Never an LLM, and says so."""
+
+    replies: deque[Script] = field(default_factory=deque)
+    name: str = "scripted model (canned replies, not an LLM)"
+    requests: list[list[Message]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, *replies: Script) -> ScriptedModel:
+        return cls(deque(replies))
+
+    def enqueue(self, *replies: Script) -> None:
+        self.replies.extend(replies)
+
+    async def complete(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> ModelReply:
+        self.requests.append(list(messages))
+        if not self.replies:
+            raise ModelError("the scripted model has no reply left")
+        reply = self.replies.popleft()
+        return reply(messages) if callable(reply) else reply
+
+
+def call(name: str, /, **arguments: Any) -> ModelReply:
+    return ModelReply(
+        calls=(ModelCall(f"call_{uuid.uuid4().hex[:12]}", name, json.dumps(arguments)),)
+    )
+
+
+def ask(question: str, options: Iterable[str] | None = None) -> ModelReply:
+    args: dict[str, Any] = {"question": question}
+    if options is not None:
+        args["options"] = list(options)
+    return call("request_human_input", **args)
+
+
+def say(text: str) -> ModelReply:
+    return ModelReply(text=text)

@@ -1,0 +1,119 @@
+"""A thread for people (Markdown) and for programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .events import (
+    Approval,
+    AssistantMessage,
+    Delivered,
+    Error,
+    Event,
+    HumanResponse,
+    ToolCall,
+    ToolDeferred,
+    ToolResult,
+    ToolStarted,
+    UserMessage,
+)
+from .thread import HUMAN_INPUT, Pending, ThreadState
+
+__all__ = ["event_json", "pending_json", "thread_json", "thread_markdown"]
+
+
+def pending_json(p: Pending | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    out: dict[str, Any] = {"call_id": p.call_id, "kind": p.kind, "seq": p.seq}
+    if p.kind == "question":
+        out["question"] = p.question
+        out["options"] = p.options
+    else:
+        out["tool"] = p.name
+        out["arguments"] = p.arguments
+        if p.approvers:
+            out["approvers"] = list(p.approvers)
+    return out
+
+
+def event_json(seq: int, e: Event) -> dict[str, Any]:
+    return {"seq": seq, **e.model_dump(mode="json", exclude_none=True)}
+
+
+def thread_json(thread_id: str, state: ThreadState, events: Sequence[Event]) -> dict[str, Any]:
+    return {
+        "id": thread_id,
+        "status": state.status,
+        "title": state.title,
+        "pending": pending_json(state.pending),
+        "events": [event_json(i, e) for i, e in enumerate(events)],
+    }
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines() or [""])
+
+
+def _args(arguments: dict[str, Any]) -> str:
+    return "`" + json.dumps(arguments, ensure_ascii=False) + "`"
+
+
+def _line(e: Event) -> str | None:
+    match e:
+        case UserMessage():
+            return f"**{e.source.who()}** ({e.source.channel}):\n\n{_quote(e.text)}"
+        case AssistantMessage():
+            return f"**threadbot**:\n\n{_quote(e.text)}"
+        case ToolCall() if e.name == HUMAN_INPUT:
+            q = str(e.arguments.get("question", ""))
+            opts = e.arguments.get("options")
+            line = f"**threadbot asks** (`{e.call_id}`): {q}"
+            return line + (f"  \nOptions: {', '.join(map(str, opts))}" if opts else "")
+        case ToolCall():
+            gate = " — *needs approval*" if e.requires_approval else ""
+            prefix = f"**threadbot**: {e.text}\n\n" if e.text else ""
+            return f"{prefix}🔧 `{e.name}` {_args(e.arguments)} (`{e.call_id}`){gate}"
+        case ToolStarted():
+            return f"▶ `{e.call_id}` started"
+        case ToolDeferred():
+            return f"⏳ `{e.call_id}` deferred" + (f": {e.note}" if e.note else "")
+        case ToolResult():
+            mark = "✗ error" if e.is_error else "✓ result"
+            out = e.output if isinstance(e.output, str) else json.dumps(e.output)
+            by = f" (posted by {e.source.who()})" if e.source else ""
+            return f"{mark} `{e.call_id}`{by}: {out}"
+        case HumanResponse():
+            return f"**{e.source.who()}** answered (`{e.call_id}`):\n\n{_quote(e.text)}"
+        case Approval():
+            verdict = "✅ approved" if e.approved else "❌ rejected"
+            line = f"{verdict} `{e.call_id}` by **{e.source.who()}**"
+            if e.comment:
+                line += f": {e.comment}"
+            if e.arguments is not None:
+                line += f" — with edited arguments {_args(e.arguments)}"
+            return line
+        case Delivered():
+            return None
+        case Error():
+            return f"⚠ {'failed' if e.fatal else 'error'} ({e.kind}): {e.message}"
+
+
+def thread_markdown(thread_id: str, state: ThreadState, events: Sequence[Event]) -> str:
+    title = state.title or thread_id
+    lines = [f"# {title}", "", f"Thread `{thread_id}` — **{state.status}**", ""]
+    for e in events:
+        line = _line(e)
+        if line is not None:
+            lines += [f"<sub>{e.ts:%Y-%m-%d %H:%M:%S} UTC</sub>", "", line, ""]
+    p = state.pending
+    if p is not None:
+        if p.kind == "question":
+            lines.append(f"**Waiting for an answer** to `{p.call_id}`: {p.question}")
+        elif p.kind == "approval":
+            lines.append(f"**Waiting for approval** of `{p.name}` {_args(p.arguments)}")
+        else:
+            lines.append(f"**Waiting for the result** of `{p.name}` (`{p.call_id}`)")
+    return "\n".join(lines).rstrip() + "\n"

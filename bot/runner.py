@@ -1,0 +1,309 @@
+"""The runner: decide → perform one side effect → append its event → repeat.
+
+It keeps nothing between runs. Each run loads the thread, and stops when the
+derived state says wait or stop; a paused thread holds no task and no memory.
+At most one run per thread is active in a process; between processes, each
+append is checked against the seq its writer expected, so a stale writer
+reloads instead of writing over the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from store import SeqConflict
+
+from .context import build_messages
+from .errors import ModelError
+from .events import (
+    AssistantMessage,
+    Delivered,
+    Error,
+    Event,
+    ToolCall,
+    ToolDeferred,
+    ToolResult,
+    ToolStarted,
+)
+from .log import ThreadLog
+from .model import Model, ModelReply
+from .thread import (
+    HUMAN_INPUT,
+    CallModel,
+    Deliver,
+    Escalate,
+    Fail,
+    Interrupted,
+    OpenCall,
+    RunTool,
+    Stop,
+    ThreadState,
+    Wait,
+    derive,
+    next_step,
+)
+from .tools import Toolbox, ToolContext
+
+__all__ = ["Delivery", "Outbound", "Runner"]
+
+log = logging.getLogger("threadbot.runner")
+
+INTERRUPTED = (
+    "interrupted, outcome unknown: the tool started but threadbot stopped before it "
+    "reported; it was not run again. Check its effect before retrying."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a channel posted something: recorded in `delivered`."""
+
+    refs: dict[str, str] = field(default_factory=dict)
+    routes: tuple[str, ...] = ()
+    """References that should route replies to this thread."""
+
+
+class Outbound(Protocol):
+    """A channel that delivers questions, approval requests and answers."""
+
+    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery: ...
+
+
+class Runner:
+    def __init__(
+        self,
+        log_: ThreadLog,
+        model: Model,
+        tools: Toolbox,
+        *,
+        system_prompt: str,
+        max_turns: int = 25,
+        max_errors: int = 3,
+        retry_delay: float = 1.0,
+        outbound: Mapping[str, Outbound] | None = None,
+    ) -> None:
+        self.log = log_
+        self.model = model
+        self.tools = tools
+        self.system_prompt = system_prompt
+        self.max_turns = max_turns
+        self.max_errors = max_errors
+        self.retry_delay = retry_delay
+        self.outbound = dict(outbound or {})
+        self._schemas = tools.schemas()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+
+    # -- scheduling ---------------------------------------------------------
+
+    def kick(self, thread_id: str) -> None:
+        """Make sure the thread gets a run: start one, or have the active one
+        look again when it would stop."""
+        if thread_id in self._tasks:
+            self._again.add(thread_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(thread_id))
+        self._tasks[thread_id] = task
+
+    def active(self) -> list[str]:
+        return list(self._tasks)
+
+    async def settle(self, thread_id: str) -> None:
+        """Wait until no run of the thread is active."""
+        while (task := self._tasks.get(thread_id)) is not None:
+            await asyncio.shield(task)
+
+    async def settle_all(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*map(asyncio.shield, list(self._tasks.values())))
+
+    async def shutdown(self) -> None:
+        """Cancel active runs. Their threads stay `running` and resume at next start."""
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, thread_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(thread_id)
+                await self.run_until_paused(thread_id)
+                if thread_id not in self._again:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a tool or model error (those are events). The thread
+            # keeps its status and is picked up again at the next start.
+            log.exception("thread %s: the run crashed", thread_id)
+        finally:
+            self._tasks.pop(thread_id, None)
+
+    # -- one run ------------------------------------------------------------
+
+    async def run_until_paused(self, thread_id: str) -> ThreadState:
+        events = self.log.load(thread_id)
+        while True:
+            state = derive(events)
+            step = next_step(
+                state,
+                max_turns=self.max_turns,
+                max_errors=self.max_errors,
+                outbound=frozenset(self.outbound),
+            )
+            match step:
+                case Wait() | Stop():
+                    return state
+                case CallModel():
+                    events = await self._call_model(thread_id, events, state)
+                case RunTool(call=c):
+                    events = await self._run_tool(thread_id, events, c)
+                case Interrupted(call=c):
+                    result = ToolResult(call_id=c.call.call_id, output=INTERRUPTED, is_error=True)
+                    events = self._try_append(thread_id, events, [result])
+                case Escalate(reason=reason):
+                    ask = ToolCall(
+                        call_id=f"escalate_{uuid.uuid4().hex[:12]}",
+                        name=HUMAN_INPUT,
+                        arguments={"question": reason},
+                    )
+                    events = self._try_append(thread_id, events, [ask])
+                case Fail(reason=reason):
+                    err = Error(message=reason, kind="limit", fatal=True)
+                    events = self._try_append(thread_id, events, [err])
+                case Deliver():
+                    delivered = await self._deliver(thread_id, events, step)
+                    if delivered is None:
+                        return state
+                    events = delivered
+
+    def _try_append(self, thread_id: str, events: list[Event], new: Sequence[Event]) -> list[Event]:
+        """Append; if another writer got there first, return the fresh thread
+        instead, so that the caller decides again on what is there now."""
+        try:
+            return self.log.append(thread_id, events, new)
+        except SeqConflict:
+            return self.log.refresh(thread_id, events)
+
+    def _append_outcome(
+        self, thread_id: str, events: list[Event], new: Sequence[Event], call_id: str
+    ) -> list[Event]:
+        """Append what a side effect produced; it happened, so it must not be
+        lost to a concurrent append. Dropped only if the call was settled
+        meanwhile by someone else."""
+        while True:
+            try:
+                return self.log.append(thread_id, events, new)
+            except SeqConflict:
+                events = self.log.refresh(thread_id, events)
+                if call_id in derive(events).resolved:
+                    log.warning("thread %s: call %s settled elsewhere", thread_id, call_id)
+                    return events
+
+    async def _call_model(
+        self, thread_id: str, events: list[Event], state: ThreadState
+    ) -> list[Event]:
+        if state.consecutive_errors:
+            await asyncio.sleep(min(30.0, self.retry_delay * 2 ** (state.consecutive_errors - 1)))
+        messages = build_messages(events, self.system_prompt)
+        try:
+            reply = await self.model.complete(messages, self._schemas)
+        except ModelError as e:
+            new: list[Event] = [Error(message=str(e), kind="model", fatal=e.fatal)]
+        else:
+            new = self._reply_events(events, reply)
+        try:
+            return self.log.append(thread_id, events, new)
+        except SeqConflict:
+            fresh = self.log.refresh(thread_id, events)
+            if all(isinstance(e, Delivered) for e in fresh[len(events) :]):
+                # Only bookkeeping arrived meanwhile: the reply still fits.
+                return self._try_append(thread_id, fresh, new)
+            return fresh  # someone spoke meanwhile: ask the model again
+
+    def _reply_events(self, events: Sequence[Event], reply: ModelReply) -> list[Event]:
+        if not reply.calls:
+            if not reply.text:
+                return [Error(message="the model returned an empty reply", kind="model")]
+            return [AssistantMessage(text=reply.text)]
+        taken = {e.call_id for e in events if isinstance(e, ToolCall)}
+        calls: list[Event] = []
+        errors: list[Event] = []
+        for i, mc in enumerate(reply.calls):
+            call_id = mc.id or f"call_{uuid.uuid4().hex[:12]}"
+            if call_id in taken:  # some servers number calls from 0 every time
+                call_id = f"{call_id}_{uuid.uuid4().hex[:8]}"
+            taken.add(call_id)
+            problem: str | None = None
+            try:
+                arguments = json.loads(mc.arguments or "{}")
+            except json.JSONDecodeError as e:
+                arguments, problem = {}, f"arguments are not valid JSON: {e}"
+            if not isinstance(arguments, dict):
+                arguments, problem = {}, "arguments must be a JSON object"
+            t = self.tools.get(mc.name)
+            if t is None:
+                problem = f"unknown tool {mc.name!r}; available: {', '.join(self.tools.names())}"
+            elif problem is None:
+                problem = t.validate(arguments)
+            calls.append(
+                ToolCall(
+                    call_id=call_id,
+                    name=mc.name,
+                    arguments=arguments,
+                    text=reply.text if i == 0 else None,
+                    requires_approval=bool(t and t.requires_approval) and problem is None,
+                    approvers=t.approvers if t else (),
+                )
+            )
+            if problem is not None:
+                # Invalid calls never reach an approver: the model corrects them first.
+                errors.append(ToolResult(call_id=call_id, output=problem, is_error=True))
+        return calls + errors
+
+    async def _run_tool(self, thread_id: str, events: list[Event], c: OpenCall) -> list[Event]:
+        call_id = c.call.call_id
+        t = self.tools.get(c.call.name)
+        if t is None:
+            result = ToolResult(
+                call_id=call_id, output=f"tool {c.call.name!r} is not available", is_error=True
+            )
+            return self._append_outcome(thread_id, events, [result], call_id)
+        if not t.idempotent:
+            try:
+                events = self.log.append(thread_id, events, [ToolStarted(call_id=call_id)])
+            except SeqConflict:
+                return self.log.refresh(thread_id, events)
+        approved_by = c.approval.source.who() if c.approval else None
+        outcome = await t.invoke(c.arguments, ToolContext(thread_id, call_id, approved_by))
+        done: Event
+        if outcome.deferred:
+            done = ToolDeferred(call_id=call_id, note=outcome.output)
+        else:
+            done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
+        return self._append_outcome(thread_id, events, [done], call_id)
+
+    async def _deliver(
+        self, thread_id: str, events: list[Event], step: Deliver
+    ) -> list[Event] | None:
+        channel = self.outbound[step.channel]
+        try:
+            delivery = await channel.deliver(thread_id, events, step.seq)
+        except Exception:
+            log.exception(
+                "thread %s: delivering #%d to %s failed", thread_id, step.seq, step.channel
+            )
+            return None
+        record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
+        while True:
+            try:
+                return self.log.append(thread_id, events, [record], routes=delivery.routes)
+            except SeqConflict:
+                events = self.log.refresh(thread_id, events)

@@ -1,0 +1,275 @@
+"""Tools: plain typed Python functions the model may call.
+
+    from bot import tool
+
+    @tool(requires_approval=True)
+    def deploy(service: str, version: str) -> str:
+        "Deploy a service at a version."
+        ...
+
+Arguments are validated by pydantic against the signature. A parameter typed
+`ToolContext` receives the call's context (its `call_id` doubles as an
+idempotency key for downstream systems). Tools are not idempotent unless
+declared so: threadbot then records `tool_started` before running one and never
+runs it twice, even across a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .errors import ToolError, UsageError
+from .thread import HUMAN_INPUT
+
+__all__ = ["Deferred", "Tool", "ToolContext", "Toolbox", "load_tools", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    thread_id: str
+    call_id: str
+    """Unique per call: pass it on as an idempotency key."""
+    approved_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Return this from a tool whose outcome arrives later (a long job run
+    elsewhere). The thread waits until the result is posted with the call id."""
+
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    output: Any
+    is_error: bool = False
+    deferred: bool = False
+
+
+class Tool:
+    """A registered tool. Calling it calls the function, unchanged."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        requires_approval: bool = False,
+        idempotent: bool = False,
+        approvers: Iterable[str] = (),
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = description or inspect.cleandoc(fn.__doc__ or "") or self.name
+        self.requires_approval = requires_approval
+        self.idempotent = idempotent
+        self.approvers = tuple(approvers)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._context_param: str | None = None
+        self.arguments_model = self._model_from_signature(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+    def _model_from_signature(self, fn: Callable[..., Any]) -> type[BaseModel]:
+        try:
+            hints = get_type_hints(fn)
+        except NameError as e:
+            raise UsageError(f"tool {self.name}: cannot resolve a type hint: {e}") from e
+        fields: dict[str, Any] = {}
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise UsageError(f"tool {self.name}: *args and **kwargs cannot be described")
+            annotation = hints.get(p.name)
+            if annotation is ToolContext:
+                self._context_param = p.name
+                continue
+            if annotation is None:
+                raise UsageError(f"tool {self.name}: parameter {p.name!r} needs a type hint")
+            default = ... if p.default is p.empty else p.default
+            fields[p.name] = (annotation, default)
+        return create_model(
+            f"{self.name}_arguments",
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+
+    def schema(self) -> dict[str, Any]:
+        """The Chat Completions `tools` entry."""
+        params = self.arguments_model.model_json_schema()
+        params.pop("title", None)
+        for prop in params.get("properties", {}).values():
+            prop.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
+
+    def validate(self, arguments: dict[str, Any]) -> str | None:
+        """None when the arguments fit, else a compact message for the model."""
+        try:
+            self.arguments_model.model_validate(arguments)
+        except ValidationError as e:
+            return _compact(e)
+        return None
+
+    async def invoke(self, arguments: dict[str, Any], ctx: ToolContext) -> Outcome:
+        """Run the tool. Invalid arguments, a `ToolError` or any exception
+        become an error outcome; a `Deferred` return marks the call deferred."""
+        try:
+            parsed = self.arguments_model.model_validate(arguments)
+        except ValidationError as e:
+            return Outcome(_compact(e), is_error=True)
+        kwargs = {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        if self._context_param is not None:
+            kwargs[self._context_param] = ctx
+        try:
+            if self.is_async:
+                result = await self.fn(**kwargs)
+            else:
+                # A blocking tool must not stall every other thread.
+                result = await asyncio.to_thread(self.fn, **kwargs)
+        except ToolError as e:
+            return Outcome(str(e), is_error=True)
+        except Exception as e:
+            return Outcome(f"{type(e).__name__}: {e}", is_error=True)
+        if isinstance(result, Deferred):
+            return Outcome(result.note, deferred=True)
+        if isinstance(result, BaseModel):
+            result = result.model_dump(mode="json")
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            result = str(result)
+        return Outcome(result)
+
+
+def _compact(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid arguments: " + "; ".join(parts)
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_approval: bool = False,
+    idempotent: bool = False,
+    approvers: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_approval: bool = False,
+    idempotent: bool = False,
+    approvers: Iterable[str] = (),
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Register a function as a tool: `@tool` or `@tool(requires_approval=True)`.
+
+    `approvers` names who may approve (platform user ids or email addresses);
+    by default the channel's approvers, else the person who started the thread.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            requires_approval=requires_approval,
+            idempotent=idempotent,
+            approvers=approvers,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def request_human_input(question: str, options: list[str] | None = None) -> str:
+    """Ask a person a question and wait for the answer. Use it when you lack
+    information or need a choice made; `options` offers choices to pick from."""
+    raise AssertionError("request_human_input never runs: the answer is its result")
+
+
+HUMAN_INPUT_TOOL = Tool(request_human_input, name=HUMAN_INPUT, idempotent=True)
+
+
+class Toolbox:
+    """The tools a bot offers its model, by name."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {HUMAN_INPUT: HUMAN_INPUT_TOOL}
+        for t in tools:
+            self.add(t)
+
+    def add(self, t: Tool) -> None:
+        if t.name in self._tools and self._tools[t.name] is not t:
+            raise UsageError(f"two tools are named {t.name!r}")
+        self._tools[t.name] = t
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [t.schema() for t in self._tools.values()]
+
+
+def _import(spec: str) -> ModuleType:
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec).resolve()
+        if not path.exists():
+            raise UsageError(f"tools file not found: {path}")
+        mod_name = f"threadbot_tools_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UsageError(f"cannot load tools from {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module
+        loader_spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"tools module {spec!r} not found: {e}") from e
+
+
+def load_tools(spec: str) -> Toolbox:
+    """Every `@tool` in a module (`package.module`) or a file (`path/tools.py`)."""
+    module = _import(spec)
+    found = [v for v in vars(module).values() if isinstance(v, Tool)]
+    if not found:
+        raise UsageError(f"{spec!r} defines no @tool functions")
+    return Toolbox(found)

@@ -1,0 +1,56 @@
+"""The schema, as sqlite-utils migrations applied in order at start-up."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("threadbot")
+
+
+@migrations()
+def m001_events_and_threads(db: Database) -> None:
+    # The event log is insert-only: a thread's whole state is its rows, in seq
+    # order. (thread_id, seq) as the primary key is what makes an append
+    # optimistic: two writers racing for the same next seq cannot both win.
+    db.table("events").create(
+        {
+            "thread_id": str,
+            "seq": int,
+            "type": str,
+            "key": str,
+            "body": str,
+        },
+        pk=("thread_id", "seq"),
+        not_null={"thread_id", "seq", "type", "body"},
+    )
+    # A delivery key (Slack event_id, email Message-ID, Idempotency-Key) is
+    # stored once: a redelivery fails this index and becomes a no-op.
+    db.table("events").create_index(["key"], unique=True, index_name="events_key")
+
+    # The only mutable rows: a projection of each thread's events for listing,
+    # written in the same transaction as the events and rebuildable from them.
+    db.table("threads").create(
+        {
+            "id": str,
+            "status": str,
+            "title": str,
+            "origin": str,
+            "created_at": str,
+            "updated_at": str,
+            "last_seq": int,
+            "parent_id": str,
+            "parent_seq": int,
+        },
+        pk="id",
+        not_null={"id", "status", "title", "origin", "created_at", "updated_at", "last_seq"},
+    )
+    db.table("threads").create_index(["status", "updated_at"], index_name="threads_status")
+
+    # Routing projection: a platform reference (Slack thread, email
+    # Message-ID) to the thread it belongs to.
+    db.table("routes").create(
+        {"ref": str, "thread_id": str},
+        pk="ref",
+        not_null={"ref", "thread_id"},
+    )

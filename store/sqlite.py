@@ -1,0 +1,230 @@
+"""The durable event log over SQLite.
+
+Rows are `thread_id, seq, type, key, body` where body is the event's JSON: the
+store knows nothing of what events mean. The caller hands in the thread's
+projection (status, title) with each append so that both land in one
+transaction.
+
+One `EventStore` owns one connection: use it from one thread (the event loop),
+or open one per thread of work. Several processes may share the file: WAL lets
+readers run beside the writer, and appends stay correct because each one is
+checked against the seq it expected.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from .errors import DuplicateKey, SeqConflict, UnknownThread
+from .migrations import migrations
+
+__all__ = ["EventStore", "NewRow", "ThreadRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    type: str
+    body: str
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRow:
+    id: str
+    status: str
+    title: str
+    origin: str
+    created_at: str
+    updated_at: str
+    last_seq: int
+    parent_id: str | None
+    parent_seq: int | None
+
+
+_THREAD_COLUMNS = (
+    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class EventStore:
+    def __init__(self, path: str | Path, *, durable: bool = True) -> None:
+        self.path = str(path)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db = Database(conn)
+        # Another process (the CLI beside a server) may hold the write lock
+        # for a moment; wait for it rather than fail.
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        # FULL: an acknowledged append survives a power cut, not only a crash.
+        self.db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def create(
+        self,
+        thread_id: str,
+        rows: Sequence[NewRow],
+        *,
+        status: str,
+        title: str,
+        origin: str,
+        parent: tuple[str, int] | None = None,
+        routes: Iterable[str] = (),
+    ) -> None:
+        """Start a thread with its first events (a launch, or a fork's copy)."""
+        now = _now()
+        try:
+            with self.db.atomic():
+                self.db.execute(
+                    f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [
+                        thread_id,
+                        status,
+                        title,
+                        origin,
+                        now,
+                        now,
+                        len(rows) - 1,
+                        parent[0] if parent else None,
+                        parent[1] if parent else None,
+                    ],
+                )
+                self._insert(thread_id, 0, rows, routes)
+        except sqlite3.IntegrityError:
+            self._raise_duplicate(rows)
+            raise
+
+    def append(
+        self,
+        thread_id: str,
+        expected_seq: int,
+        rows: Sequence[NewRow],
+        *,
+        status: str,
+        routes: Iterable[str] = (),
+    ) -> int:
+        """Append rows at `expected_seq`, `expected_seq + 1`, ... and return the
+        last seq. Raises `SeqConflict` when the thread has moved on since the
+        caller loaded it, and `DuplicateKey` when a row's key is already stored;
+        either way nothing is written."""
+        try:
+            with self.db.atomic():
+                cursor = self.db.execute(
+                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ? "
+                    "WHERE id = ? AND last_seq = ?",
+                    [status, _now(), expected_seq + len(rows) - 1, thread_id, expected_seq - 1],
+                )
+                if cursor.rowcount != 1:
+                    raise self._why_not(thread_id, expected_seq)
+                self._insert(thread_id, expected_seq, rows, routes)
+        except sqlite3.IntegrityError:
+            self._raise_duplicate(rows)
+            # The seq was taken by a writer that did not update the projection.
+            raise SeqConflict(thread_id, expected_seq) from None
+        return expected_seq + len(rows) - 1
+
+    def add_routes(self, thread_id: str, routes: Iterable[str]) -> None:
+        with self.db.atomic():
+            self._insert(thread_id, 0, (), routes)
+
+    def rebuild_projection(self, thread_id: str, *, status: str) -> None:
+        """Rewrite a thread's status from its events (after a code change)."""
+        with self.db.atomic():
+            last = self.db.execute(
+                "SELECT max(seq) FROM events WHERE thread_id = ?", [thread_id]
+            ).fetchone()[0]
+            self.db.execute(
+                "UPDATE threads SET status = ?, last_seq = ? WHERE id = ?",
+                [status, last, thread_id],
+            )
+
+    def _insert(
+        self, thread_id: str, first_seq: int, rows: Sequence[NewRow], routes: Iterable[str]
+    ) -> None:
+        self.db.conn.executemany(
+            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
+            [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
+        )
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)",
+            [(ref, thread_id) for ref in routes],
+        )
+
+    def _why_not(self, thread_id: str, expected_seq: int) -> Exception:
+        if self.thread(thread_id) is None:
+            return UnknownThread(thread_id)
+        return SeqConflict(thread_id, expected_seq)
+
+    def _raise_duplicate(self, rows: Sequence[NewRow]) -> None:
+        for row in rows:
+            if row.key is not None and (found := self.find_key(row.key)) is not None:
+                raise DuplicateKey(row.key, *found) from None
+
+    # -- reading ------------------------------------------------------------
+
+    def load(self, thread_id: str, *, upto: int | None = None) -> list[str]:
+        """The thread's event bodies in seq order (through `upto`, inclusive)."""
+        sql = "SELECT body FROM events WHERE thread_id = ? AND seq <= ? ORDER BY seq"
+        last = (1 << 62) if upto is None else upto
+        return [row[0] for row in self.db.execute(sql, [thread_id, last]).fetchall()]
+
+    def load_from(self, thread_id: str, seq: int) -> list[str]:
+        """The bodies from `seq` on: what another writer added since."""
+        return [
+            row[0]
+            for row in self.db.execute(
+                "SELECT body FROM events WHERE thread_id = ? AND seq >= ? ORDER BY seq",
+                [thread_id, seq],
+            ).fetchall()
+        ]
+
+    def thread(self, thread_id: str) -> ThreadRow | None:
+        row = self.db.execute(
+            f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", [thread_id]
+        ).fetchone()
+        return ThreadRow(*row) if row else None
+
+    def threads(
+        self, *, status: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[ThreadRow]:
+        """Threads by most recent activity, optionally of one status."""
+        where: list[str] = []
+        params: list[str | int] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if before is not None:
+            where.append("updated_at < ?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_THREAD_COLUMNS} FROM threads {clause} ORDER BY updated_at DESC LIMIT ?"
+        return [ThreadRow(*r) for r in self.db.execute(sql, [*params, limit]).fetchall()]
+
+    def thread_ids(self, *, status: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute("SELECT id FROM threads WHERE status = ?", [status]).fetchall()
+        ]
+
+    def find_key(self, key: str) -> tuple[str, int] | None:
+        row = self.db.execute("SELECT thread_id, seq FROM events WHERE key = ?", [key]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def route(self, ref: str) -> str | None:
+        row = self.db.execute("SELECT thread_id FROM routes WHERE ref = ?", [ref]).fetchone()
+        return row[0] if row else None
