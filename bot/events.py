@@ -27,6 +27,7 @@ __all__ = [
     "ToolStarted",
     "UserMessage",
     "dump_event",
+    "event_from_dict",
     "load_event",
     "load_events",
 ]
@@ -195,3 +196,8 @@ def load_event(body: str | bytes) -> Event:
 def load_events(bodies: list[str]) -> list[Event]:
     """Parse a thread's rows in one pass (one JSON array, one validation)."""
     return _MANY.validate_json("[" + ",".join(bodies) + "]")
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """An event from its JSON object (as the HTTP API shows it, `seq` and all)."""
+    return _ONE.validate_python(data)

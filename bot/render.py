@@ -18,10 +18,11 @@ from .events import (
     ToolResult,
     ToolStarted,
     UserMessage,
+    event_from_dict,
 )
 from .thread import HUMAN_INPUT, Pending, ThreadState
 
-__all__ = ["event_json", "pending_json", "thread_json", "thread_markdown"]
+__all__ = ["event_json", "event_line", "pending_json", "thread_json", "thread_markdown"]
 
 
 def pending_json(p: Pending | None) -> dict[str, Any] | None:
@@ -117,3 +118,13 @@ def thread_markdown(thread_id: str, state: ThreadState, events: Sequence[Event])
         else:
             lines.append(f"**Waiting for the result** of `{p.name}` (`{p.call_id}`)")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def event_line(data: dict[str, Any]) -> str | None:
+    """One event, from its JSON object, for a terminal."""
+    line = _line(event_from_dict(data))
+    return (
+        None
+        if line is None
+        else line.replace("**", "").replace("\n\n> ", " ").replace("\n> ", " / ")
+    )

@@ -1,0 +1,279 @@
+"""`threadbot`: serve, and work with threads from a shell.
+
+Commands other than `serve` talk to the running server when there is one at
+THREADBOT_HTTP (so the server's model and channels do the work); with no
+server they open the database and run the agent in this process until the
+thread pauses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import asyncio
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from .config import Settings
+from .errors import ThreadbotError
+
+__all__ = ["main"]
+
+
+class Remote:
+    """The HTTP API of a running server."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base = base.rstrip("/")
+        self.token = token
+
+    @classmethod
+    def find(cls, settings: Settings) -> Remote | None:
+        host, port = settings.host_port()
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        remote = cls(f"http://{host}:{port}", settings.api_token)
+        try:
+            answer = remote.call("GET", "/healthz", timeout=0.5)
+        except (OSError, ThreadbotError):
+            return None
+        return remote if isinstance(answer, dict) and answer.get("app") == "threadbot" else None
+
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                kind = response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("error", e.reason)
+            except ValueError:
+                message = e.reason
+            raise ThreadbotError(f"{e.code}: {message}") from None
+        return json.loads(raw) if "json" in kind else raw.decode()
+
+
+def _print_state(view: dict[str, Any], *, since: int = 0) -> None:
+    """New events in brief, then what the thread waits for and how to answer."""
+    from .render import event_line
+
+    for e in view["events"][since:]:
+        line = event_line(e)
+        if line:
+            print(line)
+    thread_id, status, pending = view["id"], view["status"], view["pending"]
+    print(f"\nthread {thread_id}: {status}")
+    if pending is None:
+        return
+    if pending["kind"] == "question":
+        print(f"  question: {pending['question']}")
+        if pending.get("options"):
+            print(f"  options:  {', '.join(pending['options'])}")
+        print(f'  answer:   threadbot reply {thread_id} "..."')
+    elif pending["kind"] == "approval":
+        print(f"  approval: {pending['tool']} {json.dumps(pending['arguments'])}")
+        print(f"  decide:   threadbot approve {thread_id}")
+        print(f'            threadbot reject {thread_id} --comment "why"')
+    else:
+        print(f"  waiting for the result of {pending['tool']} ({pending['call_id']})")
+        print(f"  post it:  threadbot result {thread_id} {pending['call_id']} '<json>'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="threadbot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", help="SQLite file (THREADBOT_DB, default ./threadbot.db)")
+    p.add_argument("--http", help="host:port of the server (THREADBOT_HTTP)")
+    p.add_argument("--tools", help="tools module or .py file (THREADBOT_TOOLS)")
+    p.add_argument("--model", help="model name, or 'demo' (THREADBOT_MODEL)")
+    p.add_argument(
+        "--local", action="store_true", help="work on the database even if a server runs"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="run the bot: HTTP API and channels")
+    s = sub.add_parser("launch", help="start a thread")
+    s.add_argument("text")
+    s = sub.add_parser("reply", help="answer the question a thread asks")
+    s.add_argument("id")
+    s.add_argument("text")
+    s.add_argument("--call-id")
+    s = sub.add_parser("approve", help="approve the call a thread waits on")
+    s.add_argument("id")
+    s.add_argument("--comment")
+    s.add_argument("--call-id")
+    s = sub.add_parser("reject", help="reject the call a thread waits on; the model reads why")
+    s.add_argument("id")
+    s.add_argument("--comment", required=True)
+    s.add_argument("--call-id")
+    s = sub.add_parser("result", help="post a deferred call's result (JSON or text)")
+    s.add_argument("id")
+    s.add_argument("call_id")
+    s.add_argument("output")
+    s.add_argument("--error", action="store_true", help="the result is an error")
+    s = sub.add_parser("send", help="continue a thread with a new message")
+    s.add_argument("id")
+    s.add_argument("text")
+    s = sub.add_parser("show", help="print a thread")
+    s.add_argument("id")
+    s.add_argument("--format", choices=("md", "json"), default="md")
+    s = sub.add_parser("threads", help="list threads")
+    s.add_argument("--status")
+    s.add_argument("--limit", type=int, default=50)
+    s = sub.add_parser("fork", help="copy a thread up to an event into a new thread")
+    s.add_argument("id")
+    s.add_argument("--at", type=int, required=True)
+    return p
+
+
+def _output(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """The HTTP call a command makes."""
+    c = args.command
+    user = {"user": "cli"}
+    if c == "launch":
+        return "POST", "/threads", {"text": args.text, **user}
+    if c == "reply":
+        return (
+            "POST",
+            f"/threads/{args.id}/responses",
+            {"text": args.text, "call_id": args.call_id, **user},
+        )
+    if c in ("approve", "reject"):
+        return (
+            "POST",
+            f"/threads/{args.id}/approvals",
+            {"approved": c == "approve", "comment": args.comment, "call_id": args.call_id, **user},
+        )
+    if c == "result":
+        return (
+            "POST",
+            f"/threads/{args.id}/results",
+            {
+                "call_id": args.call_id,
+                "output": _output(args.output),
+                "is_error": args.error,
+                **user,
+            },
+        )
+    if c == "send":
+        return "POST", f"/threads/{args.id}/messages", {"text": args.text, **user}
+    if c == "fork":
+        return "POST", f"/threads/{args.id}/fork", {"at": args.at}
+    raise AssertionError(c)
+
+
+def _remote(remote: Remote, args: argparse.Namespace) -> None:
+    c = args.command
+    if c == "show":
+        path = f"/threads/{args.id}" + ("/markdown" if args.format == "md" else "")
+        out = remote.call("GET", path)
+        print(out if isinstance(out, str) else json.dumps(out, indent=2), end="")
+        return
+    if c == "threads":
+        query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+        _print_threads(remote.call("GET", "/threads" + query))
+        return
+    method, path, body = _request(args)
+    answer = remote.call(method, path, body)
+    thread_id = answer.get("id") or answer.get("thread_id")
+    since = 0 if c in ("launch", "fork") else int(answer.get("seq", 0))
+    deadline = time.monotonic() + 120
+    view = remote.call("GET", f"/threads/{thread_id}")
+    while view["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        view = remote.call("GET", f"/threads/{thread_id}")
+    _print_state(view, since=since)
+
+
+def _print_threads(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        print("no threads")
+    for r in rows:
+        print(f"{r['id']}  {r['status']:<21} {r['updated_at'][:19]}  {r['title']}")
+
+
+async def _local(settings: Settings, args: argparse.Namespace) -> None:
+    from .app import build_bot
+    from .events import Source
+
+    bot = build_bot(settings)
+    src = Source(channel="cli", user="cli", name="cli")
+    try:
+        c = args.command
+        if c == "show":
+            view = bot.get(args.id)
+            if args.format == "md":
+                print(view.markdown(), end="")
+            else:
+                print(json.dumps(view.json(), indent=2))
+            return
+        if c == "threads":
+            rows = bot.threads(status=args.status, limit=args.limit)
+            _print_threads([dataclasses.asdict(r) for r in rows])
+            return
+        since = 0
+        if c == "launch":
+            thread_id = await bot.launch(args.text, source=src)
+        elif c == "fork":
+            thread_id = await bot.fork(args.id, args.at)
+        else:
+            thread_id = args.id
+            if c == "reply":
+                receipt = await bot.respond(thread_id, args.text, call_id=args.call_id, source=src)
+            elif c in ("approve", "reject"):
+                receipt = await bot.decide(
+                    thread_id,
+                    c == "approve",
+                    comment=args.comment,
+                    call_id=args.call_id,
+                    source=src,
+                )
+            elif c == "result":
+                receipt = await bot.post_result(
+                    thread_id, args.call_id, _output(args.output), is_error=args.error, source=src
+                )
+            else:
+                receipt = await bot.send(thread_id, args.text, source=src)
+            since = receipt.seq
+        await bot.settle(thread_id)
+        _print_state(bot.get(thread_id).json(), since=since)
+    finally:
+        await bot.close()
+        bot.store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(db=args.db, http=args.http, tools=args.tools, model=args.model)
+        if args.command == "serve":
+            from .app import run_serve
+
+            run_serve(settings)
+            return 0
+        remote = None if args.local else Remote.find(settings)
+        if remote is not None:
+            _remote(remote, args)
+        else:
+            asyncio.run(_local(settings, args))
+    except ThreadbotError as e:
+        print(f"threadbot: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

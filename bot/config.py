@@ -1,0 +1,94 @@
+"""Settings, from the environment with flags on top. Nothing is read at import."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = ["DEFAULT_TOOLS", "Settings"]
+
+DEFAULT_TOOLS = "bot.examples.ops"
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str = "./threadbot.db"
+    """THREADBOT_DB: the SQLite file holding every thread."""
+    http: str = "127.0.0.1:8000"
+    """THREADBOT_HTTP: host:port of the HTTP API."""
+    tools: str | None = None
+    """THREADBOT_TOOLS: a module path or .py file; the example ops tools if unset."""
+    model: str | None = None
+    """THREADBOT_MODEL: the model name; `demo` forces the offline demo model."""
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    api_token: str | None = None
+    """THREADBOT_API_TOKEN: required as `Authorization: Bearer` when set."""
+    system_prompt: str | None = None
+    max_turns: int = 25
+    model_timeout: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            db=env.get("THREADBOT_DB") or cls.db,
+            http=env.get("THREADBOT_HTTP") or cls.http,
+            tools=env.get("THREADBOT_TOOLS") or None,
+            model=env.get("THREADBOT_MODEL") or None,
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            api_token=env.get("THREADBOT_API_TOKEN") or None,
+            system_prompt=env.get("THREADBOT_SYSTEM_PROMPT") or None,
+            max_turns=_int(env, "THREADBOT_MAX_TURNS", cls.max_turns),
+        )
+        return replace(settings, **{k: v for k, v in flags.items() if v is not None})
+
+    @property
+    def uses_demo_model(self) -> bool:
+        if self.model == "demo":
+            return True
+        return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_OPENAI_MODEL
+
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.http.rpartition(":")
+        if not sep or not port.isdigit():
+            raise UsageError(f"THREADBOT_HTTP must be host:port, not {self.http!r}")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond this machine without a token."""
+        host, _ = self.host_port()
+        if self.api_token:
+            return
+        if host == "localhost":
+            return
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise UsageError(
+                f"refusing to serve on {host} without THREADBOT_API_TOKEN: anyone who can "
+                "reach it could answer and approve. Set a token, or serve on 127.0.0.1."
+            )

@@ -1,0 +1,1 @@
+"""Channels: turn platform input into thread events, and deliver back."""

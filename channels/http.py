@@ -1,0 +1,320 @@
+"""The HTTP API: launch, read, list, answer, approve, post results, continue, fork.
+
+JSON in and out, with an OpenAPI schema at /openapi.json. Errors are JSON
+`{"error": message}`: 404 unknown thread, 409 not waiting for that (or already
+answered, saying by whom), 403 not allowed, 422 invalid body, 401 bad token.
+An `Idempotency-Key` header makes any POST safe to retry: a repeat writes
+nothing and returns the original result.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from bot import (
+    AlreadyAnswered,
+    NotAllowed,
+    Receipt,
+    Refused,
+    Source,
+    ThreadBot,
+    ThreadNotFound,
+    UsageError,
+)
+from bot.render import pending_json
+
+__all__ = ["create_app"]
+
+StatusName = Literal[
+    "running", "waiting_for_human", "waiting_for_approval", "waiting_for_result", "done", "failed"
+]
+
+
+class LaunchIn(BaseModel):
+    text: str = Field(min_length=1)
+    user: str | None = Field(None, description="Who is asking, for the thread's audit trail.")
+
+
+class Created(BaseModel):
+    id: str
+    status: StatusName
+
+
+class Summary(BaseModel):
+    id: str
+    status: StatusName
+    title: str
+    updated_at: str
+    parent_id: str | None = None
+
+
+class Pending(BaseModel):
+    call_id: str
+    kind: Literal["question", "approval", "result"]
+    seq: int
+    question: str | None = None
+    options: list[str] | None = None
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    approvers: list[str] | None = None
+
+
+class ThreadOut(BaseModel):
+    id: str
+    status: StatusName
+    title: str
+    pending: Pending | None
+    events: list[dict[str, Any]]
+
+
+class RespondIn(BaseModel):
+    text: str = Field(min_length=1)
+    call_id: str | None = Field(None, description="The question answered; the open one if unset.")
+    option: str | None = None
+    user: str | None = None
+
+
+class ApprovalIn(BaseModel):
+    approved: bool
+    comment: str | None = Field(None, description="The reason; the model reads it.")
+    call_id: str | None = None
+    arguments: dict[str, Any] | None = Field(
+        None, description="Run the call with these arguments instead of the model's."
+    )
+    user: str | None = None
+
+
+class ResultIn(BaseModel):
+    call_id: str
+    output: Any
+    is_error: bool = False
+    user: str | None = None
+
+
+class MessageIn(BaseModel):
+    text: str = Field(min_length=1)
+    user: str | None = None
+
+
+class ForkIn(BaseModel):
+    at: int = Field(ge=0)
+
+
+class Accepted(BaseModel):
+    thread_id: str
+    seq: int
+    duplicate: bool = Field(description="True when this Idempotency-Key was used before.")
+
+
+class Forked(BaseModel):
+    id: str
+    parent_id: str
+    at: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+    by: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422)
+}
+
+
+def _source(user: str | None) -> Source:
+    return Source(channel="http", user=user, name=user or "http API")
+
+
+def _key(route: str, value: str | None) -> str | None:
+    return f"http:{route}:{value}" if value else None
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+
+def create_app(bot: ThreadBot, *, token: str | None = None) -> FastAPI:
+    async def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        expected = f"Bearer {token}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise _Unauthorized
+
+    app = FastAPI(
+        title="threadbot",
+        version="0.1.0",
+        summary="Threads of an agent that pauses for people and resumes where it stopped.",
+        dependencies=[Depends(authorize)],
+        responses=_ERRORS,
+    )
+
+    @app.middleware("http")
+    async def json_bodies(request: Request, call_next: Any) -> Any:
+        # The API speaks only JSON: read every body as JSON, whatever the
+        # client declared (`curl -d` says form-urlencoded).
+        if request.method in ("POST", "PUT", "PATCH"):
+            ctype = request.headers.get("content-type", "")
+            if "json" not in ctype:
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        return await call_next(request)
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"error": "missing or wrong bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(ThreadNotFound)
+    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Exception) -> JSONResponse:
+        body: dict[str, Any] = {"error": str(exc)}
+        if isinstance(exc, AlreadyAnswered):
+            body["by"] = exc.by
+        return JSONResponse(body, status_code=403 if isinstance(exc, NotAllowed) else 409)
+
+    @app.exception_handler(UsageError)
+    async def _usage(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                problems.append("the body is not valid JSON")
+                continue
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+    def accepted(receipt: Receipt) -> Accepted:
+        return Accepted(thread_id=receipt.thread_id, seq=receipt.seq, duplicate=receipt.duplicate)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "app": "threadbot"}
+
+    @app.post("/threads", status_code=201, response_model=Created)
+    async def launch(body: LaunchIn, idempotency_key: IdempotencyKey = None) -> Created:
+        """Start a thread. The agent runs in the background: poll the thread or list by status."""
+        thread_id = await bot.launch(
+            body.text, source=_source(body.user), key=_key("threads", idempotency_key)
+        )
+        row = bot.store.thread(thread_id)
+        return Created(id=thread_id, status=row.status if row else "running")
+
+    @app.get("/threads", response_model=list[Summary])
+    async def list_threads(
+        status: StatusName | None = None, limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    ) -> list[Summary]:
+        """Threads by most recent activity, optionally of one status."""
+        return [
+            Summary(
+                id=r.id,
+                status=r.status,
+                title=r.title,
+                updated_at=r.updated_at,
+                parent_id=r.parent_id,
+            )
+            for r in bot.threads(status=status, limit=limit)
+        ]
+
+    @app.get("/threads/{thread_id}", response_model=ThreadOut)
+    async def get_thread(thread_id: str) -> JSONResponse:
+        """The thread: its status, what it waits for, and every event with its seq."""
+        return JSONResponse(bot.get(thread_id).json())
+
+    @app.get("/threads/{thread_id}/pending", response_model=Pending | None)
+    async def get_pending(thread_id: str) -> JSONResponse:
+        """What the thread waits for, or null."""
+        return JSONResponse(pending_json(bot.get(thread_id).state.pending))
+
+    @app.get("/threads/{thread_id}/markdown", response_class=PlainTextResponse)
+    async def get_markdown(thread_id: str) -> PlainTextResponse:
+        """The thread rendered for people."""
+        return PlainTextResponse(bot.get(thread_id).markdown(), media_type="text/markdown")
+
+    @app.post("/threads/{thread_id}/responses", status_code=202, response_model=Accepted)
+    async def respond(
+        thread_id: str, body: RespondIn, idempotency_key: IdempotencyKey = None
+    ) -> Accepted:
+        """Answer the question the agent asked."""
+        receipt = await bot.respond(
+            thread_id,
+            body.text,
+            call_id=body.call_id,
+            option=body.option,
+            source=_source(body.user),
+            key=_key(f"{thread_id}:responses", idempotency_key),
+        )
+        return accepted(receipt)
+
+    @app.post("/threads/{thread_id}/approvals", status_code=202, response_model=Accepted)
+    async def approve(
+        thread_id: str, body: ApprovalIn, idempotency_key: IdempotencyKey = None
+    ) -> Accepted:
+        """Approve or reject the call waiting for approval."""
+        receipt = await bot.decide(
+            thread_id,
+            body.approved,
+            comment=body.comment,
+            call_id=body.call_id,
+            arguments=body.arguments,
+            source=_source(body.user),
+            key=_key(f"{thread_id}:approvals", idempotency_key),
+        )
+        return accepted(receipt)
+
+    @app.post("/threads/{thread_id}/results", status_code=202, response_model=Accepted)
+    async def post_result(
+        thread_id: str, body: ResultIn, idempotency_key: IdempotencyKey = None
+    ) -> Accepted:
+        """Post the outcome of a deferred tool call."""
+        receipt = await bot.post_result(
+            thread_id,
+            body.call_id,
+            body.output,
+            is_error=body.is_error,
+            source=_source(body.user),
+            key=_key(f"{thread_id}:results", idempotency_key),
+        )
+        return accepted(receipt)
+
+    @app.post("/threads/{thread_id}/messages", status_code=202, response_model=Accepted)
+    async def send(
+        thread_id: str, body: MessageIn, idempotency_key: IdempotencyKey = None
+    ) -> Accepted:
+        """Continue the thread with a new message."""
+        receipt = await bot.send(
+            thread_id,
+            body.text,
+            source=_source(body.user),
+            key=_key(f"{thread_id}:messages", idempotency_key),
+        )
+        return accepted(receipt)
+
+    @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
+    async def fork(thread_id: str, body: ForkIn) -> Forked:
+        """A new thread with a copy of events 0..at; it goes on from there."""
+        new_id = await bot.fork(thread_id, body.at)
+        return Forked(id=new_id, parent_id=thread_id, at=body.at)
+
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
