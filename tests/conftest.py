@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import OpenAIModel, ThreadBot, load_tools
+from store import EventStore
+
+from .fakes import FakeOpenAI
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "ledger.txt"
+    path.touch()
+    monkeypatch.setenv("THREADBOT_TEST_LEDGER", str(path))
+    return path
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI().serve() as fake:
+        yield fake
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "threadbot.db"
+
+
+def make_bot(db_path: Path, fake: FakeOpenAI, **kwargs: Any) -> ThreadBot:
+    model = OpenAIModel("fake-model", base_url=fake.base_url, api_key="test", max_retries=2)
+    kwargs.setdefault("retry_delay", 0)
+    return ThreadBot(EventStore(db_path), model, load_tools("tests.ledger_tools"), **kwargs)
+
+
+@pytest.fixture
+async def bot(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> AsyncIterator[ThreadBot]:
+    b = make_bot(db_path, fake_openai)
+    yield b
+    await b.close()
+    b.store.close()
+
+
+async def settled(bot: ThreadBot, thread_id: str) -> Any:
+    await asyncio.wait_for(bot.settle(thread_id), 10)
+    return bot.get(thread_id)

@@ -1,0 +1,157 @@
+"""Fakes at the I/O edge: a local OpenAI-compatible server, and live servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = dict[str, Any]
+"""`{"text": ...}` or `{"calls": [(name, args), ...]}` or `{"status": 500}`."""
+
+
+def completion(reply: Reply, model: str = "fake") -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.get("text")}
+    calls = reply.get("calls") or []
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:10]}",
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "arguments": args if isinstance(args, str) else json.dumps(args),
+                },
+            }
+            for name, args in calls
+        ]
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:8]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if calls else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def text(t: str) -> Reply:
+    return {"text": t}
+
+
+def calls(*pairs: tuple[str, Any]) -> Reply:
+    return {"calls": list(pairs)}
+
+
+def ask(question: str, options: list[str] | None = None) -> Reply:
+    args: dict[str, Any] = {"question": question}
+    if options is not None:
+        args["options"] = options
+    return calls(("request_human_input", args))
+
+
+@dataclass
+class FakeOpenAI:
+    """A Chat Completions endpoint on 127.0.0.1 that replays a script.
+
+    Each reply is a dict (see `Reply`) or a function of the request body.
+    Records every request body it received."""
+
+    script: deque[Reply | Callable[[dict[str, Any]], Reply]] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def add(self, *replies: Reply | Callable[[dict[str, Any]], Reply]) -> None:
+        with self.lock:
+            self.script.extend(replies)
+
+    def next_reply(self, body: dict[str, Any]) -> Reply:
+        with self.lock:
+            self.requests.append(body)
+            if not self.script:
+                return {"status": 500, "error": "the fake model's script is empty"}
+            reply = self.script.popleft()
+        return reply(body) if callable(reply) else reply
+
+    @contextmanager
+    def serve(self) -> Iterator[FakeOpenAI]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                with fake.lock:
+                    fake.headers.append(dict(self.headers))
+                reply = fake.next_reply(body)
+                status = reply.get("status", 200)
+                if status != 200:
+                    payload = {"error": {"message": reply.get("error", "boom"), "type": "server"}}
+                else:
+                    payload = completion(reply, body.get("model", "fake"))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LoopThread:
+    """An asyncio loop in a thread, for running a bot and a live server."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

@@ -1,0 +1,91 @@
+"""Every event type survives JSON and the store unchanged."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from bot.events import (
+    Approval,
+    AssistantMessage,
+    Delivered,
+    Error,
+    Event,
+    HumanResponse,
+    Source,
+    ToolCall,
+    ToolDeferred,
+    ToolResult,
+    ToolStarted,
+    UserMessage,
+    dump_event,
+    event_from_dict,
+    load_event,
+    load_events,
+)
+from bot.log import ThreadLog
+from store import EventStore
+
+SRC = Source(channel="slack", user="U1", name="Ann", refs={"channel": "C9", "ts": "17.1"})
+
+SAMPLES: list[Event] = [
+    UserMessage(text="deploy the api ✨", source=SRC, key="slack:Ev1"),
+    AssistantMessage(text="Deployed."),
+    ToolCall(
+        call_id="c1",
+        name="deploy",
+        arguments={"service": "api", "nested": {"a": [1, 2.5, None, True]}},
+        text="On it.",
+        requires_approval=True,
+        approvers=("U7",),
+    ),
+    ToolStarted(call_id="c1"),
+    ToolDeferred(call_id="c1", note="queued"),
+    ToolResult(call_id="c1", output={"ok": True, "lines": ["a", "b"]}),
+    ToolResult(call_id="c2", output=None, is_error=True, source=Source(channel="http")),
+    HumanResponse(call_id="c3", text="1.4.2", option="1.4.2", source=SRC, key="slack:Ev2"),
+    Approval(
+        call_id="c1",
+        approved=True,
+        comment="go",
+        arguments={"service": "api", "version": "1.4.3"},
+        source=SRC,
+    ),
+    Approval(call_id="c4", approved=False, source=SRC),
+    Delivered(of_seq=2, channel="slack", refs={"ts": "17.2"}),
+    Error(message="model error 503", kind="model", fatal=False),
+]
+
+
+def test_samples_cover_every_event_type() -> None:
+    union = typing.get_args(typing.get_args(Event)[0])
+    declared = {typing.get_args(m.model_fields["type"].annotation)[0] for m in union}
+    assert {e.type for e in SAMPLES} == declared
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.type)
+def test_round_trips_through_json(event: Event) -> None:
+    assert load_event(dump_event(event)) == event
+    assert event_from_dict({"seq": 3, **event.model_dump(mode="json")}) == event
+
+
+def test_round_trips_through_the_store(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    log = ThreadLog(store)
+    log.create("t1", SAMPLES[:1])
+    log.append("t1", SAMPLES[:1], SAMPLES[1:])
+    # A fresh connection reads exactly what was written.
+    again = EventStore(tmp_path / "t.db")
+    assert load_events(again.load("t1")) == SAMPLES
+
+
+def test_events_are_immutable() -> None:
+    with pytest.raises(Exception, match="frozen"):
+        SAMPLES[1].text = "changed"  # type: ignore[misc, union-attr]
+
+
+def test_unknown_type_is_refused() -> None:
+    with pytest.raises(Exception, match="does not match any of the expected tags"):
+        load_event('{"type": "nope"}')

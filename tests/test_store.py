@@ -1,0 +1,125 @@
+"""The SQLite event log: schema, optimistic appends, delivery keys, projection."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from store import DuplicateKey, EventStore, NewRow, SeqConflict, UnknownThread
+
+
+def row(n: int, key: str | None = None) -> NewRow:
+    return NewRow("x", f'{{"n": {n}}}', key)
+
+
+def test_migrated_schema(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    db = store.db
+    assert db.table("events").columns_dict == {
+        "thread_id": str,
+        "seq": int,
+        "type": str,
+        "key": str,
+        "body": str,
+    }
+    assert db.table("events").pks == ["thread_id", "seq"]
+    assert set(db.table("threads").columns_dict) == {
+        "id",
+        "status",
+        "title",
+        "origin",
+        "created_at",
+        "updated_at",
+        "last_seq",
+        "parent_id",
+        "parent_seq",
+    }
+    assert db.table("routes").pks == ["ref"]
+    unique = {tuple(i.columns) for i in db.table("events").indexes if i.unique}
+    assert ("key",) in unique
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Opening again applies nothing twice.
+    EventStore(tmp_path / "t.db")
+    names = [r["name"] for r in db.table("_sqlite_migrations").rows]
+    assert names == ["m001_events_and_threads"]
+
+
+def test_append_at_the_expected_seq_only(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("t", [row(0)], status="running", title="t", origin="{}")
+    assert store.append("t", 1, [row(1), row(2)], status="done") == 2
+    with pytest.raises(SeqConflict):
+        store.append("t", 2, [row(9)], status="running")
+    with pytest.raises(SeqConflict):
+        store.append("t", 5, [row(9)], status="running")  # no gaps either
+    assert store.load("t") == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+    t = store.thread("t")
+    assert t is not None and (t.status, t.last_seq) == ("done", 2)
+    with pytest.raises(UnknownThread):
+        store.append("nope", 1, [row(1)], status="running")
+
+
+def test_two_processes_racing_for_one_seq_cannot_both_win(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    EventStore(path).create("t", [row(0)], status="running", title="t", origin="{}")
+    writers = [EventStore(path) for _ in range(8)]
+    barrier = threading.Barrier(len(writers))
+    outcomes: list[str] = []
+
+    def write(i: int, store: EventStore) -> None:
+        barrier.wait()
+        try:
+            store.append("t", 1, [row(100 + i)], status=f"by{i}")
+            outcomes.append("won")
+        except SeqConflict:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=write, args=(i, s)) for i, s in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+    reader = EventStore(path)
+    bodies = reader.load("t")
+    assert len(bodies) == 2
+    winner = int(bodies[1].split(":")[1].strip(" }")) - 100
+    thread = reader.thread("t")
+    assert thread is not None and thread.status == f"by{winner}"
+
+
+def test_a_repeated_key_writes_nothing_and_names_the_original(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("t", [row(0, key="slack:Ev1")], status="running", title="t", origin="{}")
+    store.append("t", 1, [row(1, key="http:k")], status="running")
+    with pytest.raises(DuplicateKey) as caught:
+        store.append("t", 2, [row(2, key="http:k")], status="done")
+    assert (caught.value.thread_id, caught.value.seq) == ("t", 1)
+    with pytest.raises(DuplicateKey):
+        store.create("u", [row(0, key="slack:Ev1")], status="running", title="u", origin="{}")
+    assert store.thread("u") is None
+    assert len(store.load("t")) == 2
+    t = store.thread("t")
+    assert t is not None and t.status == "running"
+
+
+def test_listing_by_status_and_routes(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    for i, status in enumerate(["running", "done", "waiting_for_human", "done"]):
+        store.create(f"t{i}", [row(0)], status=status, title=f"t{i}", origin="{}")
+    assert {t.id for t in store.threads(status="done")} == {"t1", "t3"}
+    assert store.thread_ids(status="running") == ["t0"]
+    assert len(store.threads()) == 4
+    store.append("t2", 1, [row(1)], status="running", routes=["slack:C9:17.1"])
+    assert store.route("slack:C9:17.1") == "t2"
+    assert store.route("slack:other") is None
+
+
+def test_fork_records_its_parent(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("t", [row(0)], status="done", title="t", origin="{}")
+    store.create("f", [row(0)], status="running", title="t", origin="{}", parent=("t", 0))
+    f = store.thread("f")
+    assert f is not None and (f.parent_id, f.parent_seq) == ("t", 0)

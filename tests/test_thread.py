@@ -1,0 +1,223 @@
+"""Derived state and the next step: pure functions over event lists."""
+
+from __future__ import annotations
+
+from bot.events import (
+    Approval,
+    AssistantMessage,
+    Delivered,
+    Error,
+    Event,
+    HumanResponse,
+    Source,
+    ToolCall,
+    ToolDeferred,
+    ToolResult,
+    ToolStarted,
+    UserMessage,
+)
+from bot.thread import (
+    CallModel,
+    Deliver,
+    Escalate,
+    Fail,
+    Interrupted,
+    RunTool,
+    Stop,
+    Wait,
+    derive,
+    next_step,
+)
+
+ANN = Source(channel="slack", user="U1", name="Ann")
+BOB = Source(channel="slack", user="U7", name="Bob")
+
+
+def hi(text: str = "deploy the api") -> UserMessage:
+    return UserMessage(text=text, source=ANN)
+
+
+def question(call_id: str = "q1") -> ToolCall:
+    return ToolCall(call_id=call_id, name="request_human_input", arguments={"question": "Which?"})
+
+
+def deploy(call_id: str = "d1") -> ToolCall:
+    return ToolCall(
+        call_id=call_id, name="deploy", arguments={"service": "api"}, requires_approval=True
+    )
+
+
+def status_of(events: list[Event]) -> str:
+    return derive(events).status
+
+
+def test_a_new_thread_is_running_and_calls_the_model() -> None:
+    state = derive([hi()])
+    assert state.status == "running"
+    assert state.title == "deploy the api"
+    assert state.origin == ANN
+    assert next_step(state) == CallModel()
+
+
+def test_waiting_for_human() -> None:
+    state = derive([hi(), question()])
+    assert state.status == "waiting_for_human"
+    assert state.pending is not None
+    assert (state.pending.call_id, state.pending.kind, state.pending.question) == (
+        "q1",
+        "question",
+        "Which?",
+    )
+    assert isinstance(next_step(state), Wait)
+
+
+def test_answered_question_runs_again() -> None:
+    events = [hi(), question(), HumanResponse(call_id="q1", text="1.4.2", source=ANN)]
+    state = derive(events)
+    assert state.status == "running"
+    assert state.pending is None
+    assert state.resolved["q1"].kind == "answer"
+    assert next_step(state) == CallModel()
+
+
+def test_waiting_for_approval_then_approved_runs_the_tool() -> None:
+    events: list[Event] = [hi(), deploy()]
+    assert status_of(events) == "waiting_for_approval"
+    events.append(Approval(call_id="d1", approved=True, source=BOB))
+    state = derive(events)
+    assert state.status == "running"
+    step = next_step(state)
+    assert isinstance(step, RunTool)
+    assert step.call.call.call_id == "d1"
+
+
+def test_approval_with_edited_arguments_runs_with_the_edit() -> None:
+    events = [hi(), deploy(), Approval(call_id="d1", approved=True, arguments={"x": 1}, source=BOB)]
+    step = next_step(derive(events))
+    assert isinstance(step, RunTool)
+    assert step.call.arguments == {"x": 1}
+
+
+def test_rejection_settles_the_call() -> None:
+    events = [hi(), deploy(), Approval(call_id="d1", approved=False, comment="no", source=BOB)]
+    state = derive(events)
+    assert state.status == "running"
+    assert state.resolved["d1"].kind == "rejected"
+    assert next_step(state) == CallModel()
+
+
+def test_waiting_for_result() -> None:
+    call = ToolCall(call_id="j1", name="start_job", arguments={})
+    events: list[Event] = [hi(), call, ToolStarted(call_id="j1"), ToolDeferred(call_id="j1")]
+    state = derive(events)
+    assert state.status == "waiting_for_result"
+    assert state.pending is not None and state.pending.kind == "result"
+    events.append(ToolResult(call_id="j1", output="done", source=Source(channel="http")))
+    assert status_of(events) == "running"
+
+
+def test_done_after_an_answer() -> None:
+    state = derive([hi(), AssistantMessage(text="ok")])
+    assert state.status == "done"
+    assert next_step(state) == Stop("done")
+
+
+def test_failed_after_a_fatal_error_and_revived_by_a_message() -> None:
+    events: list[Event] = [hi(), Error(message="bad key", fatal=True)]
+    assert status_of(events) == "failed"
+    assert next_step(derive(events)) == Stop("failed")
+    events.append(hi("try again"))
+    assert status_of(events) == "running"
+
+
+def test_started_without_result_is_interrupted_not_rerun() -> None:
+    events = [hi(), ToolCall(call_id="x", name="charge", arguments={}), ToolStarted(call_id="x")]
+    state = derive(events)
+    assert state.status == "running"
+    step = next_step(state)
+    assert isinstance(step, Interrupted)
+    assert step.call.call.call_id == "x"
+
+
+def test_runnable_calls_run_before_waiting_on_others() -> None:
+    events = [
+        hi(),
+        question("q1"),
+        ToolCall(call_id="l1", name="lookup", arguments={}),
+    ]
+    state = derive(events)
+    assert state.status == "running"
+    step = next_step(state)
+    assert isinstance(step, RunTool) and step.call.call.call_id == "l1"
+    events.append(ToolResult(call_id="l1", output="fine"))
+    assert status_of(events) == "waiting_for_human"
+
+
+def test_three_errors_in_a_row_escalate_to_a_person() -> None:
+    events: list[Event] = [hi(), Error(message="503"), Error(message="503")]
+    state = derive(events)
+    assert state.consecutive_errors == 2
+    assert next_step(state) == CallModel()
+    events.append(Error(message="503 again"))
+    step = next_step(derive(events))
+    assert isinstance(step, Escalate)
+    assert "503 again" in step.reason
+
+
+def test_tool_errors_count_and_a_success_resets() -> None:
+    events: list[Event] = [hi()]
+    for i in range(2):
+        events += [
+            ToolCall(call_id=f"f{i}", name="flaky", arguments={}),
+            ToolResult(call_id=f"f{i}", output="bad", is_error=True),
+        ]
+    assert derive(events).consecutive_errors == 2
+    events += [
+        ToolCall(call_id="ok", name="lookup", arguments={}),
+        ToolResult(call_id="ok", output=1),
+    ]
+    assert derive(events).consecutive_errors == 0
+
+
+def test_step_limit_fails_the_thread() -> None:
+    events: list[Event] = [hi()]
+    for i in range(3):
+        events += [
+            ToolCall(call_id=f"l{i}", name="lookup", arguments={}),
+            ToolResult(call_id=f"l{i}", output=i),
+        ]
+    state = derive(events)
+    assert state.turns_since_human == 3
+    assert isinstance(next_step(state, max_turns=3), Fail)
+    assert next_step(state, max_turns=4) == CallModel()
+
+
+def test_a_batch_of_calls_is_one_turn() -> None:
+    events = [
+        hi(),
+        ToolCall(call_id="a", name="lookup", arguments={}),
+        ToolCall(call_id="b", name="lookup", arguments={}),
+    ]
+    assert derive(events).turns_since_human == 1
+
+
+def test_delivery_to_the_origin_channel_comes_first() -> None:
+    events: list[Event] = [hi(), question()]
+    step = next_step(derive(events), outbound=frozenset({"slack"}))
+    assert step == Deliver(1, "slack")
+    # Channels that are not the thread's origin deliver nothing.
+    assert isinstance(next_step(derive(events), outbound=frozenset({"email"})), Wait)
+    events.append(Delivered(of_seq=1, channel="slack", refs={"ts": "1.2"}))
+    assert isinstance(next_step(derive(events), outbound=frozenset({"slack"})), Wait)
+
+
+def test_the_final_answer_is_delivered_once() -> None:
+    events: list[Event] = [hi(), AssistantMessage(text="done")]
+    assert next_step(derive(events), outbound=frozenset({"slack"})) == Deliver(1, "slack")
+    events.append(Delivered(of_seq=1, channel="slack"))
+    assert next_step(derive(events), outbound=frozenset({"slack"})) == Stop("done")
+
+
+def test_settled_questions_are_no_longer_delivered() -> None:
+    events = [hi(), question(), HumanResponse(call_id="q1", text="x", source=ANN)]
+    assert derive(events).undelivered == ()
