@@ -168,6 +168,11 @@ def derive(events: Sequence[Event]) -> ThreadState:
     deliverable: list[int] = []
     delivered: set[int] = set()
     previous: Event | None = None
+    # A model turn whose calls fail counts as one error, however many calls
+    # it made.
+    batch = 0
+    batch_of: dict[str, int] = {}
+    failed_batches: set[int] = set()
 
     for seq, e in enumerate(events):
         match e:
@@ -183,6 +188,8 @@ def derive(events: Sequence[Event]) -> ThreadState:
             case ToolCall():
                 if not isinstance(previous, ToolCall):
                     turns += 1
+                    batch += 1
+                batch_of[e.call_id] = batch
                 open_calls[e.call_id] = OpenCall(e, seq)
                 ended = None
                 if e.name == HUMAN_INPUT or e.requires_approval:
@@ -197,7 +204,10 @@ def derive(events: Sequence[Event]) -> ThreadState:
                 if open_calls.pop(e.call_id, None) is not None:
                     resolved[e.call_id] = Resolution("result", seq, e.source)
                 if e.is_error:
-                    errors += 1
+                    b = batch_of.get(e.call_id, -1)
+                    if b not in failed_batches:
+                        failed_batches.add(b)
+                        errors += 1
                     last_error = str(e.output)
                 else:
                     errors = 0

@@ -221,3 +221,10 @@ def test_the_final_answer_is_delivered_once() -> None:
 def test_settled_questions_are_no_longer_delivered() -> None:
     events = [hi(), question(), HumanResponse(call_id="q1", text="x", source=ANN)]
     assert derive(events).undelivered == ()
+
+
+def test_a_turn_of_several_failing_calls_is_one_error() -> None:
+    events: list[Event] = [hi()]
+    events += [ToolCall(call_id=c, name="x", arguments={}) for c in "abc"]
+    events += [ToolResult(call_id=c, output="bad", is_error=True) for c in "abc"]
+    assert derive(events).consecutive_errors == 1

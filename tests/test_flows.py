@@ -1,0 +1,299 @@
+"""Launch, pause and resume through the Python API, with the real `openai`
+client talking to a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot import AlreadyAnswered, NotAllowed, NotWaiting, Source, ThreadBot, ThreadNotFound
+from bot.events import ToolResult
+
+from .conftest import make_bot, settled
+from .fakes import FakeOpenAI, ask, calls, text
+
+pytestmark = pytest.mark.anyio
+
+ANN = Source(channel="slack", user="U1", name="Ann")
+EVE = Source(channel="slack", user="U666", name="Eve")
+
+
+async def test_question_pause_reply_answer(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(ask("Which version?"), text("Deploying 1.4.2 is done."))
+    thread_id = await bot.launch("deploy the api")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "waiting_for_human"
+    assert view.state.pending.question == "Which version?"
+    assert len(fake_openai.requests) == 1
+    # The request went out as Chat Completions with the tools.
+    first = fake_openai.requests[0]
+    assert first["model"] == "fake-model"
+    assert [m["role"] for m in first["messages"]] == ["system", "user"]
+    assert {t["function"]["name"] for t in first["tools"]} >= {"request_human_input", "deploy"}
+
+    await bot.respond(thread_id, "1.4.2")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    assert [e.type for e in view.events] == [
+        "user_message",
+        "tool_call",
+        "human_response",
+        "assistant_message",
+    ]
+    second = fake_openai.requests[1]["messages"]
+    assert second[-1] == {
+        "role": "tool",
+        "tool_call_id": view.events[1].call_id,
+        "content": "1.4.2",
+    }
+
+
+async def test_approve_runs_the_tool_once(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "2"})), text("Deployed."))
+    thread_id = await bot.launch("deploy api 2")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "waiting_for_approval"
+    assert view.state.pending.name == "deploy"
+    assert ledger.read_text() == ""  # nothing ran before the approval
+    await bot.decide(thread_id, True, source=Source(channel="http", name="ops"))
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    call_id = view.events[1].call_id
+    assert ledger.read_text().splitlines() == [f"deploy api 2 {call_id} by=ops"]
+    types = [e.type for e in view.events]
+    assert types == [
+        "user_message",
+        "tool_call",
+        "approval",
+        "tool_started",
+        "tool_result",
+        "assistant_message",
+    ]
+    assert "approved by ops" in fake_openai.requests[1]["messages"][-1]["content"]
+
+
+async def test_approver_may_edit_the_arguments(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "2"})), text("ok"))
+    thread_id = await bot.launch("deploy")
+    await settled(bot, thread_id)
+    await bot.decide(thread_id, True, arguments={"service": "api", "version": "3"})
+    view = await settled(bot, thread_id)
+    assert "deploy api 3" in ledger.read_text()
+    # The thread keeps what the model proposed and what ran.
+    assert view.events[1].arguments["version"] == "2"
+    assert view.events[2].arguments["version"] == "3"
+
+
+async def test_reject_tells_the_model_why(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "2"})), text("Not deployed."))
+    thread_id = await bot.launch("deploy api 2")
+    await settled(bot, thread_id)
+    await bot.decide(thread_id, False, comment="change freeze until Monday")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    assert ledger.read_text() == ""
+    tool_message = fake_openai.requests[1]["messages"][-1]
+    assert tool_message["role"] == "tool"
+    assert "change freeze until Monday" in tool_message["content"]
+
+
+async def test_deferred_result(bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path) -> None:
+    fake_openai.add(calls(("start_job", {"job": "backup"})), text("Backup finished."))
+    thread_id = await bot.launch("back up the db")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "waiting_for_result"
+    call_id = view.state.pending.call_id
+    assert f"job backup {call_id}" in ledger.read_text()
+    await bot.post_result(thread_id, call_id, {"bytes": 1024})
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    assert fake_openai.requests[1]["messages"][-1]["content"] == '{"bytes": 1024}'
+
+
+async def test_mismatched_responses_are_refused_and_write_nothing(
+    bot: ThreadBot, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(ask("Which version?"), text("done"))
+    thread_id = await bot.launch("deploy")
+    view = await settled(bot, thread_id)
+    question = view.state.pending.call_id
+    before = len(view.events)
+    with pytest.raises(NotWaiting, match="not waiting for a decision"):
+        await bot.decide(thread_id, True)
+    with pytest.raises(NotWaiting, match="no call nope"):
+        await bot.respond(thread_id, "x", call_id="nope")
+    with pytest.raises(NotWaiting, match="not a result"):
+        await bot.post_result(thread_id, question, "x")
+    with pytest.raises(NotWaiting, match="send an answer instead"):
+        await bot.send(thread_id, "hello?")
+    with pytest.raises(NotAllowed):
+        await bot.respond(thread_id, "x", source=EVE)
+    with pytest.raises(ThreadNotFound):
+        await bot.respond("nope", "x")
+    assert len(bot.get(thread_id).events) == before
+    await bot.respond(
+        thread_id, "1.4.2", call_id=question, source=Source(channel="http", name="Ann")
+    )
+    await settled(bot, thread_id)
+    with pytest.raises(AlreadyAnswered, match="already settled .* by Ann") as caught:
+        await bot.respond(thread_id, "1.4.3", call_id=question)
+    assert caught.value.by == "Ann"
+
+
+async def test_two_concurrent_answers_record_exactly_one(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    """Two processes answer one question at the same moment: one wins."""
+    fake_openai.add(ask("Which version?"), text("ok"))
+    first = make_bot(db_path, fake_openai)
+    thread_id = await first.launch("deploy")
+    await settled(first, thread_id)
+    second = make_bot(db_path, fake_openai)  # its own connection, as another process has
+
+    results = await asyncio.gather(
+        first.respond(thread_id, "1.0"),
+        second.respond(thread_id, "2.0"),
+        return_exceptions=True,
+    )
+    await first.settle()
+    await second.settle()
+    answers = [e for e in first.get(thread_id).events if e.type == "human_response"]
+    assert len(answers) == 1
+    assert sum(isinstance(r, AlreadyAnswered) for r in results) == 1
+    for b in (first, second):
+        await b.close()
+
+
+async def test_repeated_key_is_one_event(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(ask("Which version?"), text("ok"), text("again"))
+    a = await bot.launch("deploy", key="slack:Ev1")
+    b = await bot.launch("deploy", key="slack:Ev1")
+    assert a == b
+    await settled(bot, a)
+    r1 = await bot.respond(a, "1.0", key="slack:Ev2")
+    await settled(bot, a)
+    r2 = await bot.respond(a, "1.0", key="slack:Ev2")  # the thread moved on: still a no-op
+    assert (r2.seq, r2.duplicate) == (r1.seq, True)
+    view = await settled(bot, a)
+    assert [e.type for e in view.events].count("human_response") == 1
+    assert len(bot.threads()) == 1
+
+
+async def test_continue_a_finished_thread(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(text("Hello."), text("Still here."))
+    thread_id = await bot.launch("hi")
+    assert (await settled(bot, thread_id)).state.status == "done"
+    await bot.send(thread_id, "are you there?")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    assert [m["role"] for m in fake_openai.requests[1]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
+async def test_model_errors_retry_then_escalate_to_a_person(
+    bot: ThreadBot, fake_openai: FakeOpenAI
+) -> None:
+    # The SDK retries each call (max_retries=2): 3 attempts, then an error event.
+    fake_openai.add(*[{"status": 503}] * 9)
+    thread_id = await bot.launch("hi")
+    view = await settled(bot, thread_id)
+    assert [e.type for e in view.events] == ["user_message", "error", "error", "error", "tool_call"]
+    assert view.state.status == "waiting_for_human"
+    assert "3 errors in a row" in view.state.pending.question
+    assert len(fake_openai.requests) == 9
+    # A person's answer resets the count and the agent goes on.
+    fake_openai.add(text("Recovered."))
+    await bot.respond(thread_id, "try again")
+    assert (await settled(bot, thread_id)).state.status == "done"
+
+
+async def test_a_bad_key_fails_the_thread_without_retrying(
+    bot: ThreadBot, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add({"status": 401, "error": "invalid api key"})
+    thread_id = await bot.launch("hi")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "failed"
+    assert "401" in view.events[-1].message
+    assert len(fake_openai.requests) == 1
+
+
+async def test_a_429_is_retried_by_the_client(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add({"status": 429}, text("ok"))
+    thread_id = await bot.launch("hi")
+    assert (await settled(bot, thread_id)).state.status == "done"
+    assert len(fake_openai.requests) == 2
+
+
+async def test_bad_tool_calls_go_back_to_the_model(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(
+        calls(("no_such_tool", {}), ("deploy", {"service": 1}), ("lookup", "{not json")),
+        calls(("explode", {})),
+        text("gave up"),
+    )
+    thread_id = await bot.launch("go")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    errors = [e.output for e in view.events if isinstance(e, ToolResult) and e.is_error]
+    assert "unknown tool 'no_such_tool'" in errors[0]
+    assert errors[1].startswith("invalid arguments:")  # never reached an approver
+    assert "not valid JSON" in errors[2]
+    assert errors[3] == "RuntimeError: kaboom"
+    assert ledger.read_text() == ""
+
+
+async def test_step_limit(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> None:
+    b = make_bot(db_path, fake_openai, max_turns=3)
+    fake_openai.add(*[calls(("lookup", {"name": "api"}))] * 5)
+    thread_id = await b.launch("loop forever")
+    view = await settled(b, thread_id)
+    assert view.state.status == "failed"
+    assert "step limit" in view.events[-1].message
+    assert len(fake_openai.requests) == 3
+    await b.close()
+
+
+async def test_only_the_named_approver_may_approve(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(calls(("drop_table", {"table": "users"})), text("dropped"))
+    thread_id = await bot.launch("drop users", source=ANN)
+    await settled(bot, thread_id)
+    with pytest.raises(NotAllowed):
+        await bot.decide(thread_id, True, source=ANN)  # the starter is not U_BOSS
+    assert ledger.read_text() == ""
+    await bot.decide(thread_id, True, source=Source(channel="slack", user="U_BOSS"))
+    assert (await settled(bot, thread_id)).state.status == "done"
+    assert ledger.read_text() == "drop users\n"
+
+
+async def test_fork_goes_its_own_way(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(ask("Which version?"), text("Deployed 1."))
+    thread_id = await bot.launch("deploy")
+    await settled(bot, thread_id)
+    await bot.respond(thread_id, "1")
+    await settled(bot, thread_id)
+    fork_id = await bot.fork(thread_id, 1)  # back at the question
+    view = await settled(bot, fork_id)
+    assert view.state.status == "waiting_for_human"
+    assert len(view.events) == 2
+    row = bot.store.thread(fork_id)
+    assert row is not None and (row.parent_id, row.parent_seq) == (thread_id, 1)
+    fake_openai.add(text("Deployed 2."))
+    await bot.respond(fork_id, "2")
+    assert (await settled(bot, fork_id)).state.status == "done"
+    assert len(bot.get(thread_id).events) == 4  # the parent is untouched
