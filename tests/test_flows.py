@@ -143,7 +143,7 @@ async def test_mismatched_responses_are_refused_and_write_nothing(
         thread_id, "1.4.2", call_id=question, source=Source(channel="http", name="Ann")
     )
     await settled(bot, thread_id)
-    with pytest.raises(AlreadyAnswered, match="already settled .* by Ann") as caught:
+    with pytest.raises(AlreadyAnswered, match=r"already settled .* by Ann") as caught:
         await bot.respond(thread_id, "1.4.3", call_id=question)
     assert caught.value.by == "Ann"
 
