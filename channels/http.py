@@ -140,8 +140,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 def create_app(bot: ThreadBot, *, token: str | None = None) -> FastAPI:
-    async def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
+    async def authorize(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
+        if token is None or request.url.path == "/healthz":
             return
         expected = f"Bearer {token}".encode()
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected):

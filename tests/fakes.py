@@ -156,3 +156,73 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`threadbot serve` as a subprocess, as an operator runs it."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        import os
+
+        self.port = port or free_port()
+        self.env = {**os.environ, **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
+        self.proc: Any = None
+        self.log = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> ServerProcess:
+        import subprocess
+        import sys
+        import tempfile
+        import urllib.request
+
+        self._out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.output()
+                self.close()
+                raise RuntimeError(f"server exited {self.proc.returncode}: {out}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.output()}")
+
+    def output(self) -> str:
+        self._out.seek(0)
+        return self._out.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.close()
+
+    def close(self) -> None:
+        if not self._out.closed:
+            self._out.close()

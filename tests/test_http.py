@@ -1,0 +1,301 @@
+"""The HTTP API of `threadbot serve`, run as a subprocess, with the real
+`openai` client inside it talking to a local fake model server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, text
+
+
+def env_for(db: Path, fake: FakeOpenAI, ledger: Path, **extra: str) -> dict[str, str]:
+    return {
+        "THREADBOT_DB": str(db),
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "test",
+        "THREADBOT_MODEL": "fake-model",
+        "THREADBOT_TOOLS": str(REPO / "tests" / "ledger_tools.py"),
+        "THREADBOT_TEST_LEDGER": str(ledger),
+        **extra,
+    }
+
+
+@pytest.fixture
+def server(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(env_for(db_path, fake_openai, ledger)).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+def wait_status(client: httpx.Client, thread_id: str, *statuses: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        body: dict[str, Any] = client.get(f"/threads/{thread_id}").json()
+        if body["status"] in statuses:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"thread stayed {body['status']}: {body}")
+        time.sleep(0.02)
+
+
+def test_launch_question_answer_over_http(client: httpx.Client, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(ask("Which version?", ["1.4.2", "1.5.0"]), text("Deployed 1.4.2."))
+    r = client.post("/threads", json={"text": "deploy the api"})
+    assert r.status_code == 201
+    created = r.json()
+    assert set(created) == {"id", "status"}
+    thread_id = created["id"]
+
+    body = wait_status(client, thread_id, "waiting_for_human")
+    assert set(body) >= {"id", "status", "pending", "events"}
+    pending = body["pending"]
+    assert pending["kind"] == "question"
+    assert pending["question"] == "Which version?"
+    assert pending["options"] == ["1.4.2", "1.5.0"]
+    assert [(e["seq"], e["type"]) for e in body["events"]] == [
+        (0, "user_message"),
+        (1, "tool_call"),
+    ]
+
+    listed = client.get("/threads", params={"status": "waiting_for_human"}).json()
+    assert [t["id"] for t in listed] == [thread_id]
+    assert set(listed[0]) >= {"id", "status", "title", "updated_at"}
+    assert client.get("/threads", params={"status": "done"}).json() == []
+
+    r = client.post(
+        f"/threads/{thread_id}/responses", json={"text": "1.4.2", "call_id": pending["call_id"]}
+    )
+    assert r.status_code == 202
+    body = wait_status(client, thread_id, "done")
+    assert body["pending"] is None
+    assert body["events"][-1]["text"] == "Deployed 1.4.2."
+
+    md = client.get(f"/threads/{thread_id}/markdown")
+    assert md.status_code == 200
+    assert md.headers["content-type"].startswith("text/markdown")
+    assert "Which version?" in md.text and "Deployed 1.4.2." in md.text
+
+
+def test_approve_reject_result_continue_fork(
+    client: httpx.Client, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "2"})), text("Not deployed."))
+    thread_id = client.post("/threads", json={"text": "deploy api 2"}).json()["id"]
+    body = wait_status(client, thread_id, "waiting_for_approval")
+    assert body["pending"]["tool"] == "deploy"
+    assert body["pending"]["arguments"] == {"service": "api", "version": "2"}
+    r = client.post(
+        f"/threads/{thread_id}/approvals", json={"approved": False, "comment": "freeze"}
+    )
+    assert r.status_code == 202
+    wait_status(client, thread_id, "done")
+    assert "freeze" in fake_openai.requests[-1]["messages"][-1]["content"]
+    assert ledger.read_text() == ""
+
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "3"})), text("Deployed 3."))
+    assert client.post(f"/threads/{thread_id}/messages", json={"text": "then 3"}).status_code == 202
+    wait_status(client, thread_id, "waiting_for_approval")
+    assert (
+        client.post(f"/threads/{thread_id}/approvals", json={"approved": True}).status_code == 202
+    )
+    wait_status(client, thread_id, "done")
+    assert ledger.read_text().startswith("deploy api 3 ")
+
+    fake_openai.add(calls(("start_job", {"job": "backup"})), text("Backed up."))
+    assert client.post(f"/threads/{thread_id}/messages", json={"text": "backup"}).status_code == 202
+    body = wait_status(client, thread_id, "waiting_for_result")
+    call_id = body["pending"]["call_id"]
+    r = client.post(
+        f"/threads/{thread_id}/results", json={"call_id": call_id, "output": {"ok": True}}
+    )
+    assert r.status_code == 202
+    body = wait_status(client, thread_id, "done")
+
+    r = client.post(f"/threads/{thread_id}/fork", json={"at": 1})
+    assert r.status_code == 201
+    fork = wait_status(client, r.json()["id"], "waiting_for_approval")
+    assert len(fork["events"]) == 2
+    assert len(client.get(f"/threads/{thread_id}").json()["events"]) == len(body["events"])
+
+
+def test_errors_are_json_and_change_nothing(client: httpx.Client, fake_openai: FakeOpenAI) -> None:
+    fake_openai.add(ask("Which?"), text("ok"))
+    thread_id = client.post("/threads", json={"text": "deploy"}).json()["id"]
+    body = wait_status(client, thread_id, "waiting_for_human")
+    n = len(body["events"])
+
+    cases = [
+        ("GET", "/threads/nope", None, 404),
+        ("POST", "/threads/nope/responses", {"text": "x"}, 404),
+        ("POST", f"/threads/{thread_id}/approvals", {"approved": True}, 409),
+        ("POST", f"/threads/{thread_id}/results", {"call_id": "zzz", "output": 1}, 409),
+        ("POST", f"/threads/{thread_id}/messages", {"text": "hello"}, 409),
+        ("POST", f"/threads/{thread_id}/responses", {"text": "x", "call_id": "other"}, 409),
+        ("POST", f"/threads/{thread_id}/responses", {}, 422),
+        ("POST", f"/threads/{thread_id}/responses", {"text": ""}, 422),
+        ("POST", f"/threads/{thread_id}/approvals", {"approved": "maybe"}, 422),
+        ("POST", f"/threads/{thread_id}/fork", {"at": 99}, 422),
+        ("POST", f"/threads/{thread_id}/fork", {"at": -1}, 422),
+        ("POST", "/threads", {"text": 5}, 422),
+        ("POST", "/threads", [1, 2], 422),
+        ("GET", "/threads?status=sleeping", None, 422),
+    ]
+    for method, path, payload, status in cases:
+        r = client.request(method, path, json=payload)
+        assert r.status_code == status, (method, path, payload, r.text)
+        assert isinstance(r.json()["error"], str) and r.json()["error"], r.text
+    raw = client.post(
+        f"/threads/{thread_id}/responses",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert raw.status_code == 422
+    assert "not valid JSON" in raw.json()["error"]
+    assert len(client.get(f"/threads/{thread_id}").json()["events"]) == n
+
+    # A late answer to a settled question says who answered.
+    call_id = body["pending"]["call_id"]
+    ok = client.post(
+        f"/threads/{thread_id}/responses", json={"text": "a", "user": "ann", "call_id": call_id}
+    )
+    assert ok.status_code == 202
+    late = client.post(f"/threads/{thread_id}/responses", json={"text": "b", "call_id": call_id})
+    assert late.status_code == 409
+    assert late.json()["by"] == "ann"
+    assert "ann" in late.json()["error"]
+
+
+def test_json_is_read_whatever_the_content_type(
+    client: httpx.Client, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(text("hi"))
+    r = client.post(
+        "/threads",
+        content=b'{"text": "hello"}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},  # as `curl -d` sends
+    )
+    assert r.status_code == 201
+
+
+def test_idempotency_key_makes_a_repeat_a_no_op(
+    client: httpx.Client, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(ask("Which?"), text("ok"))
+    key = {"Idempotency-Key": "launch-1"}
+    a = client.post("/threads", json={"text": "deploy"}, headers=key)
+    b = client.post("/threads", json={"text": "deploy"}, headers=key)
+    assert a.status_code == b.status_code == 201
+    assert a.json()["id"] == b.json()["id"]
+    assert len(client.get("/threads").json()) == 1
+    thread_id = a.json()["id"]
+    wait_status(client, thread_id, "waiting_for_human")
+    key = {"Idempotency-Key": "answer-1"}
+    r1 = client.post(f"/threads/{thread_id}/responses", json={"text": "1"}, headers=key)
+    wait_status(client, thread_id, "done")
+    r2 = client.post(f"/threads/{thread_id}/responses", json={"text": "1"}, headers=key)
+    assert r1.status_code == r2.status_code == 202
+    assert r2.json() == {**r1.json(), "duplicate": True}
+    events = client.get(f"/threads/{thread_id}").json()["events"]
+    assert [e["type"] for e in events].count("human_response") == 1
+    assert len(fake_openai.requests) == 2
+
+
+def test_two_concurrent_answers_one_wins(
+    client: httpx.Client, fake_openai: FakeOpenAI, server: ServerProcess
+) -> None:
+    fake_openai.add(ask("Which?"), text("ok"))
+    thread_id = client.post("/threads", json={"text": "deploy"}).json()["id"]
+    wait_status(client, thread_id, "waiting_for_human")
+    codes: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def answer(text: str) -> None:
+        with httpx.Client(base_url=server.url) as c:
+            barrier.wait()
+            codes.append(c.post(f"/threads/{thread_id}/responses", json={"text": text}).status_code)
+
+    workers = [threading.Thread(target=answer, args=(t,)) for t in ("1", "2")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(codes) == [202, 409]
+    events = wait_status(client, thread_id, "done")["events"]
+    assert [e["type"] for e in events].count("human_response") == 1
+
+
+def test_openapi_schema(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/threads",
+        "/threads/{thread_id}",
+        "/threads/{thread_id}/markdown",
+        "/threads/{thread_id}/responses",
+        "/threads/{thread_id}/approvals",
+        "/threads/{thread_id}/results",
+        "/threads/{thread_id}/messages",
+        "/threads/{thread_id}/fork",
+    ):
+        assert path in paths
+    assert "Idempotency-Key" in str(paths["/threads"]["post"]["parameters"])
+
+
+def test_bearer_token(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> None:
+    s = ServerProcess(env_for(db_path, fake_openai, ledger, THREADBOT_API_TOKEN="s3cret")).start()
+    try:
+        with httpx.Client(base_url=s.url) as c:
+            assert c.get("/threads").status_code == 401
+            assert c.get("/threads", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            r = c.post("/threads", json={"text": "x"}, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401 and r.json()["error"]
+            assert c.get("/threads", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        s.stop()
+    assert EventStoreCount(db_path) == 0
+
+
+def EventStoreCount(db_path: Path) -> int:
+    from store import EventStore
+
+    store = EventStore(db_path)
+    try:
+        return len(store.threads())
+    finally:
+        store.close()
+
+
+def test_serving_beyond_loopback_needs_a_token(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        **__import__("os").environ,
+        **env_for(db_path, fake_openai, ledger),
+        "THREADBOT_HTTP": "0.0.0.0:0",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0
+    assert "THREADBOT_API_TOKEN" in out.stderr
