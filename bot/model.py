@@ -9,12 +9,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import openai
-from openai.types.chat import ChatCompletion
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = [
     "Model",
@@ -75,6 +75,11 @@ class OpenAIModel:
     ) -> None:
         self.model = model
         self.name = f"{model} via {base_url or 'api.openai.com'}"
+        # Imported here: the SDK takes longer to import than the rest of
+        # threadbot, and commands that never call a model should not pay it.
+        import openai
+
+        self._openai = openai
         self.client = client or openai.AsyncOpenAI(
             # Local servers (Ollama, vLLM, llama.cpp) accept any key.
             api_key=api_key or "unused",
@@ -100,6 +105,9 @@ class OpenAIModel:
     async def complete(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
     ) -> ModelReply:
+        openai = self._openai
+        from openai.types.chat import ChatCompletion
+
         try:
             completion = await self.client.post(
                 "/chat/completions",

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 Reply = dict[str, Any]
@@ -158,15 +164,13 @@ class LoopThread:
         self.loop.close()
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
     """`threadbot serve` as a subprocess, as an operator runs it."""
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
-        import os
-
         self.port = port or free_port()
         self.env = {**os.environ, **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
         self.proc: Any = None
@@ -177,12 +181,8 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        import subprocess
-        import sys
-        import tempfile
-        import urllib.request
-
-        self._out = tempfile.TemporaryFile()
+        # Closed in close(): it outlives this method, holding the server's log.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot", "serve"],
             cwd=REPO,
