@@ -345,6 +345,26 @@ class ThreadBot:
         self.runner.kick(new_id)
         return new_id
 
+    def reindex(self) -> int:
+        """Rebuild every thread's projection from its events. Returns how many changed."""
+        changed = 0
+        for thread_id in self.store.all_thread_ids():
+            while True:
+                row = self.store.thread(thread_id)
+                events = self.log.load(thread_id)
+                state = derive(events)
+                if self.store.rewrite_projection(
+                    thread_id, len(events) - 1, status=state.status, title=state.title
+                ):
+                    break
+            if row is None or (row.status, row.title, row.last_seq) != (
+                state.status,
+                state.title,
+                len(events) - 1,
+            ):
+                changed += 1
+        return changed
+
     # -- lifecycle -------------------------------------------------------------
 
     async def resume_all(self) -> list[str]:

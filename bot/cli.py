@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("threads", help="list threads")
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=50)
+    sub.add_parser("reindex", help="rebuild the thread list from the events")
     s = sub.add_parser("fork", help="copy a thread up to an event into a new thread")
     s.add_argument("id")
     s.add_argument("--at", type=int, required=True)
@@ -222,6 +223,9 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
             else:
                 print(json.dumps(view.json(), indent=2))
             return
+        if c == "reindex":
+            print(f"{bot.reindex()} thread(s) corrected")
+            return
         if c == "threads":
             rows = bot.threads(status=args.status, limit=args.limit)
             _print_threads([dataclasses.asdict(r) for r in rows])
@@ -266,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_serve(settings)
             return 0
-        remote = None if args.local else Remote.find(settings)
+        local_only = args.local or args.command == "reindex"
+        remote = None if local_only else Remote.find(settings)
         if remote is not None:
             _remote(remote, args)
         else:

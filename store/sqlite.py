@@ -142,16 +142,23 @@ class EventStore:
         with self.db.atomic():
             self._insert(thread_id, 0, (), routes)
 
-    def rebuild_projection(self, thread_id: str, *, status: str) -> None:
-        """Rewrite a thread's status from its events (after a code change)."""
+    def rewrite_projection(self, thread_id: str, last_seq: int, *, status: str, title: str) -> bool:
+        """Set a thread's projection to what its events say, if no append came
+        in since they were read. False when one did (read again and retry)."""
         with self.db.atomic():
             last = self.db.execute(
                 "SELECT max(seq) FROM events WHERE thread_id = ?", [thread_id]
             ).fetchone()[0]
+            if last != last_seq:
+                return False
             self.db.execute(
-                "UPDATE threads SET status = ?, last_seq = ? WHERE id = ?",
-                [status, last, thread_id],
+                "UPDATE threads SET status = ?, title = ?, last_seq = ? WHERE id = ?",
+                [status, title, last, thread_id],
             )
+        return True
+
+    def all_thread_ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM threads ORDER BY id").fetchall()]
 
     def _insert(
         self, thread_id: str, first_seq: int, rows: Sequence[NewRow], routes: Iterable[str]

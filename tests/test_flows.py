@@ -297,3 +297,18 @@ async def test_fork_goes_its_own_way(bot: ThreadBot, fake_openai: FakeOpenAI) ->
     await bot.respond(fork_id, "2")
     assert (await settled(bot, fork_id)).state.status == "done"
     assert len(bot.get(thread_id).events) == 4  # the parent is untouched
+
+
+async def test_reindex_rebuilds_the_projection_from_events(
+    bot: ThreadBot, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(ask("Which version?"))
+    thread_id = await bot.launch("deploy")
+    await settled(bot, thread_id)
+    bot.store.db.execute(
+        "UPDATE threads SET status = 'done', title = 'x' WHERE id = ?", [thread_id]
+    )
+    assert bot.reindex() == 1
+    row = bot.store.thread(thread_id)
+    assert row is not None and (row.status, row.title) == ("waiting_for_human", "deploy")
+    assert bot.reindex() == 0
