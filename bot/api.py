@@ -16,7 +16,15 @@ from store import DuplicateKey, EventStore, SeqConflict, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
 from .errors import AlreadyAnswered, NotAllowed, NotWaiting, UsageError
-from .events import Approval, Event, HumanResponse, Source, ToolResult, UserMessage
+from .events import (
+    Approval,
+    Event,
+    HumanResponse,
+    Source,
+    ToolResult,
+    UserMessage,
+    load_events,
+)
 from .log import ThreadLog
 from .model import Model
 from .render import thread_json, thread_markdown
@@ -310,25 +318,25 @@ class ThreadBot:
         # since the original, and the original's result is what the caller wants.
         if key is not None and (found := self.store.find_key(key)) is not None:
             return Receipt(found[0], found[1], duplicate=True)
-        events = self.log.load(thread_id)
+        thread = self.log.load(thread_id)
         while True:
-            new = build(derive(events), events)
+            new = build(thread.state, thread.events)
             try:
-                events = self.log.append(thread_id, events, [new])
+                thread = self.log.append(thread, [new])
             except DuplicateKey as e:
                 return Receipt(e.thread_id, e.seq, duplicate=True)
             except SeqConflict:
                 # Someone else wrote first: check again against what is there now.
-                events = self.log.refresh(thread_id, events)
+                thread = self.log.load(thread_id)
                 continue
             self.runner.kick(thread_id)
-            return Receipt(thread_id, len(events) - 1)
+            return Receipt(thread_id, len(thread.events) - 1)
 
     # -- reading -------------------------------------------------------------
 
     def get(self, thread_id: str) -> ThreadView:
-        events = self.log.load(thread_id)
-        return ThreadView(thread_id, derive(events), events)
+        thread = self.log.load(thread_id)
+        return ThreadView(thread_id, thread.state, thread.events)
 
     def threads(self, *, status: str | None = None, limit: int = 100) -> list[ThreadRow]:
         return self.store.threads(status=status, limit=limit)
@@ -336,7 +344,7 @@ class ThreadBot:
     async def fork(self, thread_id: str, at: int) -> str:
         """A new thread holding a copy of events 0..at, pointing at its parent.
         It runs from there like any thread (delivery keys are not copied)."""
-        events = self.log.load(thread_id, upto=at)
+        events = self.log.load_upto(thread_id, max(at, 0))
         if at < 0 or at >= len(events):
             raise UsageError(f"thread {thread_id} has no event {at} (it has 0..{len(events) - 1})")
         copies = [e.model_copy(update={"key": None}) for e in events]
@@ -351,7 +359,7 @@ class ThreadBot:
         for thread_id in self.store.all_thread_ids():
             while True:
                 row = self.store.thread(thread_id)
-                events = self.log.load(thread_id)
+                events = load_events(self.store.load(thread_id))
                 state = derive(events)
                 if self.store.rewrite_projection(
                     thread_id, len(events) - 1, status=state.status, title=state.title

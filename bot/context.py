@@ -22,7 +22,14 @@ from .events import (
     UserMessage,
 )
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "build_messages"]
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "Context",
+    "build_context",
+    "build_messages",
+    "message_parts",
+    "system_part",
+]
 
 Message = dict[str, Any]
 
@@ -71,38 +78,75 @@ def _outcomes(events: Sequence[Event]) -> dict[str, str]:
     return out
 
 
-def build_messages(events: Sequence[Event], system_prompt: str) -> list[Message]:
-    outcomes = _outcomes(events)
-    messages: list[Message] = [{"role": "system", "content": system_prompt}]
+class Context:
+    """The messages of one model request, each already serialized.
+
+    A thread only grows, so the serialized messages of its past are kept
+    and only the new events are turned into messages for the next request.
+    """
+
+    __slots__ = ("_messages", "parts")
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+        self._messages: list[Message] | None = None
+
+    @property
+    def messages(self) -> list[Message]:
+        """The messages as objects (for models that read them)."""
+        if self._messages is None:
+            self._messages = [json.loads(p) for p in self.parts]
+        return self._messages
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+
+def _dumps(message: Message) -> str:
+    return json.dumps(message, ensure_ascii=False)
+
+
+def message_parts(events: Sequence[Event], start: int = 0) -> list[str]:
+    """The serialized messages for `events[start:]`. `start` must be 0 or a
+    point at which every earlier call had its outcome (where a model request
+    was last built)."""
+    tail = events[start:]
+    outcomes = _outcomes(tail)
+    parts: list[str] = []
     batch: list[ToolCall] = []
 
     def flush() -> None:
         done = [c for c in batch if c.call_id in outcomes]
         text = batch[0].text if batch else None
         if done:
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": text,
-                    "tool_calls": [
-                        {
-                            "id": c.call_id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-                        }
-                        for c in done
-                    ],
-                }
+            parts.append(
+                _dumps(
+                    {
+                        "role": "assistant",
+                        "content": text,
+                        "tool_calls": [
+                            {
+                                "id": c.call_id,
+                                "type": "function",
+                                "function": {
+                                    "name": c.name,
+                                    "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                                },
+                            }
+                            for c in done
+                        ],
+                    }
+                )
             )
-            messages.extend(
-                {"role": "tool", "tool_call_id": c.call_id, "content": outcomes[c.call_id]}
+            parts.extend(
+                _dumps({"role": "tool", "tool_call_id": c.call_id, "content": outcomes[c.call_id]})
                 for c in done
             )
         elif text:
-            messages.append({"role": "assistant", "content": text})
+            parts.append(_dumps({"role": "assistant", "content": text}))
         batch.clear()
 
-    for e in events:
+    for e in tail:
         if isinstance(e, ToolCall):
             batch.append(e)
             continue
@@ -110,13 +154,26 @@ def build_messages(events: Sequence[Event], system_prompt: str) -> list[Message]
             flush()
         match e:
             case UserMessage():
-                messages.append({"role": "user", "content": e.text})
+                parts.append(_dumps({"role": "user", "content": e.text}))
             case AssistantMessage():
-                messages.append({"role": "assistant", "content": e.text})
+                parts.append(_dumps({"role": "assistant", "content": e.text}))
             case Error():
-                messages.append({"role": "user", "content": f"[threadbot] error: {e.message}"})
+                parts.append(_dumps({"role": "user", "content": f"[threadbot] error: {e.message}"}))
             case _:
                 pass
     if batch:
         flush()
-    return messages
+    return parts
+
+
+def system_part(system_prompt: str) -> str:
+    return _dumps({"role": "system", "content": system_prompt})
+
+
+def build_context(events: Sequence[Event], system_prompt: str) -> Context:
+    return Context([system_part(system_prompt), *message_parts(events)])
+
+
+def build_messages(events: Sequence[Event], system_prompt: str) -> list[Message]:
+    """The request's messages as objects: system prompt, then the thread."""
+    return build_context(events, system_prompt).messages

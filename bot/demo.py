@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .context import Context
 from .model import ModelCall, ModelReply
 
 __all__ = ["DemoModel"]
@@ -36,9 +37,8 @@ def _service(text: str) -> str | None:
 class DemoModel:
     name = "offline demo model (fixed rules, not an LLM)"
 
-    async def complete(
-        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
-    ) -> ModelReply:
+    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+        messages = context.messages
         last = messages[-1]
         if last["role"] == "tool":
             return self._after_tool(messages, last)

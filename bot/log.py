@@ -1,17 +1,39 @@
-"""Typed access to the store: events in, events out, projection kept in step."""
+"""Typed access to the store: a thread's events and derived state, kept in step.
+
+A thread is read once and then only caught up: events are immutable and the
+log is append-only, so a thread held in memory is always a correct prefix, and
+one indexed query fetches whatever was appended since (by this process or
+another). The cache is bounded; a paused thread that falls out of it costs
+nothing but its rows.
+"""
 
 from __future__ import annotations
 
-import json
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from store import EventStore, NewRow, UnknownThread
 
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events
-from .thread import ThreadState, derive
+from .thread import Fold, ThreadState
 
-__all__ = ["ThreadLog"]
+__all__ = ["Thread", "ThreadLog"]
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """A thread as read at one moment: its events and what they mean."""
+
+    id: str
+    events: list[Event]
+    """Never changed in place: an append makes a new `Thread`."""
+    fold: Fold
+    state: ThreadState
+
+    def call_ids(self) -> set[str]:
+        return set(self.fold.open_calls) | set(self.fold.resolved)
 
 
 def _rows(events: Iterable[Event]) -> list[NewRow]:
@@ -19,18 +41,41 @@ def _rows(events: Iterable[Event]) -> list[NewRow]:
 
 
 class ThreadLog:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, *, cache_size: int = 256) -> None:
         self.store = store
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Thread] = OrderedDict()
 
-    def load(self, thread_id: str, *, upto: int | None = None) -> list[Event]:
-        bodies = self.store.load(thread_id, upto=upto)
+    def _keep(self, thread: Thread) -> Thread:
+        self._cache[thread.id] = thread
+        self._cache.move_to_end(thread.id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return thread
+
+    def load(self, thread_id: str) -> Thread:
+        """The thread as it is now in the store."""
+        held = self._cache.get(thread_id)
+        if held is None:
+            bodies = self.store.load(thread_id)
+            if not bodies:
+                raise ThreadNotFound(thread_id)
+            events = load_events(bodies)
+            fold = Fold().extend(events)
+            return self._keep(Thread(thread_id, events, fold, fold.state()))
+        bodies = self.store.load_from(thread_id, len(held.events))
+        if not bodies:
+            self._cache.move_to_end(thread_id)
+            return held
+        new = load_events(bodies)
+        fold = held.fold.copy().extend(new)
+        return self._keep(Thread(thread_id, held.events + new, fold, fold.state()))
+
+    def load_upto(self, thread_id: str, seq: int) -> list[Event]:
+        bodies = self.store.load(thread_id, upto=seq)
         if not bodies:
             raise ThreadNotFound(thread_id)
         return load_events(bodies)
-
-    def refresh(self, thread_id: str, events: list[Event]) -> list[Event]:
-        """`events` plus whatever other writers appended since."""
-        return events + load_events(self.store.load_from(thread_id, len(events)))
 
     def create(
         self,
@@ -39,8 +84,9 @@ class ThreadLog:
         *,
         parent: tuple[str, int] | None = None,
         routes: Iterable[str] = (),
-    ) -> ThreadState:
-        state = derive(events)
+    ) -> Thread:
+        fold = Fold().extend(events)
+        state = fold.state()
         origin = state.origin.model_dump_json(exclude_none=True) if state.origin else "{}"
         self.store.create(
             thread_id,
@@ -51,28 +97,17 @@ class ThreadLog:
             parent=parent,
             routes=routes,
         )
-        return state
+        return self._keep(Thread(thread_id, list(events), fold, state))
 
-    def append(
-        self,
-        thread_id: str,
-        events: list[Event],
-        new: Sequence[Event],
-        *,
-        routes: Iterable[str] = (),
-    ) -> list[Event]:
-        """Append `new` after `events` (what the caller loaded) and return the
-        whole thread. Raises `SeqConflict` if another writer got there first."""
-        after = events + list(new)
+    def append(self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()) -> Thread:
+        """Append `new` after what `thread` holds and return the thread with
+        them. Raises `SeqConflict` if another writer got there first."""
+        fold = thread.fold.copy().extend(new)
+        state = fold.state()
         try:
             self.store.append(
-                thread_id, len(events), _rows(new), status=derive(after).status, routes=routes
+                thread.id, len(thread.events), _rows(new), status=state.status, routes=routes
             )
         except UnknownThread as e:
-            raise ThreadNotFound(thread_id) from e
-        return after
-
-
-def origin_of(origin_json: str) -> dict[str, object]:
-    loaded = json.loads(origin_json)
-    return loaded if isinstance(loaded, dict) else {}
+            raise ThreadNotFound(thread.id) from e
+        return self._keep(Thread(thread.id, thread.events + list(new), fold, state))

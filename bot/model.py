@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .context import Context
 from .errors import ModelError
 
 if TYPE_CHECKING:
@@ -48,9 +49,10 @@ class Model(Protocol):
     name: str
     """Shown at start-up and in the thread's errors."""
 
-    async def complete(
-        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
-    ) -> ModelReply: ...
+    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+        """One Chat Completions turn. `context.parts` are the serialized
+        messages; `context.messages` parses them for models that read them."""
+        ...
 
 
 class OpenAIModel:
@@ -88,23 +90,22 @@ class OpenAIModel:
             max_retries=max_retries,
         )
         self._model_json = json.dumps(model)
-        self._tools_cache: tuple[int, str] | None = None
+        self._tools_cache: tuple[Sequence[dict[str, Any]], str] | None = None
 
     def _tools_json(self, tools: Sequence[dict[str, Any]]) -> str:
-        if self._tools_cache is None or self._tools_cache[0] != id(tools):
-            self._tools_cache = (id(tools), json.dumps(list(tools)))
+        # The runner passes the same list on every call: serialize it once.
+        if self._tools_cache is None or self._tools_cache[0] is not tools:
+            self._tools_cache = (tools, json.dumps(list(tools)))
         return self._tools_cache[1]
 
-    def body(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]) -> bytes:
-        parts = ['{"model":', self._model_json, ',"messages":', json.dumps(list(messages))]
+    def body(self, context: Context, tools: Sequence[dict[str, Any]]) -> bytes:
+        parts = ['{"model":', self._model_json, ',"messages":[', ",".join(context.parts), "]"]
         if tools:
             parts += [',"tools":', self._tools_json(tools)]
         parts.append("}")
         return "".join(parts).encode()
 
-    async def complete(
-        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
-    ) -> ModelReply:
+    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
         openai = self._openai
         from openai.types.chat import ChatCompletion
 
@@ -112,7 +113,7 @@ class OpenAIModel:
             completion = await self.client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
-                content=self.body(messages, tools),
+                content=self.body(context, tools),
                 options={"headers": {"Content-Type": "application/json"}},
             )
         except openai.APIStatusError as e:
@@ -158,10 +159,9 @@ class ScriptedModel:
     def enqueue(self, *replies: Script) -> None:
         self.replies.extend(replies)
 
-    async def complete(
-        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
-    ) -> ModelReply:
-        self.requests.append(list(messages))
+    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+        messages = context.messages
+        self.requests.append(messages)
         if not self.replies:
             raise ModelError("the scripted model has no reply left")
         reply = self.replies.popleft()

@@ -13,13 +13,14 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from store import SeqConflict
 
-from .context import build_messages
+from .context import Context, message_parts, system_part
 from .errors import ModelError
 from .events import (
     AssistantMessage,
@@ -31,7 +32,7 @@ from .events import (
     ToolResult,
     ToolStarted,
 )
-from .log import ThreadLog
+from .log import Thread, ThreadLog
 from .model import Model, ModelReply
 from .thread import (
     HUMAN_INPUT,
@@ -45,7 +46,6 @@ from .thread import (
     Stop,
     ThreadState,
     Wait,
-    derive,
     next_step,
 )
 from .tools import Toolbox, ToolContext
@@ -97,6 +97,8 @@ class Runner:
         self.retry_delay = retry_delay
         self.outbound = dict(outbound or {})
         self._schemas = tools.schemas()
+        self._system = system_part(system_prompt)
+        self._contexts: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
 
@@ -149,91 +151,100 @@ class Runner:
     # -- one run ------------------------------------------------------------
 
     async def run_until_paused(self, thread_id: str) -> ThreadState:
-        events = self.log.load(thread_id)
+        thread = self.log.load(thread_id)
         while True:
-            state = derive(events)
             step = next_step(
-                state,
+                thread.state,
                 max_turns=self.max_turns,
                 max_errors=self.max_errors,
                 outbound=frozenset(self.outbound),
             )
             match step:
                 case Wait() | Stop():
-                    return state
+                    return thread.state
                 case CallModel():
-                    events = await self._call_model(thread_id, events, state)
+                    thread = await self._call_model(thread)
                 case RunTool(call=c):
-                    events = await self._run_tool(thread_id, events, c)
+                    thread = await self._run_tool(thread, c)
                 case Interrupted(call=c):
                     result = ToolResult(call_id=c.call.call_id, output=INTERRUPTED, is_error=True)
-                    events = self._try_append(thread_id, events, [result])
+                    thread = self._try_append(thread, [result])
                 case Escalate(reason=reason):
                     ask = ToolCall(
                         call_id=f"escalate_{uuid.uuid4().hex[:12]}",
                         name=HUMAN_INPUT,
                         arguments={"question": reason},
                     )
-                    events = self._try_append(thread_id, events, [ask])
+                    thread = self._try_append(thread, [ask])
                 case Fail(reason=reason):
-                    err = Error(message=reason, kind="limit", fatal=True)
-                    events = self._try_append(thread_id, events, [err])
+                    thread = self._try_append(
+                        thread, [Error(message=reason, kind="limit", fatal=True)]
+                    )
                 case Deliver():
-                    delivered = await self._deliver(thread_id, events, step)
+                    delivered = await self._deliver(thread, step)
                     if delivered is None:
-                        return state
-                    events = delivered
+                        return thread.state
+                    thread = delivered
 
-    def _try_append(self, thread_id: str, events: list[Event], new: Sequence[Event]) -> list[Event]:
+    def _try_append(self, thread: Thread, new: Sequence[Event]) -> Thread:
         """Append; if another writer got there first, return the fresh thread
         instead, so that the caller decides again on what is there now."""
         try:
-            return self.log.append(thread_id, events, new)
+            return self.log.append(thread, new)
         except SeqConflict:
-            return self.log.refresh(thread_id, events)
+            return self.log.load(thread.id)
 
-    def _append_outcome(
-        self, thread_id: str, events: list[Event], new: Sequence[Event], call_id: str
-    ) -> list[Event]:
+    def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
         lost to a concurrent append. Dropped only if the call was settled
         meanwhile by someone else."""
         while True:
             try:
-                return self.log.append(thread_id, events, new)
+                return self.log.append(thread, new)
             except SeqConflict:
-                events = self.log.refresh(thread_id, events)
-                if call_id in derive(events).resolved:
-                    log.warning("thread %s: call %s settled elsewhere", thread_id, call_id)
-                    return events
+                thread = self.log.load(thread.id)
+                if call_id in thread.state.resolved:
+                    log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
+                    return thread
 
-    async def _call_model(
-        self, thread_id: str, events: list[Event], state: ThreadState
-    ) -> list[Event]:
-        if state.consecutive_errors:
-            await asyncio.sleep(min(30.0, self.retry_delay * 2 ** (state.consecutive_errors - 1)))
-        messages = build_messages(events, self.system_prompt)
+    def _context(self, thread: Thread) -> Context:
+        """The request's messages, serializing only events new since the last request."""
+        held = self._contexts.pop(thread.id, None)
+        if held is not None and held[0] <= len(thread.events):
+            n, parts = held
+            parts = parts + message_parts(thread.events, n)
+        else:
+            parts = [self._system, *message_parts(thread.events)]
+        self._contexts[thread.id] = (len(thread.events), parts)
+        while len(self._contexts) > self.log.cache_size:
+            self._contexts.popitem(last=False)
+        return Context(parts)
+
+    async def _call_model(self, thread: Thread) -> Thread:
+        errors = thread.state.consecutive_errors
+        if errors:
+            await asyncio.sleep(min(30.0, self.retry_delay * 2 ** (errors - 1)))
         try:
-            reply = await self.model.complete(messages, self._schemas)
+            reply = await self.model.complete(self._context(thread), self._schemas)
         except ModelError as e:
             new: list[Event] = [Error(message=str(e), kind="model", fatal=e.fatal)]
         else:
-            new = self._reply_events(events, reply)
+            new = self._reply_events(thread, reply)
         try:
-            return self.log.append(thread_id, events, new)
+            return self.log.append(thread, new)
         except SeqConflict:
-            fresh = self.log.refresh(thread_id, events)
-            if all(isinstance(e, Delivered) for e in fresh[len(events) :]):
+            fresh = self.log.load(thread.id)
+            if all(isinstance(e, Delivered) for e in fresh.events[len(thread.events) :]):
                 # Only bookkeeping arrived meanwhile: the reply still fits.
-                return self._try_append(thread_id, fresh, new)
+                return self._try_append(fresh, new)
             return fresh  # someone spoke meanwhile: ask the model again
 
-    def _reply_events(self, events: Sequence[Event], reply: ModelReply) -> list[Event]:
+    def _reply_events(self, thread: Thread, reply: ModelReply) -> list[Event]:
         if not reply.calls:
             if not reply.text:
                 return [Error(message="the model returned an empty reply", kind="model")]
             return [AssistantMessage(text=reply.text)]
-        taken = {e.call_id for e in events if isinstance(e, ToolCall)}
+        taken = thread.call_ids()
         calls: list[Event] = []
         errors: list[Event] = []
         for i, mc in enumerate(reply.calls):
@@ -268,42 +279,40 @@ class Runner:
                 errors.append(ToolResult(call_id=call_id, output=problem, is_error=True))
         return calls + errors
 
-    async def _run_tool(self, thread_id: str, events: list[Event], c: OpenCall) -> list[Event]:
+    async def _run_tool(self, thread: Thread, c: OpenCall) -> Thread:
         call_id = c.call.call_id
         t = self.tools.get(c.call.name)
         if t is None:
             result = ToolResult(
                 call_id=call_id, output=f"tool {c.call.name!r} is not available", is_error=True
             )
-            return self._append_outcome(thread_id, events, [result], call_id)
+            return self._append_outcome(thread, [result], call_id)
         if not t.idempotent:
             try:
-                events = self.log.append(thread_id, events, [ToolStarted(call_id=call_id)])
+                thread = self.log.append(thread, [ToolStarted(call_id=call_id)])
             except SeqConflict:
-                return self.log.refresh(thread_id, events)
+                return self.log.load(thread.id)
         approved_by = c.approval.source.who() if c.approval else None
-        outcome = await t.invoke(c.arguments, ToolContext(thread_id, call_id, approved_by))
+        outcome = await t.invoke(c.arguments, ToolContext(thread.id, call_id, approved_by))
         done: Event
         if outcome.deferred:
             done = ToolDeferred(call_id=call_id, note=outcome.output)
         else:
             done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
-        return self._append_outcome(thread_id, events, [done], call_id)
+        return self._append_outcome(thread, [done], call_id)
 
-    async def _deliver(
-        self, thread_id: str, events: list[Event], step: Deliver
-    ) -> list[Event] | None:
+    async def _deliver(self, thread: Thread, step: Deliver) -> Thread | None:
         channel = self.outbound[step.channel]
         try:
-            delivery = await channel.deliver(thread_id, events, step.seq)
+            delivery = await channel.deliver(thread.id, thread.events, step.seq)
         except Exception:
             log.exception(
-                "thread %s: delivering #%d to %s failed", thread_id, step.seq, step.channel
+                "thread %s: delivering #%d to %s failed", thread.id, step.seq, step.channel
             )
             return None
         record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
         while True:
             try:
-                return self.log.append(thread_id, events, [record], routes=delivery.routes)
+                return self.log.append(thread, [record], routes=delivery.routes)
             except SeqConflict:
-                events = self.log.refresh(thread_id, events)
+                thread = self.log.load(thread.id)

@@ -6,7 +6,7 @@ append; tests of the agent's logic are tests of these over event lists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ __all__ = [
     "Deliver",
     "Escalate",
     "Fail",
+    "Fold",
     "Interrupted",
     "Pending",
     "Resolution",
@@ -154,130 +155,178 @@ def _title(text: str) -> str:
     return line if len(line) <= 80 else line[:79] + "…"
 
 
-def derive(events: Sequence[Event]) -> ThreadState:
-    """Fold a thread's events into its state."""
-    open_calls: dict[str, OpenCall] = {}
-    resolved: dict[str, Resolution] = {}
-    errors = 0
-    turns = 0
-    last_error: str | None = None
-    origin: Source | None = None
-    title = ""
-    ended: Literal["answer", "failed"] | None = None
-    # Events a channel should deliver, and those it did.
-    deliverable: list[int] = []
-    delivered: set[int] = set()
-    previous: Event | None = None
-    # A model turn whose calls fail counts as one error, however many calls
-    # it made.
-    batch = 0
-    batch_of: dict[str, int] = {}
-    failed_batches: set[int] = set()
+class Fold:
+    """The state of a thread, built one event at a time.
 
-    for seq, e in enumerate(events):
+    `derive` is the pure entry point; the fold itself lets a caller that
+    already holds a thread's state apply only the events appended since,
+    instead of reading the whole thread again.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_batch_of",
+        "_closing",
+        "_delivered",
+        "_ended",
+        "_failed_batches",
+        "_previous_was_call",
+        "errors",
+        "last_error",
+        "n",
+        "open_calls",
+        "origin",
+        "resolved",
+        "title",
+        "turns",
+    )
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.open_calls: dict[str, OpenCall] = {}
+        self.resolved: dict[str, Resolution] = {}
+        self.errors = 0
+        self.turns = 0
+        self.last_error: str | None = None
+        self.origin: Source | None = None
+        self.title = ""
+        self._ended: Literal["answer", "failed"] | None = None
+        # The closing answer or failure, for delivery; and what was delivered.
+        self._closing: int | None = None
+        self._delivered: set[int] = set()
+        self._previous_was_call = False
+        # A model turn whose calls fail counts as one error, however many
+        # calls it made.
+        self._batch = 0
+        self._batch_of: dict[str, int] = {}
+        self._failed_batches: set[int] = set()
+
+    def copy(self) -> Fold:
+        other = Fold.__new__(Fold)
+        for name in Fold.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, dict | set):
+                value = value.copy()
+            setattr(other, name, value)
+        return other
+
+    def extend(self, events: Iterable[Event]) -> Fold:
+        for e in events:
+            self.apply(e)
+        return self
+
+    def apply(self, e: Event) -> None:
+        seq = self.n
+        self.n += 1
+        is_call = False
         match e:
             case UserMessage():
-                if origin is None:
-                    origin, title = e.source, _title(e.text)
-                errors = turns = 0
-                ended = None
+                if self.origin is None:
+                    self.origin, self.title = e.source, _title(e.text)
+                self.errors = self.turns = 0
+                self._ended = None
             case AssistantMessage():
-                turns += 1
-                ended = "answer"
-                deliverable.append(seq)
+                self.turns += 1
+                self._ended = "answer"
+                self._closing = seq
             case ToolCall():
-                if not isinstance(previous, ToolCall):
-                    turns += 1
-                    batch += 1
-                batch_of[e.call_id] = batch
-                open_calls[e.call_id] = OpenCall(e, seq)
-                ended = None
-                if e.name == HUMAN_INPUT or e.requires_approval:
-                    deliverable.append(seq)
+                is_call = True
+                if not self._previous_was_call:
+                    self.turns += 1
+                    self._batch += 1
+                self._batch_of[e.call_id] = self._batch
+                self.open_calls[e.call_id] = OpenCall(e, seq)
+                self._ended = None
             case ToolStarted():
-                if (c := open_calls.get(e.call_id)) is not None:
-                    open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, started=True)
+                if (c := self.open_calls.get(e.call_id)) is not None:
+                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, started=True)
             case ToolDeferred():
-                if (c := open_calls.get(e.call_id)) is not None:
-                    open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, deferred=True)
+                if (c := self.open_calls.get(e.call_id)) is not None:
+                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, deferred=True)
             case ToolResult():
-                if open_calls.pop(e.call_id, None) is not None:
-                    resolved[e.call_id] = Resolution("result", seq, e.source)
+                if self.open_calls.pop(e.call_id, None) is not None:
+                    self.resolved[e.call_id] = Resolution("result", seq, e.source)
+                batch = self._batch_of.pop(e.call_id, -1)
                 if e.is_error:
-                    b = batch_of.get(e.call_id, -1)
-                    if b not in failed_batches:
-                        failed_batches.add(b)
-                        errors += 1
-                    last_error = str(e.output)
+                    if batch not in self._failed_batches:
+                        self._failed_batches.add(batch)
+                        self.errors += 1
+                    self.last_error = str(e.output)
                 else:
-                    errors = 0
+                    self.errors = 0
             case HumanResponse():
-                if open_calls.pop(e.call_id, None) is not None:
-                    resolved[e.call_id] = Resolution("answer", seq, e.source)
-                errors = turns = 0
+                if self.open_calls.pop(e.call_id, None) is not None:
+                    self.resolved[e.call_id] = Resolution("answer", seq, e.source)
+                self._batch_of.pop(e.call_id, None)
+                self.errors = self.turns = 0
             case Approval():
-                c = open_calls.get(e.call_id)
+                c = self.open_calls.get(e.call_id)
                 if c is not None and e.approved:
-                    open_calls[e.call_id] = OpenCall(c.call, c.seq, e)
-                    resolved[e.call_id] = Resolution("approved", seq, e.source)
+                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, e)
+                    self.resolved[e.call_id] = Resolution("approved", seq, e.source)
                 elif c is not None:
-                    del open_calls[e.call_id]
-                    resolved[e.call_id] = Resolution("rejected", seq, e.source)
-                errors = turns = 0
+                    del self.open_calls[e.call_id]
+                    self._batch_of.pop(e.call_id, None)
+                    self.resolved[e.call_id] = Resolution("rejected", seq, e.source)
+                self.errors = self.turns = 0
             case Delivered():
-                delivered.add(e.of_seq)
+                self._delivered.add(e.of_seq)
             case Error():
-                errors += 1
-                last_error = e.message
+                self.errors += 1
+                self.last_error = e.message
                 if e.fatal:
-                    ended = "failed"
-                    deliverable.append(seq)
-        previous = e
+                    self._ended = "failed"
+                    self._closing = seq
+        self._previous_was_call = is_call
 
-    calls = tuple(open_calls.values())
-    pending: Pending | None = None
-    status: Status
-    if any(c.runnable for c in calls):
-        status = "running"
-    elif calls:
-        first = calls[0]
-        kind = _pending_kind(first)
-        pending = Pending(
-            call_id=first.call.call_id,
-            kind=kind,
-            name=first.call.name,
-            arguments=first.call.arguments,
-            seq=first.seq,
-            approvers=first.call.approvers,
+    def state(self) -> ThreadState:
+        calls = tuple(self.open_calls.values())
+        pending: Pending | None = None
+        status: Status
+        if any(c.runnable for c in calls):
+            status = "running"
+        elif calls:
+            first = calls[0]
+            kind = _pending_kind(first)
+            pending = Pending(
+                call_id=first.call.call_id,
+                kind=kind,
+                name=first.call.name,
+                arguments=first.call.arguments,
+                seq=first.seq,
+                approvers=first.call.approvers,
+            )
+            status = _WAITING[kind]
+        elif self._ended == "answer":
+            status = "done"
+        elif self._ended == "failed":
+            status = "failed"
+        else:
+            status = "running"
+
+        # Only what is still relevant is delivered: open questions and
+        # approval requests, and the closing answer or failure.
+        wanted = [c.seq for c in calls if c.call.name == HUMAN_INPUT or c.call.requires_approval]
+        if status in ("done", "failed") and self._closing is not None:
+            wanted.append(self._closing)
+        return ThreadState(
+            status=status,
+            pending=pending,
+            open_calls=calls,
+            resolved=self.resolved.copy(),
+            consecutive_errors=self.errors,
+            turns_since_human=self.turns,
+            last_seq=self.n - 1,
+            origin=self.origin,
+            title=self.title,
+            undelivered=tuple(s for s in wanted if s not in self._delivered),
+            last_error=self.last_error,
         )
-        status = _WAITING[kind]
-    elif ended == "answer":
-        status = "done"
-    elif ended == "failed":
-        status = "failed"
-    else:
-        status = "running"
 
-    # Only what is still relevant is delivered: open questions and approval
-    # requests, and the closing answer or failure.
-    open_seqs = {c.seq for c in calls}
-    tail = deliverable[-1:] if status in ("done", "failed") else []
-    undelivered = tuple(
-        s for s in deliverable if s not in delivered and (s in open_seqs or s in tail)
-    )
-    return ThreadState(
-        status=status,
-        pending=pending,
-        open_calls=calls,
-        resolved=resolved,
-        consecutive_errors=errors,
-        turns_since_human=turns,
-        last_seq=len(events) - 1,
-        origin=origin,
-        title=title,
-        undelivered=undelivered,
-        last_error=last_error,
-    )
+
+def derive(events: Iterable[Event]) -> ThreadState:
+    """Fold a thread's events into its state."""
+    return Fold().extend(events).state()
 
 
 # -- the next step -------------------------------------------------------------

@@ -312,3 +312,32 @@ async def test_reindex_rebuilds_the_projection_from_events(
     row = bot.store.thread(thread_id)
     assert row is not None and (row.status, row.title) == ("waiting_for_human", "deploy")
     assert bot.reindex() == 0
+
+
+async def test_the_kept_context_equals_a_fresh_build(
+    bot: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    """Requests are built from the serialized past plus the new events; the
+    result must be what building from the whole thread gives."""
+    from bot.context import DEFAULT_SYSTEM_PROMPT, build_messages
+
+    fake_openai.add(
+        ask("Which version?"),
+        calls(("deploy", {"service": "api", "version": "1"}), ("lookup", {"name": "api"})),
+        calls(("no_such_tool", {})),
+        calls(("deploy", {"service": "api", "version": "2"})),
+        text("Done."),
+    )
+    thread_id = await bot.launch("deploy")
+    await settled(bot, thread_id)
+    await bot.respond(thread_id, "1")
+    await settled(bot, thread_id)
+    await bot.decide(thread_id, True)
+    await settled(bot, thread_id)
+    await bot.decide(thread_id, False, comment="enough")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "done"
+    assert len(fake_openai.requests) == 5
+    assert fake_openai.requests[-1]["messages"] == build_messages(
+        view.events[:-1], DEFAULT_SYSTEM_PROMPT
+    )

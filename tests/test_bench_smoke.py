@@ -1,0 +1,28 @@
+"""The benchmark script runs and prints its table and JSON (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .fakes import REPO
+
+
+def test_benchmark_runs_small() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--sizes", "10,30"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    table, _, rest = out.stdout.partition("\n{")
+    assert "resume p50" in table and "bytes/round-trip" in table
+    report = json.loads("{" + rest)
+    assert [r["events"] for r in report["rows"]] == [10, 30]
+    for row in report["rows"]:
+        assert row["resume_p50_ms"] > 0
+        assert row["bytes_per_round_trip"] > 0
+    assert out.stderr == ""
