@@ -389,5 +389,6 @@ class ThreadBot:
         else:
             await self.runner.settle(thread_id)
 
-    async def close(self) -> None:
-        await self.runner.shutdown()
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop: give active runs `grace` seconds to pause, then cancel them."""
+        await self.runner.shutdown(grace)

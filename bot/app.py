@@ -79,7 +79,9 @@ async def serve(settings: Settings) -> None:
     try:
         await server.serve()
     finally:
-        await bot.close()
+        if bot.runner.active():
+            print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
+        await bot.close(grace=10.0)
         bot.store.close()
 
 

@@ -105,10 +105,15 @@ def _line(e: Event) -> str | None:
 def thread_markdown(thread_id: str, state: ThreadState, events: Sequence[Event]) -> str:
     title = state.title or thread_id
     lines = [f"# {title}", "", f"Thread `{thread_id}` — **{state.status}**", ""]
+    day = None
     for e in events:
         line = _line(e)
-        if line is not None:
-            lines += [f"<sub>{e.ts:%Y-%m-%d %H:%M:%S} UTC</sub>", "", line, ""]
+        if line is None:
+            continue
+        if e.ts.date() != day:
+            day = e.ts.date()
+            lines += [f"### {day:%Y-%m-%d} (UTC)", ""]
+        lines += [f"`{e.ts:%H:%M:%S}` {line}", ""]
     p = state.pending
     if p is not None:
         if p.kind == "question":

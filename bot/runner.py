@@ -125,9 +125,13 @@ class Runner:
         while self._tasks:
             await asyncio.gather(*map(asyncio.shield, list(self._tasks.values())))
 
-    async def shutdown(self) -> None:
-        """Cancel active runs. Their threads stay `running` and resume at next start."""
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Let active runs reach a pause for up to `grace` seconds, then cancel
+        the rest. A cancelled thread stays `running` and resumes at the next
+        start (a tool cut off mid-run is then reported as interrupted)."""
         tasks = list(self._tasks.values())
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
