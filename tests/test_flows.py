@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bot import AlreadyAnswered, NotAllowed, NotWaiting, Source, ThreadBot, ThreadNotFound
+from bot import (
+    AlreadyAnswered,
+    Delivery,
+    NotAllowed,
+    NotWaiting,
+    Source,
+    ThreadBot,
+    ThreadNotFound,
+)
 from bot.events import ToolResult
 
 from .conftest import make_bot, settled
@@ -341,3 +349,76 @@ async def test_the_kept_context_equals_a_fresh_build(
     assert fake_openai.requests[-1]["messages"] == build_messages(
         view.events[:-1], DEFAULT_SYSTEM_PROMPT
     )
+
+
+async def test_a_message_sent_while_the_agent_works_is_not_lost(
+    bot: ThreadBot, fake_openai: FakeOpenAI
+) -> None:
+    """The reply to a context that has since grown is dropped, and the model
+    is asked again with the new message; one run per thread throughout."""
+    import time as _time
+
+    def slow(body: dict[str, object]) -> dict[str, object]:
+        _time.sleep(0.3)
+        return text("stale answer")
+
+    fake_openai.add(slow, text("fresh answer"))
+    thread_id = await bot.launch("first")
+    await asyncio.sleep(0.1)  # the model is thinking
+    assert bot.runner.active() == [thread_id]
+    await bot.send(thread_id, "second")
+    bot.runner.kick(thread_id)
+    assert bot.runner.active() == [thread_id]
+    view = await settled(bot, thread_id)
+    assert [e.type for e in view.events] == ["user_message", "user_message", "assistant_message"]
+    assert view.events[-1].text == "fresh answer"
+    assert [m["content"] for m in fake_openai.requests[1]["messages"][1:]] == ["first", "second"]
+
+
+class RecordingChannel:
+    """An outbound channel that records what it was asked to deliver."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, str]] = []
+        self.fail = False
+
+    async def deliver(self, thread_id: str, events: list[object], seq: int) -> Delivery:
+        if self.fail:
+            raise ConnectionError("platform down")
+        self.sent.append((thread_id, seq, events[seq].type))  # type: ignore[attr-defined]
+        return Delivery(refs={"ts": f"1.{seq}"}, routes=(f"fake:{thread_id}:{seq}",))
+
+
+async def test_questions_and_answers_are_delivered_once_to_the_origin(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    channel = RecordingChannel()
+    b = make_bot(db_path, fake_openai, outbound={"fake": channel})
+    fake_openai.add(
+        ask("Which?"), calls(("deploy", {"service": "a", "version": "1"})), text("Done.")
+    )
+    thread_id = await b.launch("deploy", source=Source(channel="fake", user="U1"))
+    await settled(b, thread_id)
+    assert channel.sent == [(thread_id, 1, "tool_call")]
+    view = b.get(thread_id)
+    assert view.events[-1].type == "delivered" and view.events[-1].refs == {"ts": "1.1"}
+    assert b.store.route(f"fake:{thread_id}:1") == thread_id
+    b.runner.kick(thread_id)  # a second look delivers nothing again
+    await settled(b, thread_id)
+    assert len(channel.sent) == 1
+
+    channel.fail = True
+    await b.respond(thread_id, "1", source=Source(channel="fake", user="U1"))
+    view = await settled(b, thread_id)
+    assert view.state.status == "waiting_for_approval"
+    assert view.events[-1].type == "tool_call"  # not recorded as delivered
+    channel.fail = False
+    b.runner.kick(thread_id)
+    await settled(b, thread_id)
+    assert [s[2] for s in channel.sent] == ["tool_call", "tool_call"]
+    await b.decide(thread_id, True, source=Source(channel="fake", user="U1"))
+    view = await settled(b, thread_id)
+    assert view.state.status == "done"
+    assert [s[2] for s in channel.sent][-1] == "assistant_message"
+    assert view.events[-1].type == "delivered"
+    await b.close()
