@@ -29,7 +29,7 @@ from .log import ThreadLog
 from .model import Model
 from .render import thread_json, thread_markdown
 from .runner import Outbound, Runner
-from .thread import HUMAN_INPUT, OpenCall, ThreadState, derive
+from .thread import OpenCall, ThreadState, derive
 from .tools import Toolbox
 
 __all__ = ["OPERATOR_CHANNELS", "Receipt", "ThreadBot", "ThreadView"]
@@ -62,16 +62,6 @@ class ThreadView:
 
     def markdown(self) -> str:
         return thread_markdown(self.id, self.state, self.events)
-
-
-def _kind_of(c: OpenCall) -> Kind | None:
-    if c.call.name == HUMAN_INPUT:
-        return "question"
-    if c.deferred:
-        return "result"
-    if c.call.requires_approval and c.approval is None:
-        return "approval"
-    return None
 
 
 def participants(events: Iterable[Event]) -> set[str]:
@@ -259,8 +249,8 @@ class ThreadBot:
         if call_id is not None:
             for c in state.open_calls:
                 if c.call.call_id == call_id:
-                    if _kind_of(c) != kind:
-                        waits = _kind_of(c)
+                    if c.waits_for != kind:
+                        waits = c.waits_for
                         raise NotWaiting(
                             f"call {call_id} waits for "
                             f"{_KIND_NOUN[waits] if waits else 'nothing: it is running'}, "
@@ -272,7 +262,7 @@ class ThreadBot:
                 raise AlreadyAnswered(f"call {call_id} was already settled ({r.kind}) by {by}", by)
             raise NotWaiting(f"thread {thread_id} has no call {call_id}")
         for c in state.open_calls:
-            if _kind_of(c) == kind:
+            if c.waits_for == kind:
                 return c
         # Nothing of that kind is open: say who settled the last one, if anyone.
         wanted = {
@@ -299,7 +289,7 @@ class ThreadBot:
         user = source.user
         if user is None:
             return False
-        if c.call.requires_approval and _kind_of(c) == "approval":
+        if c.call.requires_approval and c.waits_for == "approval":
             allowed = set(c.call.approvers) or set(self.approvers.get(source.channel, ()))
             if not allowed and state.origin is not None and state.origin.user:
                 allowed = {state.origin.user}

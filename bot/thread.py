@@ -102,10 +102,20 @@ class OpenCall:
         return self.call.arguments
 
     @property
+    def waits_for(self) -> Literal["question", "approval", "result"] | None:
+        """What a person or system must supply before the call can settle;
+        None when threadbot itself can run it."""
+        if self.call.name == HUMAN_INPUT:
+            return "question"
+        if self.deferred:
+            return "result"
+        if self.call.requires_approval and self.approval is None:
+            return "approval"
+        return None
+
+    @property
     def runnable(self) -> bool:
-        if self.call.name == HUMAN_INPUT or self.deferred:
-            return False
-        return not self.call.requires_approval or self.approval is not None
+        return self.waits_for is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +150,6 @@ _WAITING: dict[str, Status] = {
     "approval": "waiting_for_approval",
     "result": "waiting_for_result",
 }
-
-
-def _pending_kind(c: OpenCall) -> Literal["question", "approval", "result"]:
-    if c.call.name == HUMAN_INPUT:
-        return "question"
-    if c.deferred:
-        return "result"
-    return "approval"
 
 
 def _title(text: str) -> str:
@@ -287,7 +289,8 @@ class Fold:
             status = "running"
         elif calls:
             first = calls[0]
-            kind = _pending_kind(first)
+            kind = first.waits_for
+            assert kind is not None  # no call is runnable: each waits for something
             pending = Pending(
                 call_id=first.call.call_id,
                 kind=kind,
