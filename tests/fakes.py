@@ -149,12 +149,18 @@ def free_port() -> int:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def clean_environ() -> dict[str, str]:
+    """This environment without the shell's own threadbot and model settings:
+    a test's processes get only the settings the test gives them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("THREADBOT_", "OPENAI_"))}
+
+
 class ServerProcess:
     """`threadbot serve` as a subprocess, as an operator runs it."""
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
+        self.env = {**clean_environ(), **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
         self.proc: Any = None
         self.log = ""
 

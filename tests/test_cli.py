@@ -4,13 +4,12 @@ beside a running server."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, free_port, text
+from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, clean_environ, free_port, text
 from .test_http import env_for
 
 
@@ -18,7 +17,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
         cwd=REPO,
-        env={**os.environ, **env},
+        env={**clean_environ(), **env},
         capture_output=True,
         text=True,
         timeout=60,

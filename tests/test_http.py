@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, text
+from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, clean_environ, text
 
 
 def env_for(db: Path, fake: FakeOpenAI, ledger: Path, **extra: str) -> dict[str, str]:
@@ -281,11 +283,8 @@ def EventStoreCount(db_path: Path) -> int:
 def test_serving_beyond_loopback_needs_a_token(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
-    import subprocess
-    import sys
-
     env = {
-        **__import__("os").environ,
+        **clean_environ(),
         **env_for(db_path, fake_openai, ledger),
         "THREADBOT_HTTP": "0.0.0.0:0",
     }
