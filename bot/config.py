@@ -57,6 +57,7 @@ class Settings:
             api_token=env.get("THREADBOT_API_TOKEN") or None,
             system_prompt=env.get("THREADBOT_SYSTEM_PROMPT") or None,
             max_turns=_int(env, "THREADBOT_MAX_TURNS", cls.max_turns),
+            model_timeout=float(_int(env, "THREADBOT_MODEL_TIMEOUT", int(cls.model_timeout))),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 
