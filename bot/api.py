@@ -234,14 +234,39 @@ class ThreadBot:
         key: str | None,
     ) -> Receipt:
         def build(state: ThreadState, events: list[Event]) -> Event:
-            c = self._find(thread_id, state, kind, call_id)
-            if not self.may_answer(state, events, c, source):
-                raise NotAllowed(
-                    f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}"
-                )
-            return make(c)
+            return make(self._allowed(thread_id, state, events, kind, call_id, source))
 
         return await self._write(thread_id, key, build)
+
+    def check(
+        self, thread_id: str, kind: Kind, *, call_id: str | None = None, source: Source
+    ) -> None:
+        """Raise the `Refused` error that an answer, decision or result from
+        `source` would meet now; write nothing. (A channel asks before it
+        opens a form.)"""
+        thread = self.log.load(thread_id)
+        self._allowed(thread_id, thread.state, thread.events, kind, call_id, source)
+
+    def add_channel(self, name: str, channel: Outbound) -> None:
+        """Deliver questions and answers of threads that started in `name` through `channel`."""
+        self.runner.outbound[name] = channel
+
+    def _allowed(
+        self,
+        thread_id: str,
+        state: ThreadState,
+        events: list[Event],
+        kind: Kind,
+        call_id: str | None,
+        source: Source,
+    ) -> OpenCall:
+        """The open call `source` would settle, if it may."""
+        c = self._find(thread_id, state, kind, call_id)
+        if not self.may_answer(state, events, c, source):
+            raise NotAllowed(
+                f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}"
+            )
+        return c
 
     def _find(
         self, thread_id: str, state: ThreadState, kind: Kind, call_id: str | None

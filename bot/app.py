@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from store import EventStore
 
@@ -15,8 +16,12 @@ from .api import ThreadBot
 from .config import DEFAULT_TOOLS, Settings
 from .context import DEFAULT_SYSTEM_PROMPT
 from .demo import DemoModel
+from .errors import UsageError
 from .model import Model, OpenAIModel
 from .tools import load_tools
+
+if TYPE_CHECKING:
+    from channels.slack import SlackChannel
 
 __all__ = ["build_bot", "build_model", "serve"]
 
@@ -44,7 +49,7 @@ def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
     )
 
 
-def _banner(settings: Settings, bot: ThreadBot, resumed: int) -> str:
+def _banner(settings: Settings, bot: ThreadBot, resumed: int, slack: SlackChannel | None) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (API docs: /docs)"]
     lines.append(f"  store:  {settings.db}")
@@ -57,6 +62,12 @@ def _banner(settings: Settings, bot: ThreadBot, resumed: int) -> str:
     tools = ", ".join(t.name for t in bot.tools)
     lines.append(f"  tools:  {tools}  (from {settings.tools or DEFAULT_TOOLS})")
     lines.append(f"  auth:   {'bearer token' if settings.api_token else 'none (loopback only)'}")
+    if slack is None:
+        lines.append("  slack:  off (set SLACK_BOT_TOKEN to turn it on)")
+    elif slack.settings.socket_mode:
+        lines.append("  slack:  Socket Mode")
+    else:
+        lines.append(f"  slack:  HTTP mode at http://{host}:{port}/slack/events")
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
     return "\n".join(lines)
@@ -66,19 +77,40 @@ async def serve(settings: Settings) -> None:
     import uvicorn
 
     from channels.http import create_app
+    from channels.slack import SlackChannel, SlackSettings
 
     settings.check_exposure()
     host, port = settings.host_port()
     bot = build_bot(settings)
-    app = create_app(bot, token=settings.api_token)
+    slack_settings = SlackSettings.from_env()
+    slack: SlackChannel | None = None
+    if slack_settings is not None:
+        if not slack_settings.socket_mode and not slack_settings.signing_secret:
+            raise UsageError(
+                "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
+                "SLACK_SIGNING_SECRET (HTTP mode at /slack/events) is"
+            )
+        slack = SlackChannel(bot, slack_settings)
+        bot.add_channel("slack", slack)
+        bot.approvers["slack"] = frozenset(slack_settings.approvers)
+    http_slack = slack is not None and not slack.settings.socket_mode
+    app = create_app(
+        bot, token=settings.api_token, open_paths=("/slack/events",) if http_slack else ()
+    )
+    if slack is not None and http_slack:
+        slack.mount(app)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     )
+    if slack is not None:
+        await slack.start()
     resumed = await bot.resume_all()
-    print(_banner(settings, bot, len(resumed)), file=sys.stderr, flush=True)
+    print(_banner(settings, bot, len(resumed), slack), file=sys.stderr, flush=True)
     try:
         await server.serve()
     finally:
+        if slack is not None:
+            await slack.stop()
         if bot.runner.active():
             print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
         await bot.close(grace=10.0)

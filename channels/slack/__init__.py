@@ -1,0 +1,5 @@
+"""Slack: conversations, questions and one-click approvals in Slack threads."""
+
+from .channel import SlackChannel, SlackSettings, route_key
+
+__all__ = ["SlackChannel", "SlackSettings", "route_key"]

@@ -1,0 +1,452 @@
+"""The Slack channel: Bolt listeners in, Web API calls out.
+
+Inbound, a DM or an @mention launches a thread bound to its Slack thread
+(channel + thread_ts); a later message in that Slack thread answers the open
+question or continues the conversation; buttons answer options and decide
+approvals. Every inbound message is keyed by its channel and ts, so Slack's
+retries and the `app_mention` + `message` pair for one post land once.
+Outbound, questions, approval requests and answers are posted in the bound
+Slack thread, and recorded as `delivered` by the runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import AlreadyAnswered, Delivery, Refused, Source, ThreadBot
+from bot.events import (
+    Approval,
+    AssistantMessage,
+    Delivered,
+    Error,
+    Event,
+    HumanResponse,
+    ToolCall,
+    ToolResult,
+    UserMessage,
+)
+from bot.thread import HUMAN_INPUT
+
+from . import format as fmt
+
+__all__ = ["SlackChannel", "SlackSettings", "route_key"]
+
+log = logging.getLogger("threadbot.slack")
+
+_MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+# Message subtypes that are a person writing; every other subtype (edits,
+# deletions, joins, bot posts) is ignored.
+_PLAIN_SUBTYPES = {None, "file_share", "thread_broadcast"}
+WORKING = "eyes"
+"""The reaction put on a message while the agent works on it."""
+
+
+def route_key(channel: str, thread_ts: str) -> str:
+    return f"slack:{channel}:{thread_ts}"
+
+
+def _mention(who: str | None) -> str:
+    if who and _USER_ID.match(who):
+        return f"<@{who}>"
+    return fmt.escape(who or "someone")
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str
+    signing_secret: str | None = None
+    app_token: str | None = None
+    """An xapp- token: Socket Mode, no public URL needed."""
+    api_url: str | None = None
+    """The Web API's base URL (tests, proxies)."""
+    approvers: tuple[str, ...] = ()
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.app_token)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackSettings | None:
+        env = os.environ if env is None else env
+        token = env.get("SLACK_BOT_TOKEN")
+        if not token:
+            return None
+        approvers = env.get("THREADBOT_SLACK_APPROVERS", "")
+        return cls(
+            bot_token=token,
+            signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+            app_token=env.get("SLACK_APP_TOKEN") or None,
+            api_url=env.get("SLACK_API_URL") or None,
+            approvers=tuple(a.strip() for a in approvers.split(",") if a.strip()),
+        )
+
+
+class SlackChannel:
+    name = "slack"
+
+    def __init__(self, bot: ThreadBot, settings: SlackSettings) -> None:
+        self.bot = bot
+        self.settings = settings
+        base_url = settings.api_url or AsyncWebClient.BASE_URL
+        if not base_url.endswith("/"):
+            base_url += "/"
+        self.client = AsyncWebClient(
+            token=settings.bot_token,
+            base_url=base_url,
+            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+        )
+        self.app = AsyncApp(
+            token=settings.bot_token,
+            client=self.client,
+            signing_secret=settings.signing_secret or "",
+            # Socket Mode requests are authenticated by the socket itself.
+            request_verification_enabled=not settings.socket_mode,
+            name="threadbot",
+        )
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._socket: AsyncSocketModeHandler | None = None
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self.app.action(re.compile(r"^tb_option_\d+$"))(self._on_option)
+        self.app.action("tb_approve")(self._on_approve)
+        self.app.action("tb_reject")(self._on_reject)
+        self.app.view("tb_reject_modal")(self._on_reject_submit)
+
+    def mount(self, api: FastAPI, path: str = "/slack/events") -> None:
+        """Serve Slack's events and interactivity on the API's server (HTTP
+        mode). Bolt checks each request's signature: a bad or stale one gets
+        401 and changes nothing."""
+        handler = AsyncSlackRequestHandler(self.app)
+
+        async def slack_events(request: Request) -> Response:
+            return await handler.handle(request)
+
+        api.add_api_route(path, slack_events, methods=["POST"], include_in_schema=False)
+
+    async def start(self) -> None:
+        """In Socket Mode, connect to Slack (no public URL needed)."""
+        if self.settings.app_token and self._socket is None:
+            self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]  # untyped in slack_bolt
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]  # untyped in slack_bolt
+            self._socket = None
+
+    # -- inbound: messages ------------------------------------------------
+
+    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        await self._inbound(event, body, mentioned=True)
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        await self._inbound(event, body, mentioned=False)
+
+    def _first_time(self, key: str) -> bool:
+        """For replies that write no event: say them once per Slack message."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        while len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _inbound(
+        self, event: dict[str, Any], body: dict[str, Any], *, mentioned: bool
+    ) -> None:
+        if (
+            event.get("subtype") not in _PLAIN_SUBTYPES
+            or event.get("bot_id")
+            or not event.get("user")
+        ):
+            return  # edits, deletions, joins, bots (this one included)
+        channel, ts, user = event["channel"], event["ts"], event["user"]
+        root = event.get("thread_ts") or ts
+        text = _MENTION.sub("", event.get("text") or "").strip()
+        key = f"slack:msg:{channel}:{ts}"
+        source = Source(
+            channel="slack",
+            user=user,
+            refs={
+                "channel": channel,
+                "ts": ts,
+                "thread_ts": root,
+                "team": str(body.get("team_id", "")),
+            },
+        )
+        thread_id = self.bot.store.route(route_key(channel, root))
+        if thread_id is None:
+            if not (mentioned or event.get("channel_type") == "im"):
+                return  # a channel conversation that is not for us
+            if not text:
+                if self._first_time(key):
+                    await self._ephemeral(
+                        channel, user, root, "Tell me what you need after the mention."
+                    )
+                return
+            if self.bot.store.find_key(key) is None:
+                await self.bot.launch(
+                    text, source=source, key=key, routes=[route_key(channel, root)]
+                )
+                await self._react(channel, ts)
+            return
+        if not text or self.bot.store.find_key(key) is not None:
+            return
+        await self._continue(thread_id, text, source, key)
+
+    async def _continue(self, thread_id: str, text: str, source: Source, key: str) -> None:
+        refs = source.refs
+        pending = self.bot.get(thread_id).state.pending
+        try:
+            if pending is not None and pending.kind == "question":
+                await self.bot.respond(
+                    thread_id, text, call_id=pending.call_id, source=source, key=key
+                )
+            elif pending is not None and pending.kind == "approval":
+                if self._first_time(key):
+                    await self._ephemeral(
+                        refs["channel"],
+                        source.user or "",
+                        refs["thread_ts"],
+                        f"I'm waiting for a decision on `{fmt.escape(pending.name)}`: "
+                        "use Approve or Reject above.",
+                    )
+                return
+            else:
+                await self.bot.send(thread_id, text, source=source, key=key)
+        except Refused as e:
+            if self._first_time(key):
+                await self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], str(e))
+            return
+        await self._react(refs["channel"], refs["ts"])
+
+    # -- inbound: buttons and the reject modal ---------------------------------
+
+    @staticmethod
+    def _clicked(body: dict[str, Any], action: dict[str, Any]) -> tuple[dict[str, Any], Source]:
+        value = json.loads(action["value"])
+        container = body.get("container") or {}
+        channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
+        ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
+        value.update(ch=channel, ts=ts)
+        source = Source(
+            channel="slack",
+            user=body["user"]["id"],
+            name=body["user"].get("username") or None,
+            refs={"channel": channel, "ts": ts},
+        )
+        return value, source
+
+    async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        v, source = self._clicked(body, action)
+        call = self._call(v["t"], v["c"])
+        options = call.arguments.get("options") if call else None
+        if not isinstance(options, list) or not 0 <= v.get("i", -1) < len(options):
+            return
+        option = str(options[v["i"]])
+        await self._settle_click(
+            v,
+            source,
+            self.bot.respond(v["t"], option, call_id=v["c"], option=option, source=source),
+        )
+
+    async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        v, source = self._clicked(body, action)
+        await self._settle_click(
+            v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
+        )
+
+    async def _settle_click(self, v: dict[str, Any], source: Source, settle: Any) -> None:
+        try:
+            await settle
+        except AlreadyAnswered as e:
+            await self._ephemeral(
+                v["ch"], source.user or "", None, f"Already settled by {_mention(e.by)}."
+            )
+        except Refused as e:
+            await self._ephemeral(v["ch"], source.user or "", None, str(e))
+            return
+        await self._show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+
+    async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        v, source = self._clicked(body, action)
+        try:
+            self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
+        except AlreadyAnswered as e:
+            await self._ephemeral(
+                v["ch"], source.user or "", None, f"Already settled by {_mention(e.by)}."
+            )
+            await self._show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+            return
+        except Refused as e:
+            await self._ephemeral(v["ch"], source.user or "", None, str(e))
+            return
+        call = self._call(v["t"], v["c"])
+        modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], call.name if call else "this")
+        await self.client.views_open(trigger_id=body["trigger_id"], view=modal)
+
+    async def _on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        meta = json.loads(view["private_metadata"])
+        reason = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
+        source = Source(
+            channel="slack",
+            user=body["user"]["id"],
+            refs={"channel": meta["ch"], "ts": meta["ts"], "view": view.get("id", "")},
+        )
+        try:
+            await self.bot.decide(
+                meta["t"], False, comment=reason, call_id=meta["c"], source=source
+            )
+        except Refused as e:
+            await ack(response_action="errors", errors={"reason": str(e)[:150]})
+            return
+        await ack()
+        await self._show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"])
+
+    # -- outbound ------------------------------------------------------------
+
+    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery:
+        origin = next(e for e in events if isinstance(e, UserMessage)).source.refs
+        channel, root = origin["channel"], origin["thread_ts"]
+        await self._close_settled_elsewhere(thread_id, events)
+        event = events[seq]
+        posts: list[tuple[str, list[fmt.Block]]]
+        if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
+            question = str(event.arguments.get("question", ""))
+            options = [str(o) for o in event.arguments.get("options") or []]
+            posts = [(question, fmt.question_blocks(thread_id, event.call_id, question, options))]
+        elif isinstance(event, ToolCall):
+            who = self._who_may_approve(events, event)
+            blocks = fmt.approval_blocks(thread_id, event.call_id, event.name, event.arguments, who)
+            posts = [(f"Approval needed: {event.name}", blocks)]
+        elif isinstance(event, AssistantMessage):
+            posts = fmt.answer_messages(event.text)
+        elif isinstance(event, Error):
+            posts = fmt.answer_messages(f"⚠️ I had to stop: {event.message}")
+        else:
+            raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
+        first_ts = ""
+        for text, blocks in posts:
+            sent = await self.client.chat_postMessage(
+                channel=channel, thread_ts=root, text=text[:3000], blocks=blocks, unfurl_links=False
+            )
+            first_ts = first_ts or str(sent["ts"])
+        await self._unreact(events)
+        return Delivery(refs={"channel": channel, "ts": first_ts})
+
+    def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
+        people = list(call.approvers) or list(self.settings.approvers)
+        if people:
+            return "Approvers: " + ", ".join(_mention(p) for p in people)
+        origin = next(e for e in events if isinstance(e, UserMessage)).source
+        return f"{_mention(origin.user)} started this, so they decide."
+
+    async def _close_settled_elsewhere(self, thread_id: str, events: Sequence[Event]) -> None:
+        """Buttons of questions and approvals settled since the last post by
+        anything but a click on them (a reply in the thread, HTTP, the CLI)
+        disappear now."""
+        posted: dict[int, dict[str, str]] = {}
+        calls: dict[str, int] = {}
+        last_post = -1
+        for i, e in enumerate(events):
+            if isinstance(e, Delivered) and e.channel == self.name:
+                posted[e.of_seq] = e.refs
+                last_post = i
+            elif isinstance(e, ToolCall):
+                calls[e.call_id] = i
+        for e in events[last_post + 1 :]:
+            if isinstance(e, HumanResponse | Approval | ToolResult):
+                refs = posted.get(calls.get(e.call_id, -1))
+                clicked = e.source is not None and refs and e.source.refs.get("ts") == refs["ts"]
+                if refs and not clicked:
+                    await self._show_outcome(thread_id, e.call_id, refs["channel"], refs["ts"])
+
+    async def _show_outcome(self, thread_id: str, call_id: str, channel: str, ts: str) -> None:
+        """Update a question or approval message: buttons gone, outcome shown."""
+        view = self.bot.get(thread_id)
+        resolution = view.state.resolved.get(call_id)
+        call = self._call(thread_id, call_id)
+        if resolution is None or call is None or not ts:
+            return
+        settled = view.events[resolution.seq]
+        by = (
+            _mention(resolution.source.user or resolution.source.who())
+            if resolution.source
+            else "threadbot"
+        )
+        if isinstance(settled, HumanResponse):
+            outcome = f"✅ {by} answered: {fmt.escape(settled.text)}"
+            head = fmt.to_mrkdwn(str(call.arguments.get("question", "")))
+        elif isinstance(settled, Approval):
+            outcome = f"✅ Approved by {by}" if settled.approved else f"❌ Rejected by {by}"
+            if settled.comment:
+                outcome += f": {fmt.escape(settled.comment)}"
+            head = fmt.approval_text(call.name, call.arguments)
+        else:
+            return
+        blocks = fmt.decided_blocks(
+            [
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": fmt.split_mrkdwn(head or "?")[0]},
+                }
+            ],
+            outcome[:3000],
+        )
+        try:
+            await self.client.chat_update(
+                channel=channel, ts=ts, text=outcome[:3000], blocks=blocks
+            )
+        except SlackApiError as e:
+            log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
+
+    def _call(self, thread_id: str, call_id: str) -> ToolCall | None:
+        for e in reversed(self.bot.get(thread_id).events):
+            if isinstance(e, ToolCall) and e.call_id == call_id:
+                return e
+        return None
+
+    async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
+        try:
+            await self.client.chat_postEphemeral(
+                channel=channel, user=user, text=text, thread_ts=thread_ts
+            )
+        except SlackApiError as e:
+            log.warning("could not tell %s: %s", user, e.response.get("error"))
+
+    async def _react(self, channel: str, ts: str) -> None:
+        # A missing scope or a race with the answer loses only a hint.
+        with contextlib.suppress(SlackApiError):
+            await self.client.reactions_add(channel=channel, timestamp=ts, name=WORKING)
+
+    async def _unreact(self, events: Sequence[Event]) -> None:
+        """Take the working reaction off the messages answered by this post."""
+        for e in reversed(events):
+            if isinstance(e, Delivered) and e.channel == self.name:
+                break
+            if isinstance(e, UserMessage | HumanResponse) and e.source.channel == self.name:
+                refs = e.source.refs
+                with contextlib.suppress(SlackApiError):
+                    await self.client.reactions_remove(
+                        channel=refs["channel"], timestamp=refs["ts"], name=WORKING
+                    )
