@@ -272,6 +272,13 @@ class ThreadBot:
         self, thread_id: str, state: ThreadState, kind: Kind, call_id: str | None
     ) -> OpenCall:
         if call_id is not None:
+            # Settled first: an approved call is still open while it runs.
+            if (r := state.resolved.get(call_id)) is not None:
+                by = r.source.who() if r.source else "threadbot"
+                user = r.source.user if r.source else None
+                raise AlreadyAnswered(
+                    f"call {call_id} was already settled ({r.kind}) by {by}", by, user
+                )
             for c in state.open_calls:
                 if c.call.call_id == call_id:
                     if c.waits_for != kind:
@@ -282,9 +289,6 @@ class ThreadBot:
                             f"not {_KIND_NOUN[kind]}"
                         )
                     return c
-            if (r := state.resolved.get(call_id)) is not None:
-                by = r.source.who() if r.source else "threadbot"
-                raise AlreadyAnswered(f"call {call_id} was already settled ({r.kind}) by {by}", by)
             raise NotWaiting(f"thread {thread_id} has no call {call_id}")
         for c in state.open_calls:
             if c.waits_for == kind:
@@ -303,7 +307,7 @@ class ThreadBot:
         message = f"thread {thread_id} is {state.status}, not waiting for {_KIND_NOUN[kind]}"
         if last is not None and last.source is not None:
             by = last.source.who()
-            raise AlreadyAnswered(f"{message}; the last one came from {by}", by)
+            raise AlreadyAnswered(f"{message}; the last one came from {by}", by, last.source.user)
         raise NotWaiting(message)
 
     def _default_may_answer(

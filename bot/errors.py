@@ -51,9 +51,12 @@ class NotWaiting(Refused):
 
 
 class AlreadyAnswered(Refused):
-    def __init__(self, message: str, by: str | None) -> None:
+    def __init__(self, message: str, by: str | None, user: str | None = None) -> None:
         super().__init__(message)
         self.by = by
+        """Who settled it, as a display name."""
+        self.user = user
+        """Who settled it, as the platform's user id (for a mention)."""
 
 
 class NotAllowed(Refused):

@@ -207,7 +207,7 @@ class Runner:
                 return self.log.append(thread, new)
             except SeqConflict:
                 thread = self.log.load(thread.id)
-                if call_id in thread.state.resolved:
+                if all(c.call.call_id != call_id for c in thread.state.open_calls):
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
 

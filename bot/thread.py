@@ -120,7 +120,9 @@ class OpenCall:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """How a call was settled, for "already answered by ..." replies."""
+    """How a call was settled, for "already answered by ..." replies: by an
+    answer, a decision (an approved call keeps its approver after it runs),
+    or a result."""
 
     kind: Literal["result", "answer", "approved", "rejected"]
     seq: int
@@ -247,7 +249,8 @@ class Fold:
                     self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, deferred=True)
             case ToolResult():
                 if self.open_calls.pop(e.call_id, None) is not None:
-                    self.resolved[e.call_id] = Resolution("result", seq, e.source)
+                    # An approved call stays settled by its approver.
+                    self.resolved.setdefault(e.call_id, Resolution("result", seq, e.source))
                 batch = self._batch_of.pop(e.call_id, -1)
                 if e.is_error:
                     if batch not in self._failed_batches:

@@ -228,3 +228,16 @@ def test_a_turn_of_several_failing_calls_is_one_error() -> None:
     events += [ToolCall(call_id=c, name="x", arguments={}) for c in "abc"]
     events += [ToolResult(call_id=c, output="bad", is_error=True) for c in "abc"]
     assert derive(events).consecutive_errors == 1
+
+
+def test_an_approved_call_stays_settled_by_its_approver() -> None:
+    events: list[Event] = [
+        hi(),
+        deploy(),
+        Approval(call_id="d1", approved=True, source=BOB),
+        ToolStarted(call_id="d1"),
+    ]
+    assert derive(events).resolved["d1"].source == BOB
+    events.append(ToolResult(call_id="d1", output="ok"))
+    resolution = derive(events).resolved["d1"]
+    assert (resolution.kind, resolution.source, resolution.seq) == ("approved", BOB, 2)

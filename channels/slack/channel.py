@@ -113,7 +113,6 @@ class SlackChannel:
             retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
         )
         self.app = AsyncApp(
-            token=settings.bot_token,
             client=self.client,
             signing_secret=settings.signing_secret or "",
             # Socket Mode requests are authenticated by the socket itself.
@@ -280,7 +279,7 @@ class SlackChannel:
             await settle
         except AlreadyAnswered as e:
             await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {_mention(e.by)}."
+                v["ch"], source.user or "", None, f"Already settled by {_mention(e.user or e.by)}."
             )
         except Refused as e:
             await self._ephemeral(v["ch"], source.user or "", None, str(e))
@@ -294,7 +293,7 @@ class SlackChannel:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
             await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {_mention(e.by)}."
+                v["ch"], source.user or "", None, f"Already settled by {_mention(e.user or e.by)}."
             )
             await self._show_outcome(v["t"], v["c"], v["ch"], v["ts"])
             return

@@ -1,0 +1,235 @@
+"""A local stand-in for the Slack Web API, and signed requests to the bot."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+BOT_USER = "UBOT"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass
+class FakeSlack:
+    """Records every Web API call; answers like Slack. `fail[method]` holds
+    statuses to answer with first (e.g. [429])."""
+
+    calls: list[Call] = field(default_factory=list)
+    fail: dict[str, list[int]] = field(default_factory=dict)
+    port: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [c.args for c in self.calls if c.method == method]
+
+    def wait_for(self, method: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.called(method)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{method} called {len(found)} times, wanted {count}: {self.calls}"
+                )
+            time.sleep(0.02)
+
+    def answer(
+        self, method: str, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.lock:
+            queued = self.fail.get(method)
+            if queued:
+                status = queued.pop(0)
+                return status, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
+            self.calls.append(Call(method, args))
+            ts = f"1700000{next(self._ts):03d}.000100"
+        if method == "auth.test":
+            return (
+                200,
+                {
+                    "ok": True,
+                    "user_id": BOT_USER,
+                    "bot_id": "BBOT",
+                    "team_id": "T1",
+                    "user": "threadbot",
+                },
+                {},
+            )
+        if method == "chat.postMessage":
+            return (
+                200,
+                {"ok": True, "channel": args.get("channel"), "ts": ts, "message": {"ts": ts}},
+                {},
+            )
+        if method == "apps.connections.open":
+            return 200, {"ok": True, "url": self.socket_url}, {}
+        return 200, {"ok": True}, {}
+
+    socket_url: str = ""
+
+    @contextmanager
+    def serve(self) -> Iterator[FakeSlack]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length).decode()
+                if "json" in self.headers.get("Content-Type", ""):
+                    args = json.loads(raw or "{}")
+                else:
+                    args = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
+                for k in ("blocks", "view"):
+                    if isinstance(args.get(k), str):
+                        args[k] = json.loads(args[k])
+                url = urllib.parse.urlparse(self.path)
+                method = url.path.rsplit("/", 1)[-1]
+                args.update({k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()})
+                status, body, headers = fake.answer(method, args)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = server.server_address[1]
+        t = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+SECRET = "test-signing-secret"
+
+
+def signed_headers(body: str, *, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
+    """The headers Slack sends: a timestamp and the v0 HMAC signature."""
+    from slack_sdk.signature import SignatureVerifier
+
+    timestamp = str(at if at is not None else int(time.time()))
+    signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
+    assert signature is not None
+    return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
+
+
+class SlackSender:
+    """Posts events and interactivity payloads to the bot as Slack does."""
+
+    def __init__(self, base_url: str) -> None:
+        self.url = base_url + "/slack/events"
+        self._ids = itertools.count(1)
+
+    def event(
+        self, event: dict[str, Any], *, event_id: str | None = None, retry: int | None = None
+    ) -> httpx.Response:
+        payload = {
+            "token": "legacy",
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{next(self._ids):06d}",
+            "event_time": int(time.time()),
+            "event": {"event_ts": event.get("ts"), **event},
+            "authorizations": [{"team_id": "T1", "user_id": BOT_USER, "is_bot": True}],
+        }
+        body = json.dumps(payload)
+        headers = {"Content-Type": "application/json", **signed_headers(body)}
+        if retry is not None:
+            headers["X-Slack-Retry-Num"] = str(retry)
+            headers["X-Slack-Retry-Reason"] = "http_timeout"
+        return httpx.post(self.url, content=body, headers=headers, timeout=10)
+
+    def interaction(self, payload: dict[str, Any]) -> httpx.Response:
+        body = "payload=" + urllib.parse.quote(json.dumps(payload))
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(body)}
+        return httpx.post(self.url, content=body, headers=headers, timeout=10)
+
+    def click(
+        self, user: str, message: dict[str, Any], channel: str, action_id: str
+    ) -> httpx.Response:
+        """Click the button `action_id` on a message the bot posted."""
+        button = next(
+            el
+            for block in message["blocks"]
+            if block["type"] == "actions"
+            for el in block["elements"]
+            if el["action_id"] == action_id
+        )
+        return self.interaction(
+            {
+                "type": "block_actions",
+                "user": {"id": user, "username": user.lower(), "team_id": "T1"},
+                "team": {"id": "T1", "domain": "t"},
+                "api_app_id": "A1",
+                "trigger_id": f"trigger-{user}",
+                "container": {
+                    "type": "message",
+                    "message_ts": message["ts"],
+                    "channel_id": channel,
+                },
+                "channel": {"id": channel},
+                "message": {"ts": message["ts"], "blocks": message["blocks"]},
+                "actions": [
+                    {
+                        "type": "button",
+                        "action_id": action_id,
+                        "block_id": "b",
+                        "value": button["value"],
+                        "action_ts": str(time.time()),
+                    }
+                ],
+            }
+        )
+
+    def submit_reject(self, user: str, view: dict[str, Any], reason: str) -> httpx.Response:
+        return self.interaction(
+            {
+                "type": "view_submission",
+                "user": {"id": user, "team_id": "T1"},
+                "team": {"id": "T1"},
+                "api_app_id": "A1",
+                "view": {
+                    "id": "V1",
+                    "type": "modal",
+                    "callback_id": view["callback_id"],
+                    "private_metadata": view["private_metadata"],
+                    "state": {
+                        "values": {
+                            "reason": {"text": {"type": "plain_text_input", "value": reason}}
+                        }
+                    },
+                },
+            }
+        )

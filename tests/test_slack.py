@@ -1,0 +1,352 @@
+"""Slack, end to end: signed requests through the real Bolt app inside
+`threadbot serve`, a local fake of the Slack Web API, and the real `openai`
+client talking to a local fake model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .fakes import FakeOpenAI, ServerProcess, ask, calls, text
+from .slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender, signed_headers
+from .test_http import env_for
+
+_ts = itertools.count(1)
+
+
+def new_ts() -> str:
+    return f"1800000{next(_ts):03d}.000200"
+
+
+@pytest.fixture(scope="module")
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack().serve() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI().serve() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("slack")
+    (d / "ledger.txt").touch()
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(slack: FakeSlack, model: FakeOpenAI, workdir: Path) -> Iterator[ServerProcess]:
+    env = env_for(workdir / "threadbot.db", model, workdir / "ledger.txt")
+    env.update(
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=slack.api_url,
+        THREADBOT_SLACK_APPROVERS="ULEAD,UOPS",
+    )
+    s = ServerProcess(env).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def sender(server: ServerProcess) -> SlackSender:
+    return SlackSender(server.url)
+
+
+@pytest.fixture(autouse=True)
+def _script_empty(model: FakeOpenAI) -> Iterator[None]:
+    yield
+    assert not model.script, "the test left model replies unused"
+
+
+def posts(slack: FakeSlack, channel: str, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(found) < count:
+        found = [p for p in slack.called("chat.postMessage") if p["channel"] == channel]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} posts in {channel}, wanted {count}")
+        time.sleep(0.02)
+    return found
+
+
+def mention(channel: str, text_: str, user: str = "U1", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text_}",
+        "ts": extra.pop("ts", new_ts()),
+        "channel": channel,
+        **extra,
+    }
+
+
+def message(channel: str, text_: str, user: str = "U1", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "user": user,
+        "text": text_,
+        "ts": extra.pop("ts", new_ts()),
+        "channel": channel,
+        "channel_type": extra.pop("channel_type", "channel"),
+        **extra,
+    }
+
+
+def thread_of(server: ServerProcess, status: str | None = None) -> dict[str, Any]:
+    """The newest thread (optionally waiting for `status`)."""
+    deadline = time.monotonic() + 10
+    while True:
+        listed = httpx.get(server.url + "/threads").json()
+        if listed:
+            body: dict[str, Any] = httpx.get(server.url + f"/threads/{listed[0]['id']}").json()
+            if status is None or body["status"] == status:
+                return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no thread reached {status}")
+        time.sleep(0.02)
+
+
+def test_mention_question_reply_answer(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("Deployed **1.4.2**."))
+    ev = mention("C_Q", "deploy the api")
+    r = sender.event(ev)
+    assert r.status_code == 200
+    question = posts(slack, "C_Q", 1)[0]
+    assert question["thread_ts"] == ev["ts"]  # in the Slack thread of the mention
+    assert "Which version?" in question["blocks"][0]["text"]["text"]
+    assert model.requests[-1]["messages"][-1] == {"role": "user", "content": "deploy the api"}
+    # The user sees the agent working on their message.
+    assert {"channel": "C_Q", "timestamp": ev["ts"], "name": "eyes"} in [
+        {k: c[k] for k in ("channel", "timestamp", "name")} for c in slack.called("reactions.add")
+    ]
+
+    reply = message("C_Q", "1.4.2", thread_ts=ev["ts"])
+    assert sender.event(reply).status_code == 200
+    answer = posts(slack, "C_Q", 2)[1]
+    assert answer["thread_ts"] == ev["ts"]
+    assert answer["blocks"][0]["text"]["text"] == "Deployed *1.4.2*."  # Markdown → mrkdwn
+    body = thread_of(server, "done")
+    assert [e["type"] for e in body["events"]] == [
+        "user_message",
+        "tool_call",
+        "delivered",
+        "human_response",
+        "assistant_message",
+        "delivered",
+    ]
+    assert body["events"][3]["source"]["user"] == "U1"
+
+
+def test_dm_launches_and_options_are_buttons(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which environment?", ["staging", "production"]), text("Staging it is."))
+    ev = message("D_OPT", "deploy web", channel_type="im")
+    sender.event(ev)
+    question = posts(slack, "D_OPT", 1)[0]
+    actions = next(b for b in question["blocks"] if b["type"] == "actions")
+    assert [e["text"]["text"] for e in actions["elements"]] == ["staging", "production"]
+    thread = thread_of(server, "waiting_for_human")
+    delivered = thread["events"][2]
+    msg = {"ts": delivered["refs"]["ts"], "blocks": question["blocks"]}
+    r = sender.click("U1", msg, "D_OPT", "tb_option_0")
+    assert r.status_code == 200
+    posts(slack, "D_OPT", 2)
+    body = thread_of(server, "done")
+    answer = next(e for e in body["events"] if e["type"] == "human_response")
+    assert (answer["text"], answer["option"]) == ("staging", "staging")
+    # The question lost its buttons and shows who answered.
+    update = slack.wait_for("chat.update")[-1]
+    assert update["ts"] == msg["ts"]
+    assert not any(b["type"] == "actions" for b in update["blocks"])
+    assert "<@U1> answered: staging" in json.dumps(update["blocks"])
+
+
+def approval_thread(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI, channel: str
+) -> dict[str, Any]:
+    model.add(calls(("deploy", {"service": "api", "version": "2"})))
+    sender.event(mention(channel, "deploy api 2"))
+    post = posts(slack, channel, 1)[0]
+    assert "Approval needed" in post["blocks"][0]["text"]["text"]
+    assert "*version:* `2`" in post["blocks"][0]["text"]["text"]
+    thread = thread_of(server, "waiting_for_approval")
+    return {"ts": thread["events"][2]["refs"]["ts"], "blocks": post["blocks"], "thread": thread}
+
+
+def test_approve_by_an_approver(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI, workdir: Path
+) -> None:
+    msg = approval_thread(server, sender, slack, model, "C_APP")
+    assert "<@ULEAD>" in json.dumps(msg["blocks"])  # says who may decide
+    model.add(text("Deployed api 2."))
+    assert sender.click("ULEAD", msg, "C_APP", "tb_approve").status_code == 200
+    posts(slack, "C_APP", 2)
+    body = thread_of(server, "done")
+    assert "deploy api 2" in (workdir / "ledger.txt").read_text()
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert (approval["approved"], approval["source"]["user"]) == (True, "ULEAD")
+    update = [u for u in slack.called("chat.update") if u["ts"] == msg["ts"]][-1]
+    assert "Approved by <@ULEAD>" in json.dumps(update["blocks"])
+    assert not any(b["type"] == "actions" for b in update["blocks"])
+
+
+def test_unauthorized_click_then_double_click(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI, workdir: Path
+) -> None:
+    msg = approval_thread(server, sender, slack, model, "C_DBL")
+    before = len(msg["thread"]["events"])
+    sender.click("UNOBODY", msg, "C_DBL", "tb_approve")
+    refusal = slack.wait_for("chat.postEphemeral")[-1]
+    assert refusal["user"] == "UNOBODY"
+    assert "may not" in refusal["text"]
+    assert len(thread_of(server)["events"]) == before  # nothing written
+
+    model.add(text("Done."))
+    sender.click("UOPS", msg, "C_DBL", "tb_approve")
+    thread_of(server, "done")
+    n = len(slack.called("chat.postEphemeral"))
+    sender.click("ULEAD", msg, "C_DBL", "tb_approve")  # too late
+    late = slack.wait_for("chat.postEphemeral", n + 1)[-1]
+    assert late["user"] == "ULEAD"
+    assert "Already settled by <@UOPS>" in late["text"]
+    body = thread_of(server, "done")
+    assert [e["type"] for e in body["events"]].count("approval") == 1
+    assert (workdir / "ledger.txt").read_text().count(
+        "deploy api 2"
+    ) == 2  # this test's and the last
+
+
+def test_reject_asks_for_a_reason(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    msg = approval_thread(server, sender, slack, model, "C_REJ")
+    opened = len(slack.called("views.open"))
+    sender.click("ULEAD", msg, "C_REJ", "tb_reject")
+    view = slack.wait_for("views.open", opened + 1)[-1]
+    assert view["trigger_id"] == "trigger-ULEAD"
+    model.add(text("OK, not deploying."))
+    r = sender.submit_reject("ULEAD", view["view"], "the release is frozen")
+    assert r.status_code == 200, server.output()
+    posts(slack, "C_REJ", 2)
+    body = thread_of(server, "done")
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert (approval["approved"], approval["comment"]) == (False, "the release is frozen")
+    assert "the release is frozen" in model.requests[-1]["messages"][-1]["content"]
+    update = [u for u in slack.called("chat.update") if u["ts"] == msg["ts"]][-1]
+    assert "Rejected by <@ULEAD>: the release is frozen" in json.dumps(update["blocks"])
+
+
+def test_reject_by_someone_else_opens_no_modal(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    msg = approval_thread(server, sender, slack, model, "C_REJ2")
+    opened = len(slack.called("views.open"))
+    n = len(slack.called("chat.postEphemeral"))
+    sender.click("UNOBODY", msg, "C_REJ2", "tb_reject")
+    assert "may not" in slack.wait_for("chat.postEphemeral", n + 1)[-1]["text"]
+    assert len(slack.called("views.open")) == opened
+    # Tidy up: the thread is decided over HTTP, and its buttons go away.
+    model.add(text("Not deployed."))
+    thread_id = msg["thread"]["id"]
+    httpx.post(
+        server.url + f"/threads/{thread_id}/approvals", json={"approved": False, "comment": "no"}
+    )
+    posts(slack, "C_REJ2", 2)
+    update = [u for u in slack.called("chat.update") if u["ts"] == msg["ts"]][-1]
+    assert not any(b["type"] == "actions" for b in update["blocks"])
+
+
+def test_retries_and_duplicates_land_once(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("ok"))
+    ev = mention("C_DUP", "deploy")
+    sender.event(ev, event_id="EvDUP1")
+    sender.event(ev, event_id="EvDUP1", retry=1)  # Slack's retry
+    # The same post also arrives as a `message` event, with its own event id.
+    sender.event(message("C_DUP", f"<@{BOT_USER}> deploy", ts=ev["ts"]))
+    posts(slack, "C_DUP", 1)
+    reply = message("C_DUP", "1.0", thread_ts=ev["ts"])
+    sender.event(reply)
+    sender.event(reply, retry=1)
+    sender.event({**reply, "type": "app_mention"})
+    posts(slack, "C_DUP", 2)
+    time.sleep(0.3)
+    body = thread_of(server, "done")
+    types = [e["type"] for e in body["events"]]
+    assert types.count("user_message") == 1 and types.count("human_response") == 1
+    assert len([p for p in slack.called("chat.postMessage") if p["channel"] == "C_DUP"]) == 2
+    assert len(httpx.get(server.url + "/threads").json()) == len(
+        {p["channel"] for p in slack.called("chat.postMessage")}
+    )
+
+
+def test_bad_signature_is_refused(server: ServerProcess, slack: FakeSlack) -> None:
+    body = json.dumps({"type": "event_callback", "event": mention("C_SIG", "deploy")})
+    before = httpx.get(server.url + "/threads").json()
+    forged = signed_headers(body, secret="not-the-secret")
+    r = httpx.post(server.url + "/slack/events", content=body, headers=forged)
+    assert r.status_code == 401
+    stale = signed_headers(body, at=int(time.time()) - 3600)
+    r = httpx.post(server.url + "/slack/events", content=body, headers=stale)
+    assert r.status_code == 401
+    r = httpx.post(server.url + "/slack/events", content=body)
+    assert r.status_code == 401
+    assert httpx.get(server.url + "/threads").json() == before
+
+
+def test_own_bot_and_edited_messages_are_ignored(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack
+) -> None:
+    before = httpx.get(server.url + "/threads").json()
+    sender.event(message("D_IGN", "I am the bot", user=BOT_USER, channel_type="im", bot_id="BBOT"))
+    sender.event(message("D_IGN", "another bot", user="UOTHERBOT", channel_type="im", bot_id="B2"))
+    sender.event(message("D_IGN", "edited", channel_type="im", subtype="message_changed"))
+    sender.event(message("D_IGN", "", channel_type="im", subtype="message_deleted"))
+    sender.event(message("C_IGN", "talk among ourselves"))  # no mention, no bound thread
+    time.sleep(0.5)
+    assert httpx.get(server.url + "/threads").json() == before
+    assert not [p for p in slack.called("chat.postMessage") if p["channel"] in ("D_IGN", "C_IGN")]
+
+
+def test_long_answer_is_split(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(60)]  # ~45,000 chars
+    model.add(text("\n\n".join(paragraphs)))
+    sender.event(mention("C_LONG", "explain everything"))
+    thread_of(server, "done")
+    time.sleep(0.3)
+    sent = [p for p in slack.called("chat.postMessage") if p["channel"] == "C_LONG"]
+    assert len(sent) >= 2
+    sections = [b["text"]["text"] for p in sent for b in p["blocks"]]
+    assert all(len(s) <= 3000 for s in sections)
+    assert all(len(p["blocks"]) <= 50 for p in sent)
+    joined = " ".join(sections)
+    assert all(f"Paragraph {i}:" in joined for i in range(60))
+
+
+def test_rate_limited_post_is_retried(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    slack.fail["chat.postMessage"] = [429]
+    model.add(text("hello"))
+    t0 = time.monotonic()
+    sender.event(mention("C_429", "hi"))
+    post = posts(slack, "C_429", 1)[0]
+    assert time.monotonic() - t0 >= 1.0  # waited for Retry-After: 1
+    assert post["blocks"][0]["text"]["text"] == "hello"
