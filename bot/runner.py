@@ -101,6 +101,7 @@ class Runner:
         self._contexts: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._delivery_failures: dict[str, int] = {}
 
     # -- scheduling ---------------------------------------------------------
 
@@ -310,10 +311,20 @@ class Runner:
         try:
             delivery = await channel.deliver(thread.id, thread.events, step.seq)
         except Exception:
+            # The platform is down or refused: try again later, backing off.
+            attempt = self._delivery_failures.get(thread.id, 0)
+            self._delivery_failures[thread.id] = attempt + 1
+            delay = min(300.0, max(0.05, self.retry_delay) * 2**attempt)
             log.exception(
-                "thread %s: delivering #%d to %s failed", thread.id, step.seq, step.channel
+                "thread %s: delivering #%d to %s failed; retrying in %.1f s",
+                thread.id,
+                step.seq,
+                step.channel,
+                delay,
             )
+            asyncio.get_running_loop().call_later(delay, self.kick, thread.id)
             return None
+        self._delivery_failures.pop(thread.id, None)
         record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
         while True:
             try:

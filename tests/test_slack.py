@@ -350,3 +350,25 @@ def test_rate_limited_post_is_retried(
     post = posts(slack, "C_429", 1)[0]
     assert time.monotonic() - t0 >= 1.0  # waited for Retry-After: 1
     assert post["blocks"][0]["text"]["text"] == "hello"
+
+
+def test_a_reply_after_the_answer_continues_and_strangers_cannot_answer(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    model.add(text("The api is healthy."), ask("Which service?"), text("web is fine too."))
+    ev = mention("C_CONT", "how is the api?")
+    sender.event(ev)
+    posts(slack, "C_CONT", 1)
+    thread_id = thread_of(server, "done")["id"]
+    sender.event(message("C_CONT", "and the others?", thread_ts=ev["ts"]))
+    posts(slack, "C_CONT", 2)
+    body = thread_of(server, "waiting_for_human")
+    assert body["id"] == thread_id  # the same agent thread
+    n = len(slack.called("chat.postEphemeral"))
+    sender.event(message("C_CONT", "it's the db!", user="USTRANGER", thread_ts=ev["ts"]))
+    refusal = slack.wait_for("chat.postEphemeral", n + 1)[-1]
+    assert refusal["user"] == "USTRANGER" and "may not" in refusal["text"]
+    assert len(thread_of(server)["events"]) == len(body["events"])
+    sender.event(message("C_CONT", "web", thread_ts=ev["ts"]))
+    posts(slack, "C_CONT", 3)
+    assert thread_of(server, "done")["events"][-2]["text"] == "web is fine too."
