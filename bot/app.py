@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store import EventStore
@@ -21,6 +22,7 @@ from .model import Model, OpenAIModel
 from .tools import load_tools
 
 if TYPE_CHECKING:
+    from channels.email import EmailChannel
     from channels.slack import SlackChannel
 
 __all__ = ["build_bot", "build_model", "serve"]
@@ -49,7 +51,13 @@ def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
     )
 
 
-def _banner(settings: Settings, bot: ThreadBot, resumed: int, slack: SlackChannel | None) -> str:
+def _banner(
+    settings: Settings,
+    bot: ThreadBot,
+    resumed: int,
+    slack: SlackChannel | None,
+    mail: EmailChannel | None,
+) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (API docs: /docs)"]
     lines.append(f"  store:  {settings.db}")
@@ -68,14 +76,30 @@ def _banner(settings: Settings, bot: ThreadBot, resumed: int, slack: SlackChanne
         lines.append("  slack:  Socket Mode")
     else:
         lines.append(f"  slack:  HTTP mode at http://{host}:{port}/slack/events")
+    if mail is None:
+        lines.append("  email:  off")
+    else:
+        es = mail.settings
+        out = (
+            f"relay {es.relay}"
+            if es.relay
+            else f"written to {es.outbox} (set THREADBOT_SMTP_RELAY)"
+        )
+        lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
     return "\n".join(lines)
 
 
+def _outbox_beside(db: str) -> str:
+    """Without a relay, outbound mail is kept next to the database."""
+    return str(Path(db).resolve().parent / "outbox")
+
+
 async def serve(settings: Settings) -> None:
     import uvicorn
 
+    from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app
     from channels.slack import SlackChannel, SlackSettings
 
@@ -93,6 +117,12 @@ async def serve(settings: Settings) -> None:
         slack = SlackChannel(bot, slack_settings)
         bot.add_channel("slack", slack)
         bot.approvers["slack"] = frozenset(slack_settings.approvers)
+    email_settings = EmailSettings.from_env(outbox=_outbox_beside(settings.db))
+    mail: EmailChannel | None = None
+    if email_settings is not None:
+        mail = EmailChannel(bot, email_settings)
+        bot.add_channel("email", mail)
+        bot.approvers["email"] = frozenset(email_settings.approvers)
     http_slack = slack is not None and not slack.settings.socket_mode
     app = create_app(
         bot, token=settings.api_token, open_paths=("/slack/events",) if http_slack else ()
@@ -104,13 +134,17 @@ async def serve(settings: Settings) -> None:
     )
     if slack is not None:
         await slack.start()
+    if mail is not None:
+        await mail.start()
     resumed = await bot.resume_all()
-    print(_banner(settings, bot, len(resumed), slack), file=sys.stderr, flush=True)
+    print(_banner(settings, bot, len(resumed), slack, mail), file=sys.stderr, flush=True)
     try:
         await server.serve()
     finally:
         if slack is not None:
             await slack.stop()
+        if mail is not None:
+            await mail.stop()
         if bot.runner.active():
             print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
         await bot.close(grace=10.0)

@@ -54,3 +54,10 @@ def m001_events_and_threads(db: Database) -> None:
         pk="ref",
         not_null={"ref", "thread_id"},
     )
+
+
+@migrations()
+def m002_meta(db: Database) -> None:
+    # Settings the deployment generates once and must keep (a signing secret
+    # when none is configured); mutable, and not part of any thread.
+    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"key", "value"})

@@ -232,6 +232,14 @@ class EventStore:
         row = self.db.execute("SELECT thread_id, seq FROM events WHERE key = ?", [key]).fetchone()
         return (row[0], row[1]) if row else None
 
+    def meta(self, key: str, default: str) -> str:
+        """A deployment setting kept in the database; `default` is stored the
+        first time, and wins only then (several processes agree on one value)."""
+        with self.db.atomic():
+            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [key, default])
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return str(row[0])
+
     def route(self, ref: str) -> str | None:
         row = self.db.execute("SELECT thread_id FROM routes WHERE ref = ?", [ref]).fetchone()
         return row[0] if row else None

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, clean_environ, text
+from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, clean_environ, free_port, text
 
 
 def env_for(db: Path, fake: FakeOpenAI, ledger: Path, **extra: str) -> dict[str, str]:
@@ -25,6 +25,7 @@ def env_for(db: Path, fake: FakeOpenAI, ledger: Path, **extra: str) -> dict[str,
         "THREADBOT_MODEL": "fake-model",
         "THREADBOT_TOOLS": str(REPO / "tests" / "ledger_tools.py"),
         "THREADBOT_TEST_LEDGER": str(ledger),
+        "THREADBOT_SMTP": f"127.0.0.1:{free_port()}",
         **extra,
     }
 

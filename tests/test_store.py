@@ -43,7 +43,8 @@ def test_migrated_schema(tmp_path: Path) -> None:
     # Opening again applies nothing twice.
     EventStore(tmp_path / "t.db")
     names = [r["name"] for r in db.table("_sqlite_migrations").rows]
-    assert names == ["m001_events_and_threads"]
+    assert names == ["m001_events_and_threads", "m002_meta"]
+    assert db.table("meta").pks == ["key"]
 
 
 def test_append_at_the_expected_seq_only(tmp_path: Path) -> None:
@@ -123,3 +124,9 @@ def test_fork_records_its_parent(tmp_path: Path) -> None:
     store.create("f", [row(0)], status="running", title="t", origin="{}", parent=("t", 0))
     f = store.thread("f")
     assert f is not None and (f.parent_id, f.parent_seq) == ("t", 0)
+
+
+def test_meta_keeps_the_first_value(tmp_path: Path) -> None:
+    a = EventStore(tmp_path / "t.db")
+    assert a.meta("secret", "first") == "first"
+    assert EventStore(tmp_path / "t.db").meta("secret", "second") == "first"
