@@ -114,10 +114,11 @@ def html_to_text(html: str) -> str:
 # Where clients put the quoted history in HTML mail: Gmail's gmail_quote, the
 # Outlook web divider, Apple Mail's and Thunderbird's cited blockquotes.
 _HTML_QUOTE_START = re.compile(
-    r'<div[^>]*class="[^"]*gmail_quote[^"]*"'
+    r"(?:<hr[^>]*>\s*)?"  # Outlook draws a line above its header block
+    r'(?:<div[^>]*class="[^"]*gmail_quote[^"]*"'
     r'|<div[^>]*id="(?:divRplyFwdMsg|appendonsend)"'
     r'|<div[^>]*class="[^"]*moz-cite-prefix[^"]*"'
-    r'|<blockquote[^>]*type="cite"',
+    r'|<blockquote[^>]*type="cite")',
     re.IGNORECASE,
 )
 
@@ -137,7 +138,11 @@ def new_text(body: str) -> str:
     except Exception:  # the reply parser gave up: keep the whole text
         text = body
     text = _MOBILE_FOOTERS.sub("", text)
-    return "\n".join(line.rstrip() for line in text.strip().splitlines()).strip()
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    # History quoted at the bottom without an attribution line.
+    while lines and (not lines[-1] or lines[-1].startswith(">")):
+        lines.pop()
+    return "\n".join(lines).strip()
 
 
 def parse_mail(raw: bytes, *, return_path: str | None = None) -> InboundMail:

@@ -1,0 +1,373 @@
+"""Email, end to end: `threadbot serve` with its real aiosmtpd server, mail sent
+with `smtplib`, the bot's mail caught by a second local SMTP server, and the
+real `openai` client talking to a local fake model."""
+
+from __future__ import annotations
+
+import itertools
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import pytest
+
+from .fakes import FakeOpenAI, ServerProcess, ask, calls, free_port, text
+from .mail_fake import CaptureRelay, reply_bytes, text_of
+from .test_http import env_for
+
+BOT = "bot@example.com"
+ANN = "ann@example.com"
+LEAD = "lead@example.com"
+MAX_BYTES = 200_000
+_n = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[CaptureRelay]:
+    with CaptureRelay().serve() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI().serve() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def server(
+    relay: CaptureRelay, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    d = tmp_path_factory.mktemp("email")
+    (d / "ledger.txt").touch()
+    env = env_for(d / "threadbot.db", model, d / "ledger.txt")
+    env.update(
+        THREADBOT_SMTP=f"127.0.0.1:{free_port()}",
+        THREADBOT_EMAIL=BOT,
+        THREADBOT_SMTP_RELAY=f"127.0.0.1:{relay.port}",
+        THREADBOT_SECRET="test-secret",
+        THREADBOT_SMTP_MAX_BYTES=str(MAX_BYTES),
+        THREADBOT_EMAIL_APPROVERS=LEAD,
+    )
+    s = ServerProcess(env).start()
+    s.smtp_port = int(env["THREADBOT_SMTP"].rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _script_used(model: FakeOpenAI) -> Iterator[None]:
+    yield
+    assert not model.script, "the test left model replies unused"
+
+
+def send(
+    server: ServerProcess, raw: bytes | EmailMessage, *, to: str = BOT, sender: str = ANN
+) -> None:
+    data = raw.as_bytes() if isinstance(raw, EmailMessage) else raw
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as smtp:  # type: ignore[attr-defined]
+        smtp.sendmail(sender, [to], data)
+
+
+def new_mail(subject: str, body: str, *, sender: str = ANN, **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Ann Example <{sender}>"
+    msg["To"] = BOT
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<m{next(_n)}.{time.time_ns()}@client.example>"
+    for k, v in headers.items():
+        msg[k.replace("_", "-")] = v
+    msg.set_content(body)
+    return msg
+
+
+def threads(server: ServerProcess) -> list[dict[str, Any]]:
+    return list(httpx.get(server.url + "/threads?limit=1000").json())
+
+
+def thread(server: ServerProcess, thread_id: str, status: str | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        body: dict[str, Any] = httpx.get(server.url + f"/threads/{thread_id}").json()
+        if status is None or body["status"] == status:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.02)
+
+
+def launch(
+    server: ServerProcess, relay: CaptureRelay, subject: str, body: str
+) -> tuple[str, EmailMessage, EmailMessage]:
+    """Mail the bot; return the thread id, the mail sent and the bot's first mail."""
+    before = len(relay.messages)
+    mail = new_mail(subject, body)
+    send(server, mail)
+    bot_mail = relay.wait_for(before + 1)[before].message
+    thread_id = next(t["id"] for t in threads(server) if t["title"] == body.splitlines()[0])
+    return thread_id, mail, bot_mail
+
+
+STYLES = [
+    "gmail",
+    "outlook",
+    "outlook_web",
+    "apple",
+    "thunderbird",
+    "gmail_html",
+    "outlook_html",
+    "apple_html",
+    "latin1",
+]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_question_reply_answer_in_every_client_style(
+    style: str, server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    answer = "Version 1.4.2, déployez-la" if style == "latin1" else "Version 1.4.2 please"
+    model.add(ask("Which version?"), text(f"Deploying **1.4.2** ({style})."))
+    thread_id, first, question = launch(
+        server, relay, f"deploy the api ({style})", f"deploy the api {style}"
+    )
+    # The question: threaded under the mail that started it, answerable by reply.
+    assert question["In-Reply-To"] == first["Message-ID"]
+    assert first["Message-ID"] in question["References"]
+    assert question["Subject"] == f"Re: deploy the api ({style})"
+    assert question["To"] == ANN
+    assert question["From"] == f"threadbot <{BOT}>"
+    assert question["Reply-To"].startswith(f"threadbot <bot+{thread_id}.")
+    assert question["Message-ID"] == f"<tb.{thread_id}.1@example.com>"
+    assert question["Auto-Submitted"] == "auto-replied"
+    assert "Which version?" in text_of(question)
+    assert question.get_body(preferencelist=("html",)) is not None
+    assert model.requests[-1]["messages"][-1]["content"] == f"deploy the api {style}"
+
+    reply_to = question["Reply-To"].addresses[0].addr_spec
+    reply_id = f"<r{next(_n)}@client.example>"
+    before = len(relay.messages)
+    send(
+        server,
+        reply_bytes(
+            style, sender=ANN, to=reply_to, answer=answer, quoted=question, message_id=reply_id
+        ),
+        to=reply_to,
+    )
+    final = relay.wait_for(before + 1)[before].message
+    body = thread(server, thread_id, "done")
+    response = next(e for e in body["events"] if e["type"] == "human_response")
+    assert response["text"] == answer  # quotes, signatures and footers gone
+    assert model.requests[-1]["messages"][-1]["content"] == answer
+    # The answer is threaded under the reply, and the whole conversation.
+    assert final["In-Reply-To"] == reply_id
+    refs = final["References"].split()
+    assert refs[0] == first["Message-ID"]
+    assert question["Message-ID"] in refs and reply_id in refs
+    assert f"Deploying *1.4.2* ({style})" in text_of(
+        final
+    ) or f"Deploying **1.4.2** ({style})" in text_of(final)
+
+
+def approval_mail(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI, tag: str
+) -> tuple[str, EmailMessage]:
+    model.add(calls(("deploy", {"service": "api", "version": tag})))
+    thread_id, _, request = launch(server, relay, f"deploy {tag}", f"deploy api {tag}")
+    assert "Approval needed before I run deploy" in text_of(request)
+    assert "version: " + tag in text_of(request)
+    assert 'reply with "approve"' in text_of(request)
+    assert set(request["To"].split(", ")) == {ANN, LEAD}  # the approvers get it too
+    thread(server, thread_id, "waiting_for_approval")
+    return thread_id, request
+
+
+def reply(server: ServerProcess, request: EmailMessage, body: str, *, sender: str = ANN) -> bytes:
+    address = request["Reply-To"].addresses[0].addr_spec
+    msg = new_mail("Re: " + str(request["Subject"]), body, sender=sender)
+    msg["In-Reply-To"] = request["Message-ID"]
+    send(server, msg, to=address, sender=sender)
+    return msg.as_bytes()
+
+
+def test_approve_by_mail(server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI) -> None:
+    thread_id, request = approval_mail(server, relay, model, "7.0")
+    model.add(text("Deployed 7.0."))
+    reply(server, request, "Yes\n\nOn Monday threadbot wrote:\n> Approval needed", sender=LEAD)
+    body = thread(server, thread_id, "done")
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert (approval["approved"], approval["source"]["user"]) == (True, LEAD)
+    assert any(
+        e["type"] == "tool_result" and e["output"] == "deployed api 7.0" for e in body["events"]
+    )
+
+
+def test_reject_by_mail_with_a_reason(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, request = approval_mail(server, relay, model, "8.0")
+    model.add(text("Not deployed."))
+    reply(server, request, "reject - the database migration has not run yet\n\nLee", sender=LEAD)
+    body = thread(server, thread_id, "done")
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert approval["approved"] is False
+    assert approval["comment"].startswith("the database migration has not run yet")
+    assert "the database migration has not run yet" in model.requests[-1]["messages"][-1]["content"]
+
+
+def test_an_unclear_decision_gets_the_choices_and_changes_nothing(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, request = approval_mail(server, relay, model, "9.0")
+    n = len(thread(server, thread_id)["events"])
+    before = len(relay.messages)
+    reply(server, request, "hmm, what does this do?", sender=LEAD)
+    help_mail = relay.wait_for(before + 1)[before].message
+    assert 'Reply with "approve"' in text_of(help_mail)
+    assert help_mail["To"] == LEAD
+    assert len(thread(server, thread_id, "waiting_for_approval")["events"]) == n
+    # The person who asked is not an approver here: refused, nothing written.
+    with pytest.raises(smtplib.SMTPDataError) as denied:
+        reply(server, request, "approve")
+    assert denied.value.smtp_code == 550
+    assert len(thread(server, thread_id)["events"]) == n
+    model.add(text("Fine."))
+    reply(server, request, "approve", sender=LEAD)
+    thread(server, thread_id, "done")
+
+
+def test_options_by_number(server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI) -> None:
+    model.add(ask("Where?", ["staging", "production"]), text("ok"))
+    thread_id, _, question = launch(server, relay, "where", "deploy somewhere")
+    assert "1. staging" in text_of(question) and "2. production" in text_of(question)
+    reply(server, question, "2")
+    response = next(
+        e for e in thread(server, thread_id, "done")["events"] if e["type"] == "human_response"
+    )
+    assert (response["text"], response["option"]) == ("production", "production")
+
+
+def test_forged_and_foreign_replies_are_refused(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"))
+    thread_id, _, question = launch(server, relay, "forgery", "deploy forgery")
+    n = len(thread(server, thread_id)["events"])
+    good = question["Reply-To"].addresses[0].addr_spec
+    local, domain = good.split("@")
+    forged = local[:-1] + ("0" if local[-1] != "0" else "1") + "@" + domain
+    other_thread = f"bot+{'f' * 16}.{local.split('.')[1]}@{domain}"
+    for address in (forged, other_thread, "someone@example.com", "bot+@example.com"):
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            send(server, new_mail("Re: x", "1.4.2"), to=address)
+        assert refused.value.recipients[address][0] == 550
+    # A real reply address, but from someone who is not in the conversation.
+    with pytest.raises(smtplib.SMTPDataError) as denied:
+        reply(server, question, "9.9.9", sender="eve@example.com")
+    assert denied.value.smtp_code == 550
+    assert b"may not" in denied.value.smtp_error
+    assert len(thread(server, thread_id)["events"]) == n
+    model.add(text("ok"))
+    reply(server, question, "1.4.2")  # the real sender still can
+    thread(server, thread_id, "done")
+
+
+def test_auto_replies_and_bounces_are_dropped_silently(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"))
+    thread_id, _, question = launch(server, relay, "ooo", "deploy while away")
+    n = len(thread(server, thread_id)["events"])
+    address = question["Reply-To"].addresses[0].addr_spec
+    count = len(threads(server))
+    before = len(relay.messages)
+    ooo = new_mail("Out of office", "I am away until Monday.", Auto_Submitted="auto-replied")
+    send(server, ooo, to=address)
+    send(server, new_mail("Auto: away", "Away.", X_Autoreply="yes"), to=address)
+    send(server, new_mail("Away", "Away.", Precedence="auto_reply"), to=BOT)
+    bounce = (
+        "From: Mail Delivery Subsystem <mailer-daemon@example.org>\r\n"
+        f"To: {address}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Message-ID: <bounce1@example.org>\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed permanently.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; example.org\r\n"
+        "--B--\r\n"
+    ).encode()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port) as smtp:  # type: ignore[attr-defined]
+        smtp.sendmail("", [address], bounce)  # the empty return path of a bounce
+    time.sleep(0.5)
+    assert len(thread(server, thread_id)["events"]) == n
+    assert len(threads(server)) == count
+    assert len(relay.messages) == before  # and nothing was sent back
+
+
+def test_a_redelivered_mail_is_a_no_op(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("ok"))
+    count = len(threads(server))
+    mail = new_mail("dup", "deploy dup")
+    send(server, mail)
+    send(server, mail)
+    relay.wait_for(1)
+    time.sleep(0.3)
+    assert len(threads(server)) == count + 1
+    thread_id = threads(server)[0]["id"]
+    question = relay.to(ANN)[-1]
+    raw = reply(server, question, "1.0")
+    send(server, raw, to=question["Reply-To"].addresses[0].addr_spec)
+    body = thread(server, thread_id, "done")
+    assert [e["type"] for e in body["events"]].count("human_response") == 1
+
+
+def test_oversized_mail_is_refused(server: ServerProcess) -> None:
+    count = len(threads(server))
+    big = new_mail("big", "x" * (MAX_BYTES + 1000))
+    with pytest.raises(smtplib.SMTPException) as refused:
+        send(server, big)
+    assert "552" in str(refused.value)
+    assert len(threads(server)) == count
+
+
+def test_broken_mime_does_not_crash_the_server(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    broken = [
+        b"\xff\xfe\x00garbage with no headers at all\r\n",
+        b"From: ann@example.com\r\n"
+        b'Content-Type: multipart/mixed; boundary="x"\r\n'
+        b"Message-ID: <broken1@x>\r\n\r\n"
+        b"--x\r\nContent-Type: text/plain; charset=no-such-charset\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64!!!\r\n",
+        b"From: =?utf-8?q?broken=\r\nSubject: =?unknown?b?xx?=\r\n"
+        b"Message-ID: <broken2@x>\r\n\r\nbody",
+    ]
+    for raw in broken:
+        try:
+            send(server, raw)
+        except smtplib.SMTPResponseException as e:
+            assert e.smtp_code in (550, 554), e  # a clear refusal, not a dropped connection
+    model.add(text("still here"))
+    launch(server, relay, "after", "after the garbage")
+
+
+def test_a_new_mail_from_a_non_utf8_client(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(text("ok"))
+    msg = EmailMessage()
+    msg["From"] = f"Zoë <{ANN}>"
+    msg["To"] = BOT
+    msg["Subject"] = "Déploiement"
+    msg["Message-ID"] = "<latin1@client.example>"
+    msg.set_content("Déployez l'api, s'il vous plaît.", charset="iso-8859-1")
+    assert b"iso-8859-1" in msg.as_bytes()
+    send(server, msg)
+    relay.wait_for(1)
+    deadline = time.monotonic() + 10
+    while not any(t["title"] == "Déployez l'api, s'il vous plaît." for t in threads(server)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
