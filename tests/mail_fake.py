@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from .fakes import free_port
 
@@ -31,6 +32,17 @@ class CaptureRelay:
     messages: list[Captured] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    login: tuple[str, str] | None = None
+    """Require this user and password (AUTH over the plain connection)."""
+    logins: list[str] = field(default_factory=list)
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = self.login is not None and (data.login.decode(), data.password.decode()) == self.login
+        if ok:
+            self.logins.append(data.login.decode())
+        return AuthResult(success=ok)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
@@ -56,7 +68,14 @@ class CaptureRelay:
     @contextmanager
     def serve(self) -> Iterator[CaptureRelay]:
         self.port = free_port()
-        controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        auth: dict[str, Any] = {}
+        if self.login is not None:
+            auth = {
+                "authenticator": self._authenticate,
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
+        controller = Controller(self, hostname="127.0.0.1", port=self.port, **auth)
         controller.start()
         try:
             yield self

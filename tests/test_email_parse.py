@@ -90,3 +90,8 @@ def test_reply_tokens() -> None:
 )
 def test_decisions(text: str, decision: tuple[bool, str | None] | None) -> None:
     assert _decision(text) == decision
+
+
+def test_a_sender_that_is_not_an_address_is_none() -> None:
+    assert parse_mail(b"From: =?utf-8?q?broken=\r\n\r\nbody").sender == ""
+    assert parse_mail(b"From: Ann <ann@example.com>\r\n\r\nbody").sender == "ann@example.com"

@@ -21,6 +21,7 @@ from mailparser_reply.parser import EmailMessage as ReplyText
 __all__ = ["InboundMail", "auto_reply_reason", "new_text", "parse_mail"]
 
 _MSGID = re.compile(r"<[^<>\s]+>")
+_ADDRESS = re.compile(r"^[^@\s<>()\[\]\\,;:\"]+@[^@\s<>()\[\]\\,;:\"]+\.[^@\s<>()\[\]\\,;:\"]+$")
 _MOBILE_FOOTERS = re.compile(
     r"^\s*(sent from my \w+.*|get outlook for \w+.*|sent from (mail|outlook) for \w+.*)\s*$",
     re.IGNORECASE | re.MULTILINE,
@@ -151,6 +152,8 @@ def parse_mail(raw: bytes, *, return_path: str | None = None) -> InboundMail:
     if not message_id:
         message_id = f"<sha256.{hashlib.sha256(raw).hexdigest()[:32]}@threadbot.invalid>"
     name, sender = parseaddr(_header(msg, "From"))
+    if not _ADDRESS.match(sender):
+        sender = ""  # not an address anyone could be answered at
     try:
         body = _body_text(msg)
     except Exception:
