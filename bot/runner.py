@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -43,6 +45,7 @@ from .thread import (
     Interrupted,
     OpenCall,
     RunTool,
+    Step,
     Stop,
     ThreadState,
     Wait,
@@ -75,6 +78,25 @@ class Outbound(Protocol):
     async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery: ...
 
 
+def _is_dead(owner: str, me: str) -> bool:
+    """Whether a lease owner is a process on this machine that no longer
+    runs (a crash leaves its leases behind until they expire)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Runner:
     def __init__(
         self,
@@ -87,8 +109,12 @@ class Runner:
         max_errors: int = 3,
         retry_delay: float = 1.0,
         outbound: Mapping[str, Outbound] | None = None,
+        lease_ttl: float = 30.0,
     ) -> None:
         self.log = log_
+        self.lease_ttl = lease_ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This process, as a lease holder."""
         self.model = model
         self.tools = tools
         self.system_prompt = system_prompt
@@ -136,14 +162,29 @@ class Runner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.log.store.release_all(self.owner)
 
     async def _run(self, thread_id: str) -> None:
         try:
-            while True:
-                self._again.discard(thread_id)
-                await self.run_until_paused(thread_id)
-                if thread_id not in self._again:
-                    break
+            if not await self._take_lease(thread_id):
+                return
+            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(thread_id))
+            try:
+                while True:
+                    self._again.discard(thread_id)
+                    state = await self.run_until_paused(thread_id)
+                    if thread_id in self._again:
+                        continue
+                    self.log.store.release(thread_id, self.owner)
+                    # A writer in another process that found the lease taken
+                    # relies on this look after the release.
+                    if self.log.load(thread_id).state.last_seq == state.last_seq:
+                        break
+                    if not self._acquire(thread_id):
+                        break  # that process took it
+            finally:
+                heartbeat.cancel()
+                self.log.store.release(thread_id, self.owner)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -153,17 +194,55 @@ class Runner:
         finally:
             self._tasks.pop(thread_id, None)
 
+    # -- leases: one process runs a thread at a time --------------------------
+
+    def _acquire(self, thread_id: str) -> bool:
+        store = self.log.store
+        if store.acquire(thread_id, self.owner, self.lease_ttl):
+            return True
+        holder = store.lease_owner(thread_id)
+        return (
+            holder is not None
+            and _is_dead(holder, self.owner)
+            and store.acquire(thread_id, self.owner, self.lease_ttl, steal_from=holder)
+        )
+
+    async def _take_lease(self, thread_id: str) -> bool:
+        """Wait for the lease while the thread still has work; another
+        process may be running it."""
+        delay = 0.05
+        while not self._acquire(thread_id):
+            thread = self.log.load(thread_id)
+            if isinstance(self._decide(thread), Wait | Stop):
+                return False  # the other process finished it
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        return True
+
+    async def _heartbeat(self, thread_id: str) -> None:
+        run = self._tasks.get(thread_id)
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            if not self.log.store.acquire(thread_id, self.owner, self.lease_ttl):
+                log.error("thread %s: lease lost to another process; stopping here", thread_id)
+                if run is not None:
+                    run.cancel()
+                return
+
     # -- one run ------------------------------------------------------------
+
+    def _decide(self, thread: Thread) -> Step:
+        return next_step(
+            thread.state,
+            max_turns=self.max_turns,
+            max_errors=self.max_errors,
+            outbound=frozenset(self.outbound),
+        )
 
     async def run_until_paused(self, thread_id: str) -> ThreadState:
         thread = self.log.load(thread_id)
         while True:
-            step = next_step(
-                thread.state,
-                max_turns=self.max_turns,
-                max_errors=self.max_errors,
-                outbound=frozenset(self.outbound),
-            )
+            step = self._decide(thread)
             match step:
                 case Wait() | Stop():
                     return thread.state

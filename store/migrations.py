@@ -61,3 +61,14 @@ def m002_meta(db: Database) -> None:
     # Settings the deployment generates once and must keep (a signing secret
     # when none is configured); mutable, and not part of any thread.
     db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"key", "value"})
+
+
+@migrations()
+def m003_leases(db: Database) -> None:
+    # Which process runs a thread right now. Mutable by nature; a lease that
+    # is not renewed expires, so a dead process's threads are taken over.
+    db.table("leases").create(
+        {"thread_id": str, "owner": str, "expires_at": float},
+        pk="thread_id",
+        not_null={"thread_id", "owner", "expires_at"},
+    )

@@ -14,6 +14,7 @@ checked against the seq it expected.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,6 +182,37 @@ class EventStore:
         for row in rows:
             if row.key is not None and (found := self.find_key(row.key)) is not None:
                 raise DuplicateKey(row.key, *found) from None
+
+    # -- leases ---------------------------------------------------------------
+
+    def acquire(
+        self, thread_id: str, owner: str, ttl: float, *, steal_from: str | None = None
+    ) -> bool:
+        """Take or renew the lease on a thread for `ttl` seconds. Fails while
+        another owner holds an unexpired lease, unless it is `steal_from` (an
+        owner the caller knows to be dead)."""
+        now = time.time()
+        cursor = self.db.execute(
+            "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
+            [thread_id, owner, now + ttl, now, steal_from or ""],
+        )
+        return cursor.rowcount == 1
+
+    def lease_owner(self, thread_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT owner FROM leases WHERE thread_id = ? AND expires_at >= ?",
+            [thread_id, time.time()],
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def release(self, thread_id: str, owner: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE thread_id = ? AND owner = ?", [thread_id, owner])
+
+    def release_all(self, owner: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE owner = ?", [owner])
 
     # -- reading ------------------------------------------------------------
 

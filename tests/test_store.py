@@ -43,7 +43,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
     # Opening again applies nothing twice.
     EventStore(tmp_path / "t.db")
     names = [r["name"] for r in db.table("_sqlite_migrations").rows]
-    assert names == ["m001_events_and_threads", "m002_meta"]
+    assert names == ["m001_events_and_threads", "m002_meta", "m003_leases"]
     assert db.table("meta").pks == ["key"]
 
 
@@ -130,3 +130,19 @@ def test_meta_keeps_the_first_value(tmp_path: Path) -> None:
     a = EventStore(tmp_path / "t.db")
     assert a.meta("secret", "first") == "first"
     assert EventStore(tmp_path / "t.db").meta("secret", "second") == "first"
+
+
+def test_leases(tmp_path: Path) -> None:
+    a, b = EventStore(tmp_path / "t.db"), EventStore(tmp_path / "t.db")
+    assert a.acquire("t", "A", 30)
+    assert not b.acquire("t", "B", 30)  # held
+    assert a.acquire("t", "A", 30)  # renewed by its owner
+    assert b.lease_owner("t") == "A"
+    assert b.acquire("t", "B", 30, steal_from="A")  # A is known to be dead
+    assert not a.acquire("t", "A", 30)
+    b.release("t", "B")
+    assert a.lease_owner("t") is None
+    assert a.acquire("t", "A", -1)  # already expired
+    assert b.acquire("t", "B", 30)
+    b.release_all("B")
+    assert a.lease_owner("t") is None
