@@ -432,3 +432,23 @@ def test_the_relay_login_is_used(tmp_path: Path) -> None:
             assert sent.mail_from == BOT
         finally:
             s.stop()
+
+
+def test_a_late_answer_is_told_who_answered(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("Deployed 5."))
+    thread_id, _, question = launch(server, relay, "late", "deploy late")
+    call_id = thread(server, thread_id, "waiting_for_human")["pending"]["call_id"]
+    r = httpx.post(
+        server.url + f"/threads/{thread_id}/responses",
+        json={"text": "5", "call_id": call_id, "user": "ops-console"},
+    )
+    assert r.status_code == 202
+    n = len(thread(server, thread_id, "done")["events"])
+    with pytest.raises(smtplib.SMTPDataError) as late:
+        reply(server, question, "6")
+    assert late.value.smtp_code == 550
+    assert b"already settled" in late.value.smtp_error
+    assert b"ops-console" in late.value.smtp_error
+    assert len(thread(server, thread_id)["events"]) == n  # not taken as a new message

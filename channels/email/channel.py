@@ -202,25 +202,27 @@ class EmailChannel:
             return "250 2.0.0 Accepted"
         if self.bot.store.thread(thread_id) is None:
             return "550 5.1.1 No such conversation"
-        pending = self.bot.get(thread_id).state.pending
+        view = self.bot.get(thread_id)
+        target = _replied_call(view.events, mail) or _open_call(view.state.pending)
         try:
-            if pending is not None and pending.kind == "question":
-                text, option = _answer(mail.text, pending)
+            if target is not None and target.name == HUMAN_INPUT:
+                options = [str(o) for o in target.arguments.get("options") or []]
+                text, option = _answer(mail.text, options)
                 await self.bot.respond(
-                    thread_id, text, call_id=pending.call_id, option=option, source=source, key=key
+                    thread_id, text, call_id=target.call_id, option=option, source=source, key=key
                 )
-            elif pending is not None and pending.kind == "approval":
+            elif target is not None:
                 decision = _decision(mail.text)
                 if decision is None:
-                    self.bot.check(thread_id, "approval", call_id=pending.call_id, source=source)
-                    await self._explain_choices(thread_id, mail, pending)
+                    self.bot.check(thread_id, "approval", call_id=target.call_id, source=source)
+                    await self._explain_choices(thread_id, mail, target.name)
                     return "250 2.0.0 Accepted (not a decision: the choices were sent)"
                 approved, comment = decision
                 await self.bot.decide(
                     thread_id,
                     approved,
                     comment=comment,
-                    call_id=pending.call_id,
+                    call_id=target.call_id,
                     source=source,
                     key=key,
                 )
@@ -288,9 +290,9 @@ class EmailChannel:
             references=references,
         )
 
-    async def _explain_choices(self, thread_id: str, mail: InboundMail, pending: Pending) -> None:
+    async def _explain_choices(self, thread_id: str, mail: InboundMail, tool: str) -> None:
         text = (
-            f"I could not read a decision in your reply: {pending.name} is waiting for "
+            f"I could not read a decision in your reply: {tool} is waiting for "
             'approval.\n\nReply with "approve" (or "yes") on the first line to run it, '
             'or "reject" (or "no") followed by your reason.'
         )
@@ -332,9 +334,38 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
 
 
-def _answer(text: str, pending: Pending) -> tuple[str, str | None]:
+def _replied_call(events: Sequence[Event], mail: InboundMail) -> ToolCall | None:
+    """The question or approval request this mail replies to, if it replies
+    to one the bot sent (so a late answer is told it is late, and never
+    becomes a new message)."""
+    sent: dict[str, int] = {
+        e.refs["message_id"]: e.of_seq
+        for e in events
+        if isinstance(e, Delivered) and e.channel == "email" and "message_id" in e.refs
+    }
+    for message_id in (*mail.in_reply_to, *reversed(mail.references)):
+        seq = sent.get(message_id)
+        if seq is not None:
+            event = events[seq]
+            if isinstance(event, ToolCall):
+                return event
+            return None  # a reply to an answer: a new message
+    return None
+
+
+def _open_call(pending: Pending | None) -> ToolCall | None:
+    if pending is None or pending.kind == "result":
+        return None
+    return ToolCall(
+        call_id=pending.call_id,
+        name=pending.name,
+        arguments=pending.arguments,
+        requires_approval=pending.kind == "approval",
+    )
+
+
+def _answer(text: str, options: Sequence[str]) -> tuple[str, str | None]:
     """An answer to a question; a number or the text of an option picks it."""
-    options = pending.options
     first = text.strip().splitlines()[0].strip() if text.strip() else ""
     if options and first.rstrip(".)").isdigit():
         n = int(first.rstrip(".)"))
