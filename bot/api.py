@@ -381,7 +381,11 @@ class ThreadBot:
                 events = load_events(self.store.load(thread_id))
                 state = derive(events)
                 if self.store.rewrite_projection(
-                    thread_id, len(events) - 1, status=state.status, title=state.title
+                    thread_id,
+                    len(events) - 1,
+                    status=state.status,
+                    title=state.title,
+                    undelivered=bool(state.undelivered),
                 ):
                     break
             if row is None or (row.status, row.title, row.last_seq) != (
@@ -395,8 +399,14 @@ class ThreadBot:
     # -- lifecycle -------------------------------------------------------------
 
     async def resume_all(self) -> list[str]:
-        """At start-up: every thread left `running` gets a run."""
-        ids = self.store.thread_ids(status="running")
+        """At start-up: every thread left `running` gets a run, and so does
+        every thread with something its channel has not delivered yet."""
+        ids = list(
+            dict.fromkeys(
+                self.store.thread_ids(status="running")
+                + self.store.undelivered_ids(self.runner.outbound)
+            )
+        )
         for thread_id in ids:
             self.runner.kick(thread_id)
         return ids

@@ -96,6 +96,7 @@ class ThreadLog:
             origin=origin,
             parent=parent,
             routes=routes,
+            undelivered=bool(state.undelivered),
         )
         return self._keep(Thread(thread_id, list(events), fold, state))
 
@@ -106,7 +107,12 @@ class ThreadLog:
         state = fold.state()
         try:
             self.store.append(
-                thread.id, len(thread.events), _rows(new), status=state.status, routes=routes
+                thread.id,
+                len(thread.events),
+                _rows(new),
+                status=state.status,
+                routes=routes,
+                undelivered=bool(state.undelivered),
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e

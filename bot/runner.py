@@ -75,7 +75,13 @@ class Delivery:
 class Outbound(Protocol):
     """A channel that delivers questions, approval requests and answers."""
 
-    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery: ...
+    async def deliver(
+        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool
+    ) -> Delivery:
+        """Post `events[seq]` where the thread's people are. `fresh` is False
+        when an earlier process may have posted it already and crashed before
+        recording it: a channel that can look, looks first."""
+        ...
 
 
 def _is_dead(owner: str, me: str) -> bool:
@@ -241,6 +247,9 @@ class Runner:
 
     async def run_until_paused(self, thread_id: str) -> ThreadState:
         thread = self.log.load(thread_id)
+        # What this run appends is delivered for the first time; what it
+        # found undelivered may have been posted by a process that died.
+        first_new = len(thread.events)
         while True:
             step = self._decide(thread)
             match step:
@@ -265,7 +274,7 @@ class Runner:
                         thread, [Error(message=reason, kind="limit", fatal=True)]
                     )
                 case Deliver():
-                    delivered = await self._deliver(thread, step)
+                    delivered = await self._deliver(thread, step, fresh=step.seq >= first_new)
                     if delivered is None:
                         return thread.state
                     thread = delivered
@@ -385,10 +394,10 @@ class Runner:
             done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
         return self._append_outcome(thread, [done], call_id)
 
-    async def _deliver(self, thread: Thread, step: Deliver) -> Thread | None:
+    async def _deliver(self, thread: Thread, step: Deliver, *, fresh: bool) -> Thread | None:
         channel = self.outbound[step.channel]
         try:
-            delivery = await channel.deliver(thread.id, thread.events, step.seq)
+            delivery = await channel.deliver(thread.id, thread.events, step.seq, fresh=fresh)
         except Exception:
             # The platform is down or refused: try again later, backing off.
             attempt = self._delivery_failures.get(thread.id, 0)

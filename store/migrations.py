@@ -72,3 +72,11 @@ def m003_leases(db: Database) -> None:
         pk="thread_id",
         not_null={"thread_id", "owner", "expires_at"},
     )
+
+
+@migrations()
+def m004_undelivered(db: Database) -> None:
+    # Part of the projection: whether a thread holds a question, approval
+    # request or answer not yet delivered, so a restart finds them at once.
+    db.table("threads").add_column("undelivered", int, not_null_default=0)
+    db.table("threads").create_index(["undelivered"], index_name="threads_undelivered")

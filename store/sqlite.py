@@ -86,13 +86,15 @@ class EventStore:
         origin: str,
         parent: tuple[str, int] | None = None,
         routes: Iterable[str] = (),
+        undelivered: bool = False,
     ) -> None:
         """Start a thread with its first events (a launch, or a fork's copy)."""
         now = _now()
         try:
             with self.db.atomic():
                 self.db.execute(
-                    f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO threads ({_THREAD_COLUMNS}, undelivered) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [
                         thread_id,
                         status,
@@ -103,6 +105,7 @@ class EventStore:
                         len(rows) - 1,
                         parent[0] if parent else None,
                         parent[1] if parent else None,
+                        int(undelivered),
                     ],
                 )
                 self._insert(thread_id, 0, rows, routes)
@@ -118,6 +121,7 @@ class EventStore:
         *,
         status: str,
         routes: Iterable[str] = (),
+        undelivered: bool = False,
     ) -> int:
         """Append rows at `expected_seq`, `expected_seq + 1`, ... and return the
         last seq. Raises `SeqConflict` when the thread has moved on since the
@@ -126,9 +130,16 @@ class EventStore:
         try:
             with self.db.atomic():
                 cursor = self.db.execute(
-                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ? "
+                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ? "
                     "WHERE id = ? AND last_seq = ?",
-                    [status, _now(), expected_seq + len(rows) - 1, thread_id, expected_seq - 1],
+                    [
+                        status,
+                        _now(),
+                        expected_seq + len(rows) - 1,
+                        int(undelivered),
+                        thread_id,
+                        expected_seq - 1,
+                    ],
                 )
                 if cursor.rowcount != 1:
                     raise self._why_not(thread_id, expected_seq)
@@ -143,7 +154,9 @@ class EventStore:
         with self.db.atomic():
             self._insert(thread_id, 0, (), routes)
 
-    def rewrite_projection(self, thread_id: str, last_seq: int, *, status: str, title: str) -> bool:
+    def rewrite_projection(
+        self, thread_id: str, last_seq: int, *, status: str, title: str, undelivered: bool = False
+    ) -> bool:
         """Set a thread's projection to what its events say, if no append came
         in since they were read. False when one did (read again and retry)."""
         with self.db.atomic():
@@ -153,8 +166,9 @@ class EventStore:
             if last != last_seq:
                 return False
             self.db.execute(
-                "UPDATE threads SET status = ?, title = ?, last_seq = ? WHERE id = ?",
-                [status, title, last, thread_id],
+                "UPDATE threads SET status = ?, title = ?, last_seq = ?, undelivered = ? "
+                "WHERE id = ?",
+                [status, title, last, int(undelivered), thread_id],
             )
         return True
 
@@ -253,6 +267,18 @@ class EventStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT {_THREAD_COLUMNS} FROM threads {clause} ORDER BY updated_at DESC LIMIT ?"
         return [ThreadRow(*r) for r in self.db.execute(sql, [*params, limit]).fetchall()]
+
+    def undelivered_ids(self, channels: Iterable[str]) -> list[str]:
+        """Threads started in one of `channels` that hold something undelivered."""
+        names = list(channels)
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        sql = (
+            "SELECT id FROM threads WHERE undelivered = 1 "
+            f"AND json_extract(origin, '$.channel') IN ({marks})"
+        )
+        return [r[0] for r in self.db.execute(sql, names).fetchall()]
 
     def thread_ids(self, *, status: str) -> list[str]:
         return [

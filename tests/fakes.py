@@ -10,7 +10,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 Reply = dict[str, Any]
 """`{"text": ...}` or `{"calls": [(name, args), ...]}` or `{"status": 500}`."""
@@ -185,10 +186,12 @@ class ServerProcess:
                 self.close()
                 raise RuntimeError(f"server exited {self.proc.returncode}: {out}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=0.5):
+                # httpx closes its socket on a timeout too (urllib may leave it to the GC).
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
                     return self
-            except OSError:
-                time.sleep(0.05)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"server did not start: {self.output()}")
 
     def output(self) -> str:

@@ -63,8 +63,9 @@ class FakeSlack:
             if queued:
                 status = queued.pop(0)
                 return status, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
-            self.calls.append(Call(method, args))
             ts = f"1700000{next(self._ts):03d}.000100"
+            args["_ts"] = ts
+            self.calls.append(Call(method, args))
         if method == "auth.test":
             return (
                 200,
@@ -78,16 +79,34 @@ class FakeSlack:
                 {},
             )
         if method == "chat.postMessage":
+            if self.on_post is not None:
+                self.on_post(args)
             return (
                 200,
                 {"ok": True, "channel": args.get("channel"), "ts": ts, "message": {"ts": ts}},
                 {},
             )
+        if method == "conversations.replies":
+            with self.lock:
+                posted = [
+                    c.args
+                    for c in self.calls
+                    if c.method == "chat.postMessage"
+                    and c.args.get("channel") == args.get("channel")
+                    and c.args.get("thread_ts") == args.get("ts")
+                ]
+            messages = [
+                {"ts": p["_ts"], "text": p.get("text"), "metadata": p.get("metadata")}
+                for p in posted
+            ]
+            return 200, {"ok": True, "messages": messages, "has_more": False}, {}
         if method == "apps.connections.open":
             return 200, {"ok": True, "url": self.socket_url}, {}
         return 200, {"ok": True}, {}
 
     socket_url: str = ""
+    on_post: Any = None
+    """Called with each chat.postMessage before it is answered."""
 
     @contextmanager
     def serve(self) -> Iterator[FakeSlack]:
@@ -97,6 +116,9 @@ class FakeSlack:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                self.do_POST()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length).decode()
@@ -104,7 +126,7 @@ class FakeSlack:
                     args = json.loads(raw or "{}")
                 else:
                     args = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
-                for k in ("blocks", "view"):
+                for k in ("blocks", "view", "metadata"):
                     if isinstance(args.get(k), str):
                         args[k] = json.loads(args[k])
                 url = urllib.parse.urlparse(self.path)

@@ -382,7 +382,9 @@ class RecordingChannel:
         self.sent: list[tuple[str, int, str]] = []
         self.fail = False
 
-    async def deliver(self, thread_id: str, events: list[object], seq: int) -> Delivery:
+    async def deliver(
+        self, thread_id: str, events: list[object], seq: int, *, fresh: bool
+    ) -> Delivery:
         if self.fail:
             raise ConnectionError("platform down")
         self.sent.append((thread_id, seq, events[seq].type))  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "last_seq",
         "parent_id",
         "parent_seq",
+        "undelivered",
     }
     assert db.table("routes").pks == ["ref"]
     unique = {tuple(i.columns) for i in db.table("events").indexes if i.unique}
@@ -43,7 +44,12 @@ def test_migrated_schema(tmp_path: Path) -> None:
     # Opening again applies nothing twice.
     EventStore(tmp_path / "t.db")
     names = [r["name"] for r in db.table("_sqlite_migrations").rows]
-    assert names == ["m001_events_and_threads", "m002_meta", "m003_leases"]
+    assert names == [
+        "m001_events_and_threads",
+        "m002_meta",
+        "m003_leases",
+        "m004_undelivered",
+    ]
     assert db.table("meta").pks == ["key"]
 
 

@@ -236,7 +236,11 @@ class EmailChannel:
 
     # -- outbound ---------------------------------------------------------------
 
-    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery:
+    async def deliver(
+        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
+    ) -> Delivery:
+        # SMTP cannot be asked what it delivered: a resend after a crash
+        # carries the same Message-ID, which mail clients take as one mail.
         origin = next(e for e in events if isinstance(e, UserMessage)).source
         event = events[seq]
         to = [origin.user or ""]

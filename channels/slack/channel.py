@@ -324,7 +324,9 @@ class SlackChannel:
 
     # -- outbound ------------------------------------------------------------
 
-    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery:
+    async def deliver(
+        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
+    ) -> Delivery:
         origin = next(e for e in events if isinstance(e, UserMessage)).source.refs
         channel, root = origin["channel"], origin["thread_ts"]
         await self._close_settled_elsewhere(thread_id, events)
@@ -344,14 +346,44 @@ class SlackChannel:
             posts = fmt.answer_messages(f"⚠️ I had to stop: {event.message}")
         else:
             raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
+        # Each post says what it is, so that after a crash the thread can be
+        # searched for posts that went out but were never recorded.
+        done = {} if fresh else await self._posted(channel, root, thread_id, seq)
         first_ts = ""
-        for text, blocks in posts:
-            sent = await self.client.chat_postMessage(
-                channel=channel, thread_ts=root, text=text[:3000], blocks=blocks, unfurl_links=False
-            )
-            first_ts = first_ts or str(sent["ts"])
+        for part, (text, blocks) in enumerate(posts):
+            ts = done.get(part)
+            if ts is None:
+                sent = await self.client.chat_postMessage(
+                    channel=channel,
+                    thread_ts=root,
+                    text=text[:3000],
+                    blocks=blocks,
+                    unfurl_links=False,
+                    metadata={
+                        "event_type": "threadbot_post",
+                        "event_payload": {"thread": thread_id, "seq": seq, "part": part},
+                    },
+                )
+                ts = str(sent["ts"])
+            first_ts = first_ts or ts
         await self._unreact(events)
         return Delivery(refs={"channel": channel, "ts": first_ts})
+
+    async def _posted(self, channel: str, root: str, thread_id: str, seq: int) -> dict[int, str]:
+        """The parts of this item already in the Slack thread: part → ts."""
+        found: dict[int, str] = {}
+        cursor = None
+        while True:
+            page = await self.client.conversations_replies(
+                channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
+            )
+            for m in page.get("messages") or []:
+                payload = (m.get("metadata") or {}).get("event_payload") or {}
+                if payload.get("thread") == thread_id and payload.get("seq") == seq:
+                    found[int(payload.get("part", 0))] = str(m["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return found
 
     def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
         people = list(call.approvers) or list(self.settings.approvers)
