@@ -429,3 +429,30 @@ async def test_questions_and_answers_are_delivered_once_to_the_origin(
     assert [s[2] for s in channel.sent][-1] == "assistant_message"
     assert view.events[-1].type == "delivered"
     await b.close()
+
+
+async def test_model_timeouts_and_empty_replies_are_retried(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    import time as _time
+
+    from bot import OpenAIModel, load_tools
+    from store import EventStore
+
+    def slow(body: dict[str, object]) -> dict[str, object]:
+        _time.sleep(1.0)
+        return text("too late")
+
+    model = OpenAIModel(
+        "fake-model", base_url=fake_openai.base_url, api_key="k", timeout=0.3, max_retries=1
+    )
+    b = ThreadBot(EventStore(db_path), model, load_tools("tests.ledger_tools"), retry_delay=0)
+    fake_openai.add(slow, slow, {"text": None}, text("Finally."))
+    thread_id = await b.launch("hi")
+    view = await settled(b, thread_id)
+    assert view.state.status == "done"
+    errors = [e.message for e in view.events if e.type == "error"]
+    assert "timed out" in errors[0].lower()  # two attempts, then one error event
+    assert errors[1] == "the model returned an empty reply"
+    assert view.events[-1].text == "Finally."
+    await b.close()

@@ -1,0 +1,1 @@
+"""The kill harness: `python -m tests.chaos --kills 200` (see __main__)."""

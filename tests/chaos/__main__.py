@@ -1,0 +1,341 @@
+"""Kill threadbot again and again while it works, then count what went wrong.
+
+Runs `threadbot serve` as a subprocess against a local fake model (a
+stateless script, so a restarted server gets the same replies) and a local
+SMTP relay; drives many threads through a question, a non-idempotent tool, an
+approval, a deferred result and a read-only tool, over HTTP and email; and
+SIGKILLs the server at random moments and at named points (as a tool starts,
+after its side effect, inside an append between the rows and the commit, and
+while a mail is being delivered), restarting it each time.
+
+    python -m tests.chaos [--kills 200] [--threads 40] [--seed 1] [--json FILE]
+
+It prints the figures and exits 1 if any count of violations is not 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import re
+import smtplib
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, free_port, text
+from ..mail_fake import CaptureRelay
+
+STEPS = ["request_human_input", "charge", "ship", "start_report", "lookup"]
+POINTS = ["", "tool_started:0.5", "after_side_effect:0.5", "inside_append:0.04", "deliver"]
+
+
+def brain(body: dict[str, Any]) -> dict[str, Any]:
+    """The model: the next step is the first one the conversation has not made."""
+    messages = body["messages"]
+    first = next(m["content"] for m in messages if m["role"] == "user")
+    order = int(re.findall(r"\d+", first)[-1])
+    made = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
+    for step in STEPS:
+        if step not in made:
+            args: dict[str, Any] = {
+                "request_human_input": {"question": f"Go ahead with order {order}?"},
+                "charge": {"amount": order},
+                "ship": {"order": order},
+                "start_report": {"name": f"r{order}"},
+                "lookup": {"key": f"k{order}"},
+            }[step]
+            return calls((step, args))
+    return text(f"Order {order} is complete.")
+
+
+class Harness:
+    def __init__(
+        self, args: argparse.Namespace, work: Path, model: FakeOpenAI, relay: CaptureRelay
+    ) -> None:
+        self.args = args
+        self.model = model
+        self.relay = relay
+        # The relay keeps each mail, then the harness may kill the sender.
+        self.relay_handle = relay.handle_DATA
+        relay.handle_DATA = self.on_mail  # type: ignore[method-assign]
+        self.killing = False
+        self.point = ""
+        self.killed_by_us = False
+        self.started_at = 0.0
+        self.rng = random.Random(args.seed)
+        self.work = work
+        self.ledger = work / "ledger.txt"
+        self.ledger.touch()
+        self.kills = collections.Counter[str]()
+        self.acknowledged: list[tuple[str, str]] = []  # (thread, event key)
+        self.server: ServerProcess | None = None
+        self.port = free_port()
+        self.smtp_port = free_port()
+        self.lock = threading.Lock()
+        self.deliver_kill = False
+
+    # -- the server -----------------------------------------------------------
+
+    def env(self, point: str) -> dict[str, str]:
+        return {
+            "THREADBOT_DB": str(self.work / "threadbot.db"),
+            "OPENAI_BASE_URL": self.model.base_url,
+            "OPENAI_API_KEY": "test",
+            "THREADBOT_MODEL": "fake",
+            "THREADBOT_TOOLS": str(REPO / "tests" / "chaos" / "tools.py"),
+            "THREADBOT_TEST_LEDGER": str(self.ledger),
+            "THREADBOT_CHAOS": "" if point == "deliver" else point,
+            "THREADBOT_SMTP": f"127.0.0.1:{self.smtp_port}",
+            "THREADBOT_EMAIL": "bot@example.com",
+            "THREADBOT_SMTP_RELAY": f"127.0.0.1:{self.relay.port}",
+            "THREADBOT_SECRET": "chaos",
+        }
+
+    def start(self, point: str) -> None:
+        with self.lock:
+            self.point = point
+            self.killed_by_us = False
+            self.deliver_kill = point == "deliver"
+            self.server = ServerProcess(self.env(point), port=self.port).start(timeout=30)
+            self.started_at = time.monotonic()
+
+    def kill(self, why: str) -> None:
+        with self.lock:
+            server = self.server
+            if server is None or server.proc.poll() is not None:
+                return
+            server.proc.kill()
+            self.killed_by_us = True
+            self.kills[why] += 1
+
+    def ensure_running(self) -> None:
+        assert self.server is not None
+        if self.server.proc.poll() is None:
+            return
+        self.server.proc.wait()
+        if not self.killed_by_us:
+            if self.server.proc.returncode != -9:
+                raise RuntimeError(f"the server exited by itself: {self.server.output()}")
+            point = self.point.partition(":")[0].replace("_", " ")
+            self.kills[f"at a named point: {point}"] += 1
+        self.server.close()
+        self.start(self.rng.choice(POINTS) if self.killing else "")
+
+    # -- the relay: dies while a mail is being delivered, sometimes ------------
+
+    async def on_mail(self, server: Any, session: Any, envelope: Any) -> str:
+        result = await self.relay_handle(server, session, envelope)
+        if self.deliver_kill and self.killing and self.rng.random() < 0.5:
+            self.kill("while delivering a mail")
+        return result
+
+    # -- driving ----------------------------------------------------------------
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response | None:
+        try:
+            return httpx.request(method, f"http://127.0.0.1:{self.port}{path}", timeout=5, **kw)
+        except httpx.HTTPError:
+            return None  # the server died under us: the caller tries again
+
+    def launch(self, i: int) -> str | None:
+        if i % 3 == 0:  # a third of the threads come by email
+            msg = EmailMessage()
+            msg["From"], msg["To"] = f"user{i}@example.com", "bot@example.com"
+            msg["Subject"], msg["Message-ID"] = f"order {i}", f"<order{i}@client>"
+            msg.set_content(f"please process order {i}")
+            try:
+                with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=5) as smtp:
+                    smtp.send_message(msg)
+            except (OSError, smtplib.SMTPException):
+                return None
+            return f"email:{i}"
+        r = self.call(
+            "POST",
+            "/threads",
+            json={"text": f"process order {i}"},
+            headers={"Idempotency-Key": f"launch-{i}"},
+        )
+        return r.json()["id"] if r is not None and r.status_code == 201 else None
+
+    def act(self, thread_id: str) -> str | None:
+        r = self.call("GET", f"/threads/{thread_id}")
+        if r is None or r.status_code != 200:
+            return None
+        body = r.json()
+        pending = body["pending"]
+        if body["status"] in ("done", "failed") or pending is None:
+            return str(body["status"])
+        call_id = pending["call_id"]
+        route, payload = {
+            "question": ("responses", {"text": "yes", "call_id": call_id}),
+            "approval": ("approvals", {"approved": True, "call_id": call_id}),
+            "result": ("results", {"call_id": call_id, "output": {"rows": 3}}),
+        }[pending["kind"]]
+        key = f"{call_id}-{route}"
+        r = self.call(
+            "POST", f"/threads/{thread_id}/{route}", json=payload, headers={"Idempotency-Key": key}
+        )
+        if r is not None and r.status_code == 202:
+            self.acknowledged.append((thread_id, f"http:{thread_id}:{route}:{key}"))
+        return str(body["status"])
+
+    def killer(self) -> None:
+        while self.killing:
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            # A server set to die at a named point gets a few seconds to get there.
+            if self.point and time.monotonic() - self.started_at < 4:
+                continue
+            if self.killing:
+                self.kill("at a random moment")
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        self.killing = True
+        self.start("")
+        ids: dict[int, str] = {}
+        pending = set(range(self.args.threads))
+        done: set[str] = set()
+        threading.Thread(target=self.killer, daemon=True).start()
+        deadline = time.monotonic() + self.args.timeout
+        while time.monotonic() < deadline:
+            if self.kills.total() >= self.args.kills and self.killing:
+                self.killing = False  # enough: let everything finish
+            self.ensure_running()
+            for i in sorted(pending):
+                launched = self.launch(i)
+                if launched is not None:
+                    pending.discard(i)
+                    if not launched.startswith("email:"):
+                        ids[i] = launched
+            self.resolve_email_threads(ids)
+            for thread_id in ids.values():
+                if thread_id not in done and self.act(thread_id) in ("done", "failed"):
+                    done.add(thread_id)
+            if not self.killing and not pending and len(done) == self.args.threads:
+                break
+            time.sleep(0.02)
+        self.killing = False
+        self.ensure_running()
+        report = self.check(ids, time.monotonic() - t0)
+        assert self.server is not None
+        self.server.stop()
+        return report
+
+    def resolve_email_threads(self, ids: dict[int, str]) -> None:
+        missing = [i for i in range(0, self.args.threads, 3) if i not in ids]
+        if not missing:
+            return
+        r = self.call("GET", "/threads?limit=1000")
+        if r is None or r.status_code != 200:
+            return
+        for row in r.json():
+            found = re.findall(r"order (\d+)", row["title"])
+            if found and int(found[0]) in missing:
+                ids[int(found[0])] = row["id"]
+
+    # -- the verdict ---------------------------------------------------------------
+
+    def check(self, ids: dict[int, str], seconds: float) -> dict[str, Any]:
+        threads = {}
+        for thread_id in ids.values():
+            r = self.call("GET", f"/threads/{thread_id}")
+            assert r is not None and r.status_code == 200
+            threads[thread_id] = r.json()
+        done = sum(t["status"] == "done" for t in threads.values())
+        keys = {e.get("key") for t in threads.values() for e in t["events"] if e.get("key")}
+        missing = [k for _, k in self.acknowledged if k not in keys]
+        ledger = collections.Counter(
+            line.split()[1] for line in self.ledger.read_text().splitlines()
+        )
+        twice = {call: n for call, n in ledger.items() if n > 1}
+        duplicates = 0
+        for t in threads.values():
+            events = t["events"]
+            if [e["seq"] for e in events] != list(range(len(events))):
+                duplicates += 1
+            per_call = collections.Counter(
+                (e["type"], e.get("call_id"))
+                for e in events
+                if e["type"] != "delivered"
+                if e["type"]
+                in ("tool_call", "tool_started", "tool_result", "human_response", "approval")
+            )
+            duplicates += sum(n - 1 for n in per_call.values() if n > 1)
+            event_keys = [e["key"] for e in events if e.get("key")]
+            duplicates += len(event_keys) - len(set(event_keys))
+        # Notifications: one per pause (per delivered item), by Message-ID.
+        by_item: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+        sends = collections.Counter[str]()
+        for c in self.relay.messages:
+            mid = str(c.message["Message-ID"])
+            found = re.match(r"<tb\.([0-9a-f]+)\.(\d+)@", mid)
+            if found:
+                by_item[(found.group(1), found.group(2))].add(mid)
+                sends[mid] += 1
+        double_delivered = sum(1 for mids in by_item.values() if len(mids) > 1)
+        delivered_twice = sum(
+            n - 1
+            for t in threads.values()
+            for n in collections.Counter(
+                e["of_seq"] for e in t["events"] if e["type"] == "delivered"
+            ).values()
+            if n > 1
+        )
+        return {
+            "kills": dict(self.kills),
+            "kills_total": self.kills.total(),
+            "threads": len(threads),
+            "threads_done": done,
+            "acknowledged_responses": len(self.acknowledged),
+            "violations": {
+                "acknowledged_responses_missing": len(missing),
+                "non_idempotent_tools_run_twice": len(twice),
+                "duplicate_events": duplicates,
+                "notifications_more_than_once_per_pause": double_delivered + delivered_twice,
+            },
+            "mail_resent_with_the_same_message_id": sum(n - 1 for n in sends.values() if n > 1),
+            "tool_side_effects": sum(ledger.values()),
+            "seconds": round(seconds, 1),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--kills", type=int, default=200)
+    p.add_argument("--threads", type=int, default=40)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory() as d,
+        FakeOpenAI().serve() as model,
+        CaptureRelay().serve() as relay,
+    ):
+        model.add(*[brain] * 100_000)
+        harness = Harness(args, Path(d), model, relay)
+        report = harness.run()
+    print(json.dumps(report, indent=2))
+    v = report["violations"]
+    print(
+        f"\n{report['kills_total']} kills, "
+        f"{report['threads_done']}/{report['threads']} threads done, "
+        f"{report['acknowledged_responses']} acknowledged responses, {report['seconds']} s; "
+        + ", ".join(f"{k.replace('_', ' ')}: {n}" for k, n in v.items())
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 1 if any(v.values()) or report["threads_done"] < report["threads"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

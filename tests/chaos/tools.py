@@ -1,0 +1,78 @@
+"""Tools for the kill harness, and its fault points inside the server.
+
+Every side effect is a line in the ledger (fsynced), so the harness can count
+how often each call really ran. THREADBOT_CHAOS names where this server
+process dies, as a comma-separated list with a probability each:
+`tool_started:0.3,after_side_effect:0.3,inside_append:0.02`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+from bot import Deferred, ToolContext, tool
+from store import sqlite as _store
+
+_POINTS = {
+    name: float(p)
+    for name, _, p in (
+        item.partition(":") for item in os.environ.get("THREADBOT_CHAOS", "").split(",") if item
+    )
+}
+
+
+def _maybe_die(point: str) -> None:
+    if random.random() < _POINTS.get(point, 0.0):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _ledger(line: str) -> None:
+    with Path(os.environ["THREADBOT_TEST_LEDGER"]).open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@tool
+def charge(amount: int, ctx: ToolContext) -> str:
+    """Charge money (not idempotent)."""
+    _maybe_die("tool_started")
+    _ledger(f"charge {ctx.call_id}")
+    _maybe_die("after_side_effect")
+    return f"charged {amount}"
+
+
+@tool(requires_approval=True)
+def ship(order: int, ctx: ToolContext) -> str:
+    """Ship an order (needs approval, not idempotent)."""
+    _maybe_die("tool_started")
+    _ledger(f"ship {ctx.call_id}")
+    _maybe_die("after_side_effect")
+    return f"shipped {order}"
+
+
+@tool
+def start_report(name: str, ctx: ToolContext) -> Deferred:
+    """Start a report; its result is posted later."""
+    _ledger(f"report {ctx.call_id}")
+    return Deferred(note="started")
+
+
+@tool(idempotent=True)
+def lookup(key: str) -> str:
+    """Read-only."""
+    return f"value of {key}"
+
+
+# Dying inside an append: after the rows are written, before the commit.
+if "inside_append" in _POINTS:
+    _insert = _store.EventStore._insert
+
+    def _insert_then_maybe_die(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _insert(self, *args, **kwargs)
+        _maybe_die("inside_append")
+
+    _store.EventStore._insert = _insert_then_maybe_die  # type: ignore[method-assign]
