@@ -363,7 +363,7 @@ class ThreadBot:
     async def fork(self, thread_id: str, at: int) -> str:
         """A new thread holding a copy of events 0..at, pointing at its parent.
         It runs from there like any thread (delivery keys are not copied)."""
-        events = self.log.load_upto(thread_id, max(at, 0))
+        events = self.log.load_upto(thread_id, min(max(at, 0), 2**62))
         if at < 0 or at >= len(events):
             raise UsageError(f"thread {thread_id} has no event {at} (it has 0..{len(events) - 1})")
         copies = [e.model_copy(update={"key": None}) for e in events]

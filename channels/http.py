@@ -103,7 +103,7 @@ class MessageIn(BaseModel):
 
 
 class ForkIn(BaseModel):
-    at: int = Field(ge=0)
+    at: int = Field(ge=0, le=2**53)
 
 
 class Accepted(BaseModel):

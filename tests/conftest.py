@@ -1,16 +1,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from bot import OpenAIModel, ThreadBot, load_tools
 from store import EventStore
 
 from .fakes import FakeOpenAI
+
+# Generated tests: reproducible in the suite, wide and random when fuzzing.
+settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None)
+settings.register_profile("fuzz", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

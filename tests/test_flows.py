@@ -456,3 +456,14 @@ async def test_model_timeouts_and_empty_replies_are_retried(
     assert errors[1] == "the model returned an empty reply"
     assert view.events[-1].text == "Finally."
     await b.close()
+
+
+async def test_fork_at_a_seq_beyond_the_thread(bot: ThreadBot, fake_openai: FakeOpenAI) -> None:
+    from bot import UsageError
+
+    fake_openai.add(text("hi"))
+    thread_id = await bot.launch("hello")
+    await settled(bot, thread_id)
+    for at in (2, -1, 10**30):
+        with pytest.raises(UsageError, match="has no event"):
+            await bot.fork(thread_id, at)

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import AlreadyAnswered, Delivery, Refused, Source, ThreadBot
@@ -44,6 +46,7 @@ from bot.events import (
 from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
+from .payloads import shape_problem
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
 
@@ -133,8 +136,15 @@ class SlackChannel:
         mode). Bolt checks each request's signature: a bad or stale one gets
         401 and changes nothing."""
         handler = AsyncSlackRequestHandler(self.app)
+        verifier = SignatureVerifier(self.settings.signing_secret or "")
 
         async def slack_events(request: Request) -> Response:
+            body = await request.body()
+            if not verifier.is_valid_request(body, dict(request.headers)):
+                return JSONResponse({"error": "invalid Slack signature"}, status_code=401)
+            problem = shape_problem(body, request.headers.get("content-type", ""))
+            if problem is not None:
+                return JSONResponse({"error": problem}, status_code=400)
             return await handler.handle(request)
 
         api.add_api_route(path, slack_events, methods=["POST"], include_in_schema=False)
