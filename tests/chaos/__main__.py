@@ -6,7 +6,9 @@ SMTP relay; drives many threads through a question, a non-idempotent tool, an
 approval, a deferred result and a read-only tool, over HTTP and email; and
 SIGKILLs the server at random moments and at named points (as a tool starts,
 after its side effect, inside an append between the rows and the commit, and
-while a mail is being delivered), restarting it each time.
+while a mail or a Slack post is being delivered), restarting it each time.
+A third of the threads start over HTTP, a third by email, a third in Slack
+(signed events to /slack/events, a local fake of the Slack Web API).
 
     python -m tests.chaos [--kills 200] [--threads 40] [--seed 1] [--json FILE]
 
@@ -33,6 +35,7 @@ import httpx
 
 from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, free_port, text
 from ..mail_fake import CaptureRelay
+from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
 
 STEPS = ["request_human_input", "charge", "ship", "start_report", "lookup"]
 POINTS = ["", "tool_started:0.5", "after_side_effect:0.5", "inside_append:0.04", "deliver"]
@@ -59,11 +62,18 @@ def brain(body: dict[str, Any]) -> dict[str, Any]:
 
 class Harness:
     def __init__(
-        self, args: argparse.Namespace, work: Path, model: FakeOpenAI, relay: CaptureRelay
+        self,
+        args: argparse.Namespace,
+        work: Path,
+        model: FakeOpenAI,
+        relay: CaptureRelay,
+        slack: FakeSlack,
     ) -> None:
         self.args = args
         self.model = model
         self.relay = relay
+        self.slack = slack
+        slack.on_post = self.on_slack_post
         # The relay keeps each mail, then the harness may kill the sender.
         self.relay_handle = relay.handle_DATA
         relay.handle_DATA = self.on_mail  # type: ignore[method-assign]
@@ -98,6 +108,9 @@ class Harness:
             "THREADBOT_EMAIL": "bot@example.com",
             "THREADBOT_SMTP_RELAY": f"127.0.0.1:{self.relay.port}",
             "THREADBOT_SECRET": "chaos",
+            "SLACK_BOT_TOKEN": "xoxb-chaos",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": self.slack.api_url,
         }
 
     def start(self, point: str) -> None:
@@ -138,6 +151,10 @@ class Harness:
             self.kill("while delivering a mail")
         return result
 
+    def on_slack_post(self, args: dict[str, Any]) -> None:
+        if self.deliver_kill and self.killing and self.rng.random() < 0.5:
+            self.kill("while delivering a Slack post")
+
     # -- driving ----------------------------------------------------------------
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response | None:
@@ -158,6 +175,19 @@ class Harness:
             except (OSError, smtplib.SMTPException):
                 return None
             return f"email:{i}"
+        if i % 3 == 1:  # and a third in Slack
+            event = {
+                "type": "app_mention",
+                "user": "U1",
+                "channel": f"C{i}",
+                "ts": f"{1000 + i}.000100",
+                "text": f"<@{BOT_USER}> process order {i}",
+            }
+            try:
+                r = SlackSender(f"http://127.0.0.1:{self.port}").event(event, event_id=f"Ev{i}")
+            except httpx.HTTPError:
+                return None
+            return f"slack:{i}" if r.status_code == 200 else None
         r = self.call(
             "POST",
             "/threads",
@@ -214,9 +244,9 @@ class Harness:
                 launched = self.launch(i)
                 if launched is not None:
                     pending.discard(i)
-                    if not launched.startswith("email:"):
+                    if not launched.startswith(("email:", "slack:")):
                         ids[i] = launched
-            self.resolve_email_threads(ids)
+            self.resolve_channel_threads(ids)
             for thread_id in ids.values():
                 if thread_id not in done and self.act(thread_id) in ("done", "failed"):
                     done.add(thread_id)
@@ -230,15 +260,16 @@ class Harness:
         self.server.stop()
         return report
 
-    def resolve_email_threads(self, ids: dict[int, str]) -> None:
-        missing = [i for i in range(0, self.args.threads, 3) if i not in ids]
+    def resolve_channel_threads(self, ids: dict[int, str]) -> None:
+        """Threads started by mail or in Slack, found by their titles."""
+        missing = [i for i in range(self.args.threads) if i % 3 != 2 and i not in ids]
         if not missing:
             return
         r = self.call("GET", "/threads?limit=1000")
         if r is None or r.status_code != 200:
             return
         for row in r.json():
-            found = re.findall(r"order (\d+)", row["title"])
+            found = re.findall(r"order (\d+)$", row["title"])
             if found and int(found[0]) in missing:
                 ids[int(found[0])] = row["id"]
 
@@ -282,6 +313,12 @@ class Harness:
                 by_item[(found.group(1), found.group(2))].add(mid)
                 sends[mid] += 1
         double_delivered = sum(1 for mids in by_item.values() if len(mids) > 1)
+        posts = collections.Counter(
+            json.dumps(p["metadata"]["event_payload"], sort_keys=True)
+            for p in self.slack.called("chat.postMessage")
+            if p.get("metadata")
+        )
+        double_delivered += sum(n - 1 for n in posts.values() if n > 1)
         delivered_twice = sum(
             n - 1
             for t in threads.values()
@@ -303,6 +340,8 @@ class Harness:
                 "notifications_more_than_once_per_pause": double_delivered + delivered_twice,
             },
             "mail_resent_with_the_same_message_id": sum(n - 1 for n in sends.values() if n > 1),
+            "slack_posts": sum(posts.values()),
+            "mails": sum(sends.values()),
             "tool_side_effects": sum(ledger.values()),
             "seconds": round(seconds, 1),
         }
@@ -320,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory() as d,
         FakeOpenAI().serve() as model,
         CaptureRelay().serve() as relay,
+        FakeSlack().serve() as slack,
     ):
         model.add(*[brain] * 100_000)
-        harness = Harness(args, Path(d), model, relay)
+        harness = Harness(args, Path(d), model, relay, slack)
         report = harness.run()
     print(json.dumps(report, indent=2))
     v = report["violations"]
