@@ -29,7 +29,7 @@ from .log import ThreadLog
 from .model import Model
 from .render import thread_json, thread_markdown
 from .runner import Outbound, Runner
-from .thread import OpenCall, ThreadState, derive
+from .thread import OpenCall, ThreadState, derive, waiting_summary
 from .tools import Toolbox
 
 __all__ = ["OPERATOR_CHANNELS", "Receipt", "ThreadBot", "ThreadView"]
@@ -386,6 +386,7 @@ class ThreadBot:
                     status=state.status,
                     title=state.title,
                     undelivered=bool(state.undelivered),
+                    waiting=waiting_summary(state),
                 ):
                     break
             if row is None or (row.status, row.title, row.last_seq) != (

@@ -17,7 +17,7 @@ from store import EventStore, NewRow, UnknownThread
 
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events
-from .thread import Fold, ThreadState
+from .thread import Fold, ThreadState, waiting_summary
 
 __all__ = ["Thread", "ThreadLog"]
 
@@ -97,6 +97,7 @@ class ThreadLog:
             parent=parent,
             routes=routes,
             undelivered=bool(state.undelivered),
+            waiting=waiting_summary(state),
         )
         return self._keep(Thread(thread_id, list(events), fold, state))
 
@@ -113,6 +114,7 @@ class ThreadLog:
                 status=state.status,
                 routes=routes,
                 undelivered=bool(state.undelivered),
+                waiting=waiting_summary(state),
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e

@@ -43,6 +43,7 @@ __all__ = [
     "Wait",
     "derive",
     "next_step",
+    "waiting_summary",
 ]
 
 HUMAN_INPUT = "request_human_input"
@@ -328,6 +329,19 @@ class Fold:
             undelivered=tuple(s for s in wanted if s not in self._delivered),
             last_error=self.last_error,
         )
+
+
+def waiting_summary(state: ThreadState) -> str:
+    """What the thread waits for, in a few words; empty if nothing."""
+    p = state.pending
+    if p is None:
+        return ""
+    if p.kind == "question":
+        q = " ".join((p.question or "").split())
+        return f"an answer: {q if len(q) <= 120 else q[:119] + '…'}"
+    if p.kind == "approval":
+        return f"approval of {p.name}"
+    return f"the result of {p.name}"
 
 
 def derive(events: Iterable[Event]) -> ThreadState:

@@ -10,6 +10,7 @@ nothing and returns the original result.
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -51,6 +52,9 @@ class Summary(BaseModel):
     status: StatusName
     title: str
     updated_at: str
+    created_at: str
+    origin: str = Field(description="The channel the thread started in: http, slack, email, cli.")
+    waiting: str = Field(description="What it waits for, in a few words; empty if nothing.")
     parent_id: str | None = None
 
 
@@ -236,6 +240,9 @@ def create_app(
                 status=r.status,
                 title=r.title,
                 updated_at=r.updated_at,
+                created_at=r.created_at,
+                origin=str(json.loads(r.origin or "{}").get("channel", "")),
+                waiting=r.waiting,
                 parent_id=r.parent_id,
             )
             for r in bot.threads(status=status, limit=limit)

@@ -80,3 +80,10 @@ def m004_undelivered(db: Database) -> None:
     # request or answer not yet delivered, so a restart finds them at once.
     db.table("threads").add_column("undelivered", int, not_null_default=0)
     db.table("threads").create_index(["undelivered"], index_name="threads_undelivered")
+
+
+@migrations()
+def m005_waiting(db: Database) -> None:
+    # Part of the projection: what a waiting thread waits for, in a few words,
+    # so that a list of threads can say it without reading their events.
+    db.table("threads").add_column("waiting", str, not_null_default="")

@@ -46,10 +46,12 @@ class ThreadRow:
     last_seq: int
     parent_id: str | None
     parent_seq: int | None
+    waiting: str = ""
+    """What the thread waits for, in a few words (empty when it does not)."""
 
 
 _THREAD_COLUMNS = (
-    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq"
+    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq, waiting"
 )
 
 
@@ -87,6 +89,7 @@ class EventStore:
         parent: tuple[str, int] | None = None,
         routes: Iterable[str] = (),
         undelivered: bool = False,
+        waiting: str = "",
     ) -> None:
         """Start a thread with its first events (a launch, or a fork's copy)."""
         now = _now()
@@ -94,7 +97,7 @@ class EventStore:
             with self.db.atomic():
                 self.db.execute(
                     f"INSERT INTO threads ({_THREAD_COLUMNS}, undelivered) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         thread_id,
                         status,
@@ -105,6 +108,7 @@ class EventStore:
                         len(rows) - 1,
                         parent[0] if parent else None,
                         parent[1] if parent else None,
+                        waiting,
                         int(undelivered),
                     ],
                 )
@@ -122,6 +126,7 @@ class EventStore:
         status: str,
         routes: Iterable[str] = (),
         undelivered: bool = False,
+        waiting: str = "",
     ) -> int:
         """Append rows at `expected_seq`, `expected_seq + 1`, ... and return the
         last seq. Raises `SeqConflict` when the thread has moved on since the
@@ -130,13 +135,14 @@ class EventStore:
         try:
             with self.db.atomic():
                 cursor = self.db.execute(
-                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ? "
-                    "WHERE id = ? AND last_seq = ?",
+                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ?, "
+                    "waiting = ? WHERE id = ? AND last_seq = ?",
                     [
                         status,
                         _now(),
                         expected_seq + len(rows) - 1,
                         int(undelivered),
+                        waiting,
                         thread_id,
                         expected_seq - 1,
                     ],
@@ -155,7 +161,14 @@ class EventStore:
             self._insert(thread_id, 0, (), routes)
 
     def rewrite_projection(
-        self, thread_id: str, last_seq: int, *, status: str, title: str, undelivered: bool = False
+        self,
+        thread_id: str,
+        last_seq: int,
+        *,
+        status: str,
+        title: str,
+        undelivered: bool = False,
+        waiting: str = "",
     ) -> bool:
         """Set a thread's projection to what its events say, if no append came
         in since they were read. False when one did (read again and retry)."""
@@ -166,9 +179,9 @@ class EventStore:
             if last != last_seq:
                 return False
             self.db.execute(
-                "UPDATE threads SET status = ?, title = ?, last_seq = ?, undelivered = ? "
-                "WHERE id = ?",
-                [status, title, last, int(undelivered), thread_id],
+                "UPDATE threads SET status = ?, title = ?, last_seq = ?, undelivered = ?, "
+                "waiting = ? WHERE id = ?",
+                [status, title, last, int(undelivered), waiting, thread_id],
             )
         return True
 

@@ -36,6 +36,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "parent_id",
         "parent_seq",
         "undelivered",
+        "waiting",
     }
     assert db.table("routes").pks == ["ref"]
     unique = {tuple(i.columns) for i in db.table("events").indexes if i.unique}
@@ -49,6 +50,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "m002_meta",
         "m003_leases",
         "m004_undelivered",
+        "m005_waiting",
     ]
     assert db.table("meta").pks == ["key"]
 
