@@ -59,7 +59,7 @@ def _banner(
     mail: EmailChannel | None,
 ) -> str:
     host, port = settings.host_port()
-    lines = [f"threadbot serving http://{host}:{port}  (API docs: /docs)"]
+    lines = [f"threadbot serving http://{host}:{port}  (web page: /, API docs: /docs)"]
     lines.append(f"  store:  {settings.db}")
     if settings.uses_demo_model:
         lines.append(
@@ -99,6 +99,7 @@ def _outbox_beside(db: str) -> str:
 async def serve(settings: Settings) -> None:
     import uvicorn
 
+    from channels import web
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app
     from channels.slack import SlackChannel, SlackSettings
@@ -124,9 +125,9 @@ async def serve(settings: Settings) -> None:
         bot.add_channel("email", mail)
         bot.approvers["email"] = frozenset(email_settings.approvers)
     http_slack = slack is not None and not slack.settings.socket_mode
-    app = create_app(
-        bot, token=settings.api_token, open_paths=("/slack/events",) if http_slack else ()
-    )
+    open_paths = web.OPEN_PATHS + (("/slack/events",) if http_slack else ())
+    app = create_app(bot, token=settings.api_token, open_paths=open_paths)
+    web.mount(app)
     if slack is not None and http_slack:
         slack.mount(app)
     server = uvicorn.Server(

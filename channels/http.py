@@ -153,7 +153,8 @@ def create_app(
     async def authorize(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> None:
-        if token is None or request.url.path in unauthenticated:
+        path = request.url.path
+        if token is None or path in unauthenticated or path.startswith("/ui/"):
             return
         expected = f"Bearer {token}".encode()
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected):

@@ -12,12 +12,18 @@ from hypothesis import settings
 from bot import OpenAIModel, ThreadBot, load_tools
 from store import EventStore
 
-from .fakes import FakeOpenAI
+from .fakes import FakeOpenAI, stop_strays
 
 # Generated tests: reproducible in the suite, wide and random when fuzzing.
 settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None)
 settings.register_profile("fuzz", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_servers() -> Iterator[None]:
+    yield
+    stop_strays()
 
 
 @pytest.fixture

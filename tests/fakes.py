@@ -156,6 +156,20 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("THREADBOT_", "OPENAI_"))}
 
 
+_STARTED: list[ServerProcess] = []
+
+
+def stop_strays() -> None:
+    """Stop every server a test started and did not stop (a failed assertion
+    between start and stop must not leave a server running)."""
+    while _STARTED:
+        server = _STARTED.pop()
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+        server.close()
+
+
 class ServerProcess:
     """`threadbot serve` as a subprocess, as an operator runs it."""
 
@@ -179,6 +193,7 @@ class ServerProcess:
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
+        _STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -217,3 +232,5 @@ class ServerProcess:
     def close(self) -> None:
         if not self._out.closed:
             self._out.close()
+        if self in _STARTED and (self.proc is None or self.proc.poll() is not None):
+            _STARTED.remove(self)

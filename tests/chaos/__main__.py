@@ -18,6 +18,7 @@ It prints the figures and exits 1 if any count of violations is not 0.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import random
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, free_port, text
+from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, free_port, stop_strays, text
 from ..mail_fake import CaptureRelay
 from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
 
@@ -355,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
+    atexit.register(stop_strays)
     with (
         tempfile.TemporaryDirectory() as d,
         FakeOpenAI().serve() as model,

@@ -1,0 +1,350 @@
+// threadbot's web page: reads and writes through the HTTP API, nothing else.
+"use strict";
+
+const ORDER = ["waiting_for_approval", "waiting_for_human", "waiting_for_result", "running", "failed", "done"];
+const LABEL = {
+  waiting_for_approval: "Waiting for approval",
+  waiting_for_human: "Waiting for an answer",
+  waiting_for_result: "Waiting for a result",
+  running: "Running",
+  failed: "Failed",
+  done: "Done",
+};
+const HUMAN_INPUT = "request_human_input";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function status(text) {
+  document.getElementById("status").textContent = text;
+}
+
+function when(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
+function ago(iso) {
+  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+// -- the API, with the token when the server wants one -------------------------
+
+let tokenWaiters = [];
+
+function askForToken() {
+  const dialog = document.getElementById("token-dialog");
+  dialog.hidden = false;
+  document.getElementById("token").focus();
+  return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+document.getElementById("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("threadbot-token", document.getElementById("token").value);
+  document.getElementById("token-dialog").hidden = true;
+  const waiters = tokenWaiters;
+  tokenWaiters = [];
+  waiters.forEach((resolve) => resolve());
+});
+
+async function api(path, options = {}) {
+  for (;;) {
+    const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
+    const token = sessionStorage.getItem("threadbot-token");
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(path, { ...options, headers });
+    if (response.status === 401) {
+      sessionStorage.removeItem("threadbot-token");
+      await askForToken();
+      continue;
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    return { ok: response.ok, status: response.status, body };
+  }
+}
+
+const whoInput = document.getElementById("who");
+whoInput.value = localStorage.getItem("threadbot-who") || "";
+whoInput.addEventListener("change", () => localStorage.setItem("threadbot-who", whoInput.value.trim()));
+function who() {
+  return whoInput.value.trim() || "web";
+}
+
+// -- the inbox -------------------------------------------------------------------
+
+async function loadInbox() {
+  const filter = document.getElementById("filter").value;
+  const query = filter ? `?status=${encodeURIComponent(filter)}&limit=500` : "?limit=500";
+  const res = await api(`/threads${query}`);
+  const box = document.getElementById("inbox");
+  if (!res.ok) {
+    status(`Could not load threads (${res.status})`);
+    return;
+  }
+  const groups = {};
+  for (const t of res.body) (groups[t.status] = groups[t.status] || []).push(t);
+  const parts = ORDER.filter((s) => groups[s]).map((s) =>
+    el(
+      "section",
+      { class: "group", "aria-labelledby": `g-${s}` },
+      el("h2", { id: `g-${s}` }, `${LABEL[s]} (${groups[s].length})`),
+      el(
+        "ul",
+        {},
+        groups[s].map((t) =>
+          el(
+            "li",
+            { "data-thread": t.id },
+            el("a", { class: "title", href: `/ui/threads/${encodeURIComponent(t.id)}` }, t.title || t.id),
+            t.waiting ? el("span", { class: "waits" }, `Waits for ${t.waiting}`) : null,
+            el(
+              "span",
+              { class: "row-meta" },
+              el("span", { class: `badge ${t.status}` }, LABEL[t.status] || t.status),
+              el("span", {}, `from ${t.origin || "?"}`),
+              el("time", { datetime: t.updated_at, title: when(t.updated_at) }, `updated ${ago(t.updated_at)}`),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+  box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted" }, "No threads yet.")]));
+  status(`Updated ${new Date().toLocaleTimeString()}`);
+}
+
+// -- one thread ------------------------------------------------------------------
+
+function who_of(source) {
+  if (!source) return "threadbot";
+  return `${source.name || source.user || "someone"} via ${source.channel}`;
+}
+
+function pretty(value) {
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+function describe(e) {
+  switch (e.type) {
+    case "user_message":
+      return [who_of(e.source), el("div", { class: "ev-body" }, e.text)];
+    case "assistant_message":
+      return ["threadbot answered", el("div", { class: "ev-body" }, e.text)];
+    case "tool_call":
+      if (e.name === HUMAN_INPUT) {
+        const opts = e.arguments.options;
+        return [
+          "threadbot asks",
+          el("div", { class: "ev-body" }, e.arguments.question || ""),
+          opts && opts.length ? el("div", { class: "muted" }, `Options: ${opts.join(", ")}`) : null,
+        ];
+      }
+      return [
+        `threadbot calls ${e.name}${e.requires_approval ? " (needs approval)" : ""}`,
+        e.text ? el("div", { class: "ev-body" }, e.text) : null,
+        el("pre", {}, pretty(e.arguments)),
+      ];
+    case "tool_started":
+      return [`${e.call_id} started`];
+    case "tool_deferred":
+      return [`${e.call_id} runs elsewhere; waiting for its result`, e.note ? el("div", { class: "ev-body" }, e.note) : null];
+    case "tool_result":
+      return [
+        `${e.is_error ? "error from" : "result of"} ${e.call_id}${e.source ? ` (posted by ${who_of(e.source)})` : ""}`,
+        el("pre", {}, pretty(e.output)),
+      ];
+    case "human_response":
+      return [`${who_of(e.source)} answered`, el("div", { class: "ev-body" }, e.text)];
+    case "approval":
+      return [
+        `${e.approved ? "approved" : "rejected"} by ${who_of(e.source)}`,
+        e.comment ? el("div", { class: "ev-body" }, e.comment) : null,
+        e.arguments ? el("pre", {}, `ran with: ${pretty(e.arguments)}`) : null,
+      ];
+    case "delivered":
+      return [`delivered #${e.of_seq} to ${e.channel}`];
+    case "error":
+      return [`${e.fatal ? "stopped" : "error"} (${e.kind})`, el("div", { class: "ev-body" }, e.message)];
+    default:
+      return [e.type];
+  }
+}
+
+let shownSeq = -1;
+let shownPending = null;
+
+function renderTimeline(threadId, events) {
+  const list = document.getElementById("timeline");
+  for (const e of events.slice(shownSeq + 1)) {
+    const [head, ...body] = describe(e);
+    list.append(
+      el(
+        "li",
+        { class: e.type, id: `ev-${e.seq}`, "data-seq": e.seq },
+        el("div", { class: "ev-head" }, el("span", {}, `#${e.seq}`), el("strong", {}, head), el("time", { datetime: e.ts }, when(e.ts))),
+        ...body,
+        el("details", {}, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(e, null, 2))),
+        el(
+          "div",
+          { class: "ev-actions" },
+          el("button", { type: "button", onclick: () => fork(threadId, e.seq), "aria-label": `Fork a new thread from event ${e.seq}` }, "Fork from here"),
+        ),
+      ),
+    );
+  }
+  shownSeq = events.length - 1;
+}
+
+function errorBox(card, text) {
+  let box = card.querySelector(".error-box");
+  if (!box) {
+    box = el("div", { class: "error-box", role: "alert" });
+    card.append(box);
+  }
+  box.textContent = text;
+}
+
+async function send(card, path, payload) {
+  card.querySelectorAll("button").forEach((b) => (b.disabled = true));
+  const res = await api(path, { method: "POST", body: JSON.stringify({ ...payload, user: who() }) });
+  card.querySelectorAll("button").forEach((b) => (b.disabled = false));
+  if (!res.ok) {
+    errorBox(card, (res.body && res.body.error) || `Refused (${res.status})`);
+    return false;
+  }
+  await loadThread();
+  return true;
+}
+
+function renderPending(threadId, pending) {
+  const box = document.getElementById("pending");
+  const key = pending ? pending.call_id : null;
+  if (key === shownPending) return; // keep what the person is typing
+  shownPending = key;
+  if (!pending) {
+    box.replaceChildren();
+    return;
+  }
+  const base = `/threads/${encodeURIComponent(threadId)}`;
+  let card;
+  if (pending.kind === "question") {
+    const area = el("textarea", { id: "answer", name: "answer", required: true });
+    card = el(
+      "form",
+      { class: "card", onsubmit: (ev) => { ev.preventDefault(); if (area.value.trim()) send(card, `${base}/responses`, { text: area.value.trim(), call_id: pending.call_id }); } },
+      el("h2", {}, "The agent asks"),
+      el("p", { class: "ev-body" }, pending.question || ""),
+      (pending.options || []).length
+        ? el(
+            "div",
+            { class: "buttons", role: "group", "aria-label": "Options" },
+            pending.options.map((o) =>
+              el("button", { type: "button", onclick: () => send(card, `${base}/responses`, { text: o, option: o, call_id: pending.call_id }) }, o),
+            ),
+          )
+        : null,
+      el("label", { for: "answer" }, "Your answer"),
+      area,
+      el("div", { class: "buttons" }, el("button", { type: "submit", class: "primary" }, "Send answer")),
+    );
+  } else if (pending.kind === "approval") {
+    const reason = el("textarea", { id: "reason", name: "reason" });
+    const reasonBlock = el("div", { hidden: true }, el("label", { for: "reason" }, "Why reject? The agent reads this."), reason,
+      el("div", { class: "buttons" }, el("button", { type: "button", class: "danger", onclick: () => {
+        if (!reason.value.trim()) { errorBox(card, "Say why, so the agent can do better."); reason.focus(); return; }
+        send(card, `${base}/approvals`, { approved: false, comment: reason.value.trim(), call_id: pending.call_id });
+      } }, "Reject with this reason")));
+    card = el(
+      "div",
+      { class: "card" },
+      el("h2", {}, `Approve ${pending.tool}?`),
+      el("pre", {}, pretty(pending.arguments)),
+      el(
+        "div",
+        { class: "buttons" },
+        el("button", { type: "button", class: "primary", onclick: () => send(card, `${base}/approvals`, { approved: true, call_id: pending.call_id }) }, "Approve"),
+        el("button", { type: "button", onclick: () => { reasonBlock.hidden = false; reason.focus(); } }, "Reject…"),
+      ),
+      reasonBlock,
+    );
+  } else {
+    card = el("div", { class: "card" }, el("h2", {}, `Waiting for the result of ${pending.tool}`),
+      el("p", { class: "muted" }, `Post it with POST ${base}/results and call_id ${pending.call_id}.`));
+  }
+  box.replaceChildren(card);
+}
+
+async function fork(threadId, seq) {
+  const res = await api(`/threads/${encodeURIComponent(threadId)}/fork`, { method: "POST", body: JSON.stringify({ at: seq }) });
+  if (res.ok) location.href = `/ui/threads/${encodeURIComponent(res.body.id)}`;
+  else status((res.body && res.body.error) || `Fork refused (${res.status})`);
+}
+
+async function loadThread() {
+  const threadId = document.body.dataset.thread;
+  const res = await api(`/threads/${encodeURIComponent(threadId)}`);
+  if (!res.ok) {
+    document.getElementById("title").textContent = (res.body && res.body.error) || "Not found";
+    return;
+  }
+  const t = res.body;
+  document.title = `${t.title || t.id} · threadbot`;
+  document.getElementById("title").textContent = t.title || t.id;
+  const badge = document.getElementById("state");
+  badge.className = `badge ${t.status}`;
+  badge.textContent = LABEL[t.status] || t.status;
+  renderTimeline(threadId, t.events);
+  renderPending(threadId, t.pending);
+  status(`Updated ${new Date().toLocaleTimeString()}`);
+}
+
+// -- start -------------------------------------------------------------------------
+
+function every(ms, fn) {
+  let busy = false;
+  const tick = async () => {
+    if (busy || document.hidden) return;
+    busy = true;
+    try { await fn(); } catch (err) { status(`Offline? ${err.message}`); }
+    busy = false;
+  };
+  tick();
+  setInterval(tick, ms);
+}
+
+if (document.body.dataset.page === "inbox") {
+  const filter = document.getElementById("filter");
+  filter.value = new URLSearchParams(location.search).get("status") || "";
+  filter.addEventListener("change", () => {
+    const url = new URL(location.href);
+    if (filter.value) url.searchParams.set("status", filter.value);
+    else url.searchParams.delete("status");
+    history.replaceState(null, "", url);
+    loadInbox();
+  });
+  every(2000, loadInbox);
+} else if (document.body.dataset.page === "thread") {
+  every(1500, loadThread);
+}
