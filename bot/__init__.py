@@ -18,7 +18,8 @@ from .errors import (
 from .events import Event, Source
 from .model import Model, ModelReply, OpenAIModel, ScriptedModel
 from .runner import Delivery, Outbound
-from .thread import ThreadState, derive, next_step
+from .step import next_step
+from .thread import ThreadState, derive
 from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
 
 __all__ = [

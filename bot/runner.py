@@ -36,21 +36,19 @@ from .events import (
 )
 from .log import Thread, ThreadLog
 from .model import Model, ModelReply
-from .thread import (
-    HUMAN_INPUT,
+from .step import (
     CallModel,
     Deliver,
     Escalate,
     Fail,
     Interrupted,
-    OpenCall,
     RunTool,
     Step,
     Stop,
-    ThreadState,
     Wait,
     next_step,
 )
+from .thread import HUMAN_INPUT, OpenCall, ThreadState
 from .tools import Toolbox, ToolContext
 
 __all__ = ["Delivery", "Outbound", "Runner"]

@@ -1,7 +1,8 @@
-"""What a thread's events mean: its derived state, and the next step.
+"""What a thread's events mean: its derived state.
 
-Both functions are pure. The runner calls `derive` and `next_step` after every
-append; tests of the agent's logic are tests of these over event lists.
+`derive` is pure (and `Fold` lets a caller apply only new events); the next
+step is decided from its result in `bot.step`. Tests of the agent's logic are
+tests of these over event lists.
 """
 
 from __future__ import annotations
@@ -27,22 +28,12 @@ from .events import (
 
 __all__ = [
     "HUMAN_INPUT",
-    "CallModel",
-    "Deliver",
-    "Escalate",
-    "Fail",
     "Fold",
-    "Interrupted",
     "Pending",
     "Resolution",
-    "RunTool",
     "Status",
-    "Step",
-    "Stop",
     "ThreadState",
-    "Wait",
     "derive",
-    "next_step",
     "waiting_summary",
 ]
 
@@ -347,83 +338,3 @@ def waiting_summary(state: ThreadState) -> str:
 def derive(events: Iterable[Event]) -> ThreadState:
     """Fold a thread's events into its state."""
     return Fold().extend(events).state()
-
-
-# -- the next step -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CallModel:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RunTool:
-    call: OpenCall
-
-
-@dataclass(frozen=True, slots=True)
-class Interrupted:
-    """A non-idempotent tool started and never reported: do not run it again."""
-
-    call: OpenCall
-
-
-@dataclass(frozen=True, slots=True)
-class Escalate:
-    """Too many errors in a row: ask a person instead of looping."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    seq: int
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    pending: Pending
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    status: Status
-
-
-Step = CallModel | RunTool | Interrupted | Escalate | Fail | Deliver | Wait | Stop
-
-
-def next_step(
-    state: ThreadState,
-    *,
-    max_turns: int = 25,
-    max_errors: int = 3,
-    outbound: frozenset[str] = frozenset(),
-) -> Step:
-    """Decide what the runner does next. `outbound` names the channels that
-    can deliver to people; a thread that came from one of them gets its
-    questions and answers delivered there."""
-    if state.undelivered and state.origin is not None and state.origin.channel in outbound:
-        return Deliver(state.undelivered[0], state.origin.channel)
-    for c in state.open_calls:
-        if c.runnable:
-            return Interrupted(c) if c.started else RunTool(c)
-    if state.pending is not None:
-        return Wait(state.pending)
-    if state.status in ("done", "failed"):
-        return Stop(state.status)
-    if state.consecutive_errors >= max_errors:
-        return Escalate(
-            f"I ran into {state.consecutive_errors} errors in a row "
-            f"(the last: {state.last_error}). How should I continue?"
-        )
-    if state.turns_since_human >= max_turns:
-        return Fail(f"step limit: {max_turns} model turns without a person; stopped")
-    return CallModel()

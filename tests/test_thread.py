@@ -16,7 +16,7 @@ from bot.events import (
     ToolStarted,
     UserMessage,
 )
-from bot.thread import (
+from bot.step import (
     CallModel,
     Deliver,
     Escalate,
@@ -25,9 +25,9 @@ from bot.thread import (
     RunTool,
     Stop,
     Wait,
-    derive,
     next_step,
 )
+from bot.thread import derive
 
 ANN = Source(channel="slack", user="U1", name="Ann")
 BOB = Source(channel="slack", user="U7", name="Bob")

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -33,72 +31,22 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import AlreadyAnswered, Delivery, Refused, Source, ThreadBot
 from bot.events import (
-    Approval,
-    AssistantMessage,
-    Delivered,
-    Error,
     Event,
-    HumanResponse,
-    ToolCall,
-    ToolResult,
-    UserMessage,
 )
-from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
+from .outbound import SlackPoster
 from .payloads import shape_problem
+from .settings import WORKING, SlackSettings, mention, route_key
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
 
 log = logging.getLogger("threadbot.slack")
 
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
-_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 # Message subtypes that are a person writing; every other subtype (edits,
 # deletions, joins, bot posts) is ignored.
 _PLAIN_SUBTYPES = {None, "file_share", "thread_broadcast"}
-WORKING = "eyes"
-"""The reaction put on a message while the agent works on it."""
-
-
-def route_key(channel: str, thread_ts: str) -> str:
-    return f"slack:{channel}:{thread_ts}"
-
-
-def _mention(who: str | None) -> str:
-    if who and _USER_ID.match(who):
-        return f"<@{who}>"
-    return fmt.escape(who or "someone")
-
-
-@dataclass(frozen=True)
-class SlackSettings:
-    bot_token: str
-    signing_secret: str | None = None
-    app_token: str | None = None
-    """An xapp- token: Socket Mode, no public URL needed."""
-    api_url: str | None = None
-    """The Web API's base URL (tests, proxies)."""
-    approvers: tuple[str, ...] = ()
-
-    @property
-    def socket_mode(self) -> bool:
-        return bool(self.app_token)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackSettings | None:
-        env = os.environ if env is None else env
-        token = env.get("SLACK_BOT_TOKEN")
-        if not token:
-            return None
-        approvers = env.get("THREADBOT_SLACK_APPROVERS", "")
-        return cls(
-            bot_token=token,
-            signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
-            app_token=env.get("SLACK_APP_TOKEN") or None,
-            api_url=env.get("SLACK_API_URL") or None,
-            approvers=tuple(a.strip() for a in approvers.split(",") if a.strip()),
-        )
 
 
 class SlackChannel:
@@ -122,6 +70,7 @@ class SlackChannel:
             request_verification_enabled=not settings.socket_mode,
             name="threadbot",
         )
+        self.poster = SlackPoster(bot, self.client, settings)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
         self.app.event("app_mention")(self._on_mention)
@@ -266,7 +215,7 @@ class SlackChannel:
     async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         v, source = self._clicked(body, action)
-        call = self._call(v["t"], v["c"])
+        call = self.poster.call(v["t"], v["c"])
         options = call.arguments.get("options") if call else None
         if not isinstance(options, list) or not 0 <= v.get("i", -1) < len(options):
             return
@@ -289,12 +238,12 @@ class SlackChannel:
             await settle
         except AlreadyAnswered as e:
             await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {_mention(e.user or e.by)}."
+                v["ch"], source.user or "", None, f"Already settled by {mention(e.user or e.by)}."
             )
         except Refused as e:
             await self._ephemeral(v["ch"], source.user or "", None, str(e))
             return
-        await self._show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+        await self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"])
 
     async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -303,14 +252,14 @@ class SlackChannel:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
             await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {_mention(e.user or e.by)}."
+                v["ch"], source.user or "", None, f"Already settled by {mention(e.user or e.by)}."
             )
-            await self._show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+            await self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"])
             return
         except Refused as e:
             await self._ephemeral(v["ch"], source.user or "", None, str(e))
             return
-        call = self._call(v["t"], v["c"])
+        call = self.poster.call(v["t"], v["c"])
         modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], call.name if call else "this")
         await self.client.views_open(trigger_id=body["trigger_id"], view=modal)
 
@@ -330,142 +279,14 @@ class SlackChannel:
             await ack(response_action="errors", errors={"reason": str(e)[:150]})
             return
         await ack()
-        await self._show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"])
+        await self.poster.show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"])
 
-    # -- outbound ------------------------------------------------------------
+    # -- outbound: see outbound.py -------------------------------------------
 
     async def deliver(
         self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
     ) -> Delivery:
-        origin = next(e for e in events if isinstance(e, UserMessage)).source.refs
-        channel, root = origin["channel"], origin["thread_ts"]
-        await self._close_settled_elsewhere(thread_id, events)
-        event = events[seq]
-        posts: list[tuple[str, list[fmt.Block]]]
-        if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
-            question = str(event.arguments.get("question", ""))
-            options = [str(o) for o in event.arguments.get("options") or []]
-            posts = [(question, fmt.question_blocks(thread_id, event.call_id, question, options))]
-        elif isinstance(event, ToolCall):
-            who = self._who_may_approve(events, event)
-            blocks = fmt.approval_blocks(thread_id, event.call_id, event.name, event.arguments, who)
-            posts = [(f"Approval needed: {event.name}", blocks)]
-        elif isinstance(event, AssistantMessage):
-            posts = fmt.answer_messages(event.text)
-        elif isinstance(event, Error):
-            posts = fmt.answer_messages(f"⚠️ I had to stop: {event.message}")
-        else:
-            raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
-        # Each post says what it is, so that after a crash the thread can be
-        # searched for posts that went out but were never recorded.
-        done = {} if fresh else await self._posted(channel, root, thread_id, seq)
-        first_ts = ""
-        for part, (text, blocks) in enumerate(posts):
-            ts = done.get(part)
-            if ts is None:
-                sent = await self.client.chat_postMessage(
-                    channel=channel,
-                    thread_ts=root,
-                    text=text[:3000],
-                    blocks=blocks,
-                    unfurl_links=False,
-                    metadata={
-                        "event_type": "threadbot_post",
-                        "event_payload": {"thread": thread_id, "seq": seq, "part": part},
-                    },
-                )
-                ts = str(sent["ts"])
-            first_ts = first_ts or ts
-        await self._unreact(events)
-        return Delivery(refs={"channel": channel, "ts": first_ts})
-
-    async def _posted(self, channel: str, root: str, thread_id: str, seq: int) -> dict[int, str]:
-        """The parts of this item already in the Slack thread: part → ts."""
-        found: dict[int, str] = {}
-        cursor = None
-        while True:
-            page = await self.client.conversations_replies(
-                channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
-            )
-            for m in page.get("messages") or []:
-                payload = (m.get("metadata") or {}).get("event_payload") or {}
-                if payload.get("thread") == thread_id and payload.get("seq") == seq:
-                    found[int(payload.get("part", 0))] = str(m["ts"])
-            cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
-                return found
-
-    def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
-        people = list(call.approvers) or list(self.settings.approvers)
-        if people:
-            return "Approvers: " + ", ".join(_mention(p) for p in people)
-        origin = next(e for e in events if isinstance(e, UserMessage)).source
-        return f"{_mention(origin.user)} started this, so they decide."
-
-    async def _close_settled_elsewhere(self, thread_id: str, events: Sequence[Event]) -> None:
-        """Buttons of questions and approvals settled since the last post by
-        anything but a click on them (a reply in the thread, HTTP, the CLI)
-        disappear now."""
-        posted: dict[int, dict[str, str]] = {}
-        calls: dict[str, int] = {}
-        last_post = -1
-        for i, e in enumerate(events):
-            if isinstance(e, Delivered) and e.channel == self.name:
-                posted[e.of_seq] = e.refs
-                last_post = i
-            elif isinstance(e, ToolCall):
-                calls[e.call_id] = i
-        for e in events[last_post + 1 :]:
-            if isinstance(e, HumanResponse | Approval | ToolResult):
-                refs = posted.get(calls.get(e.call_id, -1))
-                clicked = e.source is not None and refs and e.source.refs.get("ts") == refs["ts"]
-                if refs and not clicked:
-                    await self._show_outcome(thread_id, e.call_id, refs["channel"], refs["ts"])
-
-    async def _show_outcome(self, thread_id: str, call_id: str, channel: str, ts: str) -> None:
-        """Update a question or approval message: buttons gone, outcome shown."""
-        view = self.bot.get(thread_id)
-        resolution = view.state.resolved.get(call_id)
-        call = self._call(thread_id, call_id)
-        if resolution is None or call is None or not ts:
-            return
-        settled = view.events[resolution.seq]
-        by = (
-            _mention(resolution.source.user or resolution.source.who())
-            if resolution.source
-            else "threadbot"
-        )
-        if isinstance(settled, HumanResponse):
-            outcome = f"✅ {by} answered: {fmt.escape(settled.text)}"
-            head = fmt.to_mrkdwn(str(call.arguments.get("question", "")))
-        elif isinstance(settled, Approval):
-            outcome = f"✅ Approved by {by}" if settled.approved else f"❌ Rejected by {by}"
-            if settled.comment:
-                outcome += f": {fmt.escape(settled.comment)}"
-            head = fmt.approval_text(call.name, call.arguments)
-        else:
-            return
-        blocks = fmt.decided_blocks(
-            [
-                {
-                    "type": "section",
-                    "text": {"type": "mrkdwn", "text": fmt.split_mrkdwn(head or "?")[0]},
-                }
-            ],
-            outcome[:3000],
-        )
-        try:
-            await self.client.chat_update(
-                channel=channel, ts=ts, text=outcome[:3000], blocks=blocks
-            )
-        except SlackApiError as e:
-            log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
-
-    def _call(self, thread_id: str, call_id: str) -> ToolCall | None:
-        for e in reversed(self.bot.get(thread_id).events):
-            if isinstance(e, ToolCall) and e.call_id == call_id:
-                return e
-        return None
+        return await self.poster.deliver(thread_id, events, seq, fresh=fresh)
 
     async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
         try:
@@ -479,15 +300,3 @@ class SlackChannel:
         # A missing scope or a race with the answer loses only a hint.
         with contextlib.suppress(SlackApiError):
             await self.client.reactions_add(channel=channel, timestamp=ts, name=WORKING)
-
-    async def _unreact(self, events: Sequence[Event]) -> None:
-        """Take the working reaction off the messages answered by this post."""
-        for e in reversed(events):
-            if isinstance(e, Delivered) and e.channel == self.name:
-                break
-            if isinstance(e, UserMessage | HumanResponse) and e.source.channel == self.name:
-                refs = e.source.refs
-                with contextlib.suppress(SlackApiError):
-                    await self.client.reactions_remove(
-                        channel=refs["channel"], timestamp=refs["ts"], name=WORKING
-                    )
