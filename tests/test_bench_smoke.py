@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from .fakes import REPO
 
@@ -26,3 +27,14 @@ def test_benchmark_runs_small() -> None:
         assert row["resume_p50_ms"] > 0
         assert row["bytes_per_round_trip"] > 0
     assert out.stderr == ""
+
+
+def test_approval_scenario_runs_small(tmp_path: Path) -> None:
+    import asyncio
+
+    from .bench.approvals import threadbot_run
+
+    rows = asyncio.run(threadbot_run([2, 4], tmp_path))
+    assert [r["round_trips"] for r in rows] == [2, 4]
+    assert rows[-1]["events"] == 1 + 4 * 4 + 1  # launch, 4 per round-trip, the pending call
+    assert all(r["resume_p50_ms"] > 0 and r["load_cold_ms"] > 0 for r in rows)

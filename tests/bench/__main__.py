@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -43,10 +44,13 @@ class InstantModel:
     request gets a `request_human_input` call at once. Records when each
     request arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, tool: str = "request_human_input", arguments: str | None = None) -> None:
+        self.tool = tool
+        self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -55,8 +59,13 @@ class InstantModel:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for w in list(self._writers):
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -84,8 +93,8 @@ class InstantModel:
                                             "id": f"call_{uuid.uuid4().hex[:12]}",
                                             "type": "function",
                                             "function": {
-                                                "name": "request_human_input",
-                                                "arguments": json.dumps({"question": QUESTION}),
+                                                "name": self.tool,
+                                                "arguments": self.arguments,
                                             },
                                         }
                                     ],
@@ -102,6 +111,8 @@ class InstantModel:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             writer.close()
+        finally:
+            self._writers.discard(writer)
 
 
 def _db_bytes(store: EventStore) -> int:
@@ -172,6 +183,7 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
         await bot.settle(thread_id)
 
     await bot.close()
+    await model.client.close()
     await model_server.stop()
     store.close()
     return rows
@@ -222,7 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     p.add_argument("--sizes", default="10,100,1000", help="thread lengths in events")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument(
+        "--compare-langgraph",
+        action="store_true",
+        help="also run the approval scenario here and on LangGraph (in a throwaway venv)",
+    )
+    p.add_argument("--round-trips", default="10,100,500", help="for --compare-langgraph")
     args = p.parse_args(argv)
+    if args.compare_langgraph:
+        from .approvals import compare
+
+        return compare([int(n) for n in args.round_trips.split(",")], args.json)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as d:
         rows = asyncio.run(_measure(sizes, Path(d)))
