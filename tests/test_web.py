@@ -148,11 +148,15 @@ def test_fork_from_an_event(page: Page, server: ServerProcess, model: FakeOpenAI
     model.add(ask("Which region?"))
     thread = launch(server, "fork me", "waiting_for_human")
     page.goto(server.url + f"/ui/threads/{thread['id']}")
+    model.add(ask("Which region, again?"))  # the fork runs on from its first event
     page.get_by_role("button", name="Fork a new thread from event 0").click()
     page.wait_for_url(lambda u: thread["id"] not in u)
-    expect(page.locator("#timeline li")).to_have_count(1)
-    model.add(ask("Which region?"))  # the fork runs from its first event
     expect(page.locator("#state")).to_have_text("Waiting for an answer")
+    expect(page.locator("#ev-0")).to_contain_text("fork me")
+    expect(page.locator("#ev-1")).to_contain_text("Which region, again?")
+    fork_id = page.url.rsplit("/", 1)[-1]
+    listed = {t["id"]: t for t in httpx.get(server.url + "/threads").json()}
+    assert listed[fork_id]["parent_id"] == thread["id"]
 
 
 def test_a_token_is_asked_for(browser: Browser, model: FakeOpenAI, tmp_path: Path) -> None:
