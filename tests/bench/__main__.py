@@ -44,7 +44,17 @@ class InstantModel:
     request gets a `request_human_input` call at once. Records when each
     request arrived."""
 
-    def __init__(self, tool: str = "request_human_input", arguments: str | None = None) -> None:
+    def __init__(
+        self,
+        tool: str = "request_human_input",
+        arguments: str | None = None,
+        *,
+        delay: float = 0.0,
+        rounds: int | None = None,
+    ) -> None:
+        self.delay = delay
+        self.rounds = rounds
+        """With `rounds`, answer with text once a request holds that many tool results."""
         self.tool = tool
         self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
@@ -73,8 +83,37 @@ class InstantModel:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                await reader.readexactly(length)
+                request = await reader.readexactly(length)
                 self.arrivals.append(time.perf_counter())
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if (
+                    self.rounds is not None
+                    and request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
+                    >= self.rounds
+                ):
+                    body = json.dumps(
+                        {
+                            "id": "cmpl",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": "instant",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "done"},
+                                }
+                            ],
+                        }
+                    ).encode()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    await writer.drain()
+                    continue
                 body = json.dumps(
                     {
                         "id": "cmpl",
@@ -240,7 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the approval scenario here and on LangGraph (in a throwaway venv)",
     )
     p.add_argument("--round-trips", default="10,100,500", help="for --compare-langgraph")
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="concurrency, paused threads' memory, listing, and acks under load",
+    )
     args = p.parse_args(argv)
+    if args.scale:
+        from .scale import run_scale
+
+        return run_scale(args.json)
     if args.compare_langgraph:
         from .approvals import compare
 

@@ -115,12 +115,23 @@ class Harness:
         }
 
     def start(self, point: str) -> None:
-        with self.lock:
-            self.point = point
-            self.killed_by_us = False
-            self.deliver_kill = point == "deliver"
-            self.server = ServerProcess(self.env(point), port=self.port).start(timeout=30)
-            self.started_at = time.monotonic()
+        while True:
+            with self.lock:
+                self.point = point
+                self.killed_by_us = False
+                self.deliver_kill = point == "deliver"
+                server = ServerProcess(self.env(point), port=self.port)
+                try:
+                    self.server = server.start(timeout=30)
+                    self.started_at = time.monotonic()
+                    return
+                except RuntimeError:
+                    if server.proc is None or server.proc.returncode != -9:
+                        raise
+            # It died at its named point while resuming, before it answered.
+            name = point.partition(":")[0].replace("_", " ")
+            self.kills[f"at a named point: {name}"] += 1
+            point = self.rng.choice(POINTS) if self.killing else ""
 
     def kill(self, why: str) -> None:
         with self.lock:

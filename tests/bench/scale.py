@@ -1,0 +1,197 @@
+"""Many threads in one process.
+
+- concurrency: N threads doing R question/answer round-trips each against a
+  model server that takes 100 ms; wall time against the ideal (R + 1) x 100 ms.
+- paused threads: a store holding 100,000 threads waiting for a person;
+  a fresh process opens it (RSS), lists the waiting ones (time).
+- acks: while 100 threads keep running, how long `threadbot serve` takes to
+  answer POST /threads and a signed Slack event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot import OpenAIModel, ThreadBot, Toolbox
+from bot.events import Source, ToolCall, UserMessage
+from bot.log import ThreadLog
+from store import EventStore
+
+from ..fakes import FakeOpenAI, ServerProcess, calls, free_port
+from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
+from .__main__ import InstantModel, _pct
+
+
+async def concurrency(n: int, rounds: int, delay: float, work: Path) -> dict[str, Any]:
+    server = InstantModel(delay=delay, rounds=rounds)
+    await server.start()
+    store = EventStore(work / "concurrency.db")
+    model = OpenAIModel("slow", base_url=f"http://127.0.0.1:{server.port}/v1")
+    bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
+
+    async def one(i: int) -> None:
+        thread_id = await bot.launch(f"thread {i}")
+        while True:
+            await bot.settle(thread_id)
+            state = bot.get(thread_id).state
+            if state.status == "done":
+                return
+            assert state.pending is not None, state.status
+            await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    seconds = time.perf_counter() - t0
+    await bot.close()
+    await model.client.close()
+    await server.stop()
+    store.close()
+    ideal = (rounds + 1) * delay
+    return {
+        "threads": n,
+        "round_trips_each": rounds,
+        "model_latency_s": delay,
+        "seconds": round(seconds, 3),
+        "ideal_seconds": ideal,
+        "ratio_to_ideal": round(seconds / ideal, 2),
+        "model_requests": len(server.arrivals),
+    }
+
+
+def paused(n: int, work: Path) -> dict[str, Any]:
+    db = work / "paused.db"
+    store = EventStore(db, durable=False)  # building the fixture only
+    log = ThreadLog(store, cache_size=0)
+    t0 = time.perf_counter()
+    with store.db.atomic():
+        for i in range(n):
+            log.create(
+                f"t{i:07d}",
+                [
+                    UserMessage(text=f"please deploy service {i}", source=Source(channel="http")),
+                    ToolCall(
+                        call_id=f"c{i}",
+                        name="request_human_input",
+                        arguments={"question": "Which version?"},
+                    ),
+                ],
+            )
+    built = time.perf_counter() - t0
+    store.close()
+    code = (
+        "import resource, time, sys\n"
+        "from bot import ThreadBot, ScriptedModel\n"
+        "from store import EventStore\n"
+        f"bot = ThreadBot(EventStore({str(db)!r}), ScriptedModel())\n"
+        "t0 = time.perf_counter(); page = bot.threads(status='waiting_for_human', limit=100)\n"
+        "t1 = time.perf_counter(); every = bot.threads(status='waiting_for_human', limit=10**9)\n"
+        "t2 = time.perf_counter()\n"
+        "rss = int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])\n"
+        "print(rss, t1 - t0, t2 - t1, len(page), len(every))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss_kb, page_s, all_s, page_n, all_n = out.stdout.split()
+    return {
+        "paused_threads": n,
+        "build_seconds": round(built, 1),
+        "db_bytes": db.stat().st_size,
+        "rss_mb_after_open": round(int(rss_kb) / 1024, 1),
+        "list_first_100_waiting_ms": round(float(page_s) * 1e3, 2),
+        "list_all_waiting_ms": round(float(all_s) * 1e3, 1),
+        "listed": [int(page_n), int(all_n)],
+    }
+
+
+def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
+    """Acks while `running` threads keep calling a 100 ms model and a tool."""
+    with FakeOpenAI().serve() as model, FakeSlack().serve() as slack:
+
+        def busy(body: dict[str, Any]) -> dict[str, Any]:
+            time.sleep(0.1)
+            return calls(("lookup", {"name": "x"}))
+
+        model.add(*[busy] * 1_000_000)
+        (work / "ledger.txt").touch()
+        env = {
+            "THREADBOT_DB": str(work / "acks.db"),
+            "OPENAI_BASE_URL": model.base_url,
+            "OPENAI_API_KEY": "k",
+            "THREADBOT_MODEL": "slow",
+            "THREADBOT_TOOLS": str(Path(__file__).resolve().parents[1] / "ledger_tools.py"),
+            "THREADBOT_TEST_LEDGER": str(work / "ledger.txt"),
+            "THREADBOT_MAX_TURNS": "1000000",
+            "THREADBOT_SMTP": f"127.0.0.1:{free_port()}",
+            "SLACK_BOT_TOKEN": "xoxb",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+        }
+        server = ServerProcess(env).start()
+        try:
+            with httpx.Client(base_url=server.url) as client:
+                for i in range(running):
+                    client.post("/threads", json={"text": f"busy {i}"})
+                time.sleep(1.0)
+                n_running = len(client.get("/threads?status=running&limit=1000").json())
+                http: list[float] = []
+                for i in range(samples):
+                    t0 = time.perf_counter()
+                    r = client.post("/threads", json={"text": f"ack {i}"})
+                    http.append(time.perf_counter() - t0)
+                    assert r.status_code == 201
+                    time.sleep(0.01)
+            sender = SlackSender(server.url)
+            slack_acks: list[float] = []
+            with httpx.Client() as client:
+                for i in range(samples):
+                    event = {
+                        "type": "app_mention",
+                        "user": "U1",
+                        "channel": "CACK",
+                        "ts": f"{2000 + i}.000100",
+                        "text": f"<@{BOT_USER}> ack {i}",
+                    }
+                    body, headers = sender.signed_event(event)
+                    t0 = time.perf_counter()
+                    r = client.post(sender.url, content=body, headers=headers)
+                    slack_acks.append(time.perf_counter() - t0)
+                    assert r.status_code == 200
+                    time.sleep(0.01)
+        finally:
+            server.stop()
+    return {
+        "running_threads": n_running,
+        "http_ack_p50_ms": round(statistics.median(http) * 1e3, 2),
+        "http_ack_p99_ms": round(_pct(http, 0.99) * 1e3, 2),
+        "slack_ack_p50_ms": round(statistics.median(slack_acks) * 1e3, 2),
+        "slack_ack_p99_ms": round(_pct(slack_acks, 0.99) * 1e3, 2),
+    }
+
+
+def run_scale(json_path: str | None) -> int:
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        report["concurrency"] = asyncio.run(concurrency(1000, 3, 0.1, work))
+        print("concurrency", report["concurrency"], flush=True)
+        report["paused"] = paused(100_000, work)
+        print("paused", report["paused"], flush=True)
+        report["acks"] = acks(100, 300, work)
+        print("acks", report["acks"], flush=True)
+    report["bench_process_max_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    print(json.dumps(report, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return 0
