@@ -78,6 +78,14 @@ def used(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT sum(pgsize - unused) FROM dbstat").fetchone()[0])
 
 
+def pages_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes in use by whole pages: cheap enough to ask every round-trip."""
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    count = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int((count - free) * size)
+
+
 def file_bytes(path: str) -> int:
     return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
@@ -113,12 +121,12 @@ def main() -> None:
         done = 0
         for target in sizes:
             while done < target:
-                before = used(conn)
+                before = pages_bytes(conn)
                 calls = len(MODEL_CALLS)
                 t0 = time.perf_counter()
                 graph.invoke(Command(resume={"approved": True}), config)
                 resumes.append(MODEL_CALLS[calls] - t0)
-                written.append(used(conn) - before)
+                written.append(pages_bytes(conn) - before)
                 done += 1
             last = resumes[-20:]
             rows.append(
