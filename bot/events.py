@@ -30,6 +30,7 @@ __all__ = [
     "event_from_dict",
     "load_event",
     "load_events",
+    "load_events_json",
 ]
 
 
@@ -191,6 +192,11 @@ def dump_event(event: Event) -> str:
 
 def load_event(body: str | bytes) -> Event:
     return _ONE.validate_json(body)
+
+
+def load_events_json(array: str) -> list[Event]:
+    """Parse a JSON array of events."""
+    return _MANY.validate_json(array)
 
 
 def load_events(bodies: list[str]) -> list[Event]:

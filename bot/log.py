@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from store import EventStore, NewRow, UnknownThread
 
 from .errors import ThreadNotFound
-from .events import Event, dump_event, load_events
+from .events import Event, dump_event, load_events, load_events_json
 from .thread import Fold, ThreadState, waiting_summary
 
 __all__ = ["Thread", "ThreadLog"]
@@ -57,10 +57,10 @@ class ThreadLog:
         """The thread as it is now in the store."""
         held = self._cache.get(thread_id)
         if held is None:
-            bodies = self.store.load(thread_id)
-            if not bodies:
+            array = self.store.load_json(thread_id)
+            if array is None:
                 raise ThreadNotFound(thread_id)
-            events = load_events(bodies)
+            events = load_events_json(array)
             fold = Fold().extend(events)
             return self._keep(Thread(thread_id, events, fold, fold.state()))
         bodies = self.store.load_from(thread_id, len(held.events))

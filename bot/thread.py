@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .events import (
     Approval,
@@ -76,9 +76,9 @@ class Pending:
         return [str(o) for o in opts] if isinstance(opts, list) else []
 
 
-@dataclass(frozen=True, slots=True)
-class OpenCall:
-    """A tool call without an outcome yet."""
+class OpenCall(NamedTuple):
+    """A tool call without an outcome yet. (A tuple: a long thread makes
+    thousands of these while it is read.)"""
 
     call: ToolCall
     seq: int
@@ -110,8 +110,7 @@ class OpenCall:
         return self.waits_for is None
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+class Resolution(NamedTuple):
     """How a call was settled, for "already answered by ..." replies: by an
     answer, a decision (an approved call keeps its approver after it runs),
     or a result."""

@@ -243,6 +243,16 @@ class EventStore:
 
     # -- reading ------------------------------------------------------------
 
+    def load_json(self, thread_id: str) -> str | None:
+        """The thread's event bodies as one JSON array, built by SQLite (one
+        string instead of a Python object per row); None if no such thread."""
+        row = self.db.execute(
+            "SELECT '[' || group_concat(body, ',') || ']' FROM "
+            "(SELECT body FROM events WHERE thread_id = ? ORDER BY seq)",
+            [thread_id],
+        ).fetchone()
+        return row[0] if row and row[0] is not None else None
+
     def load(self, thread_id: str, *, upto: int | None = None) -> list[str]:
         """The thread's event bodies in seq order (through `upto`, inclusive)."""
         sql = "SELECT body FROM events WHERE thread_id = ? AND seq <= ? ORDER BY seq"
