@@ -94,19 +94,28 @@ def paused(n: int, work: Path) -> dict[str, Any]:
         "from bot import ThreadBot, ScriptedModel\n"
         "from store import EventStore\n"
         f"bot = ThreadBot(EventStore({str(db)!r}), ScriptedModel())\n"
+        "rss = int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])\n"
         "t0 = time.perf_counter(); page = bot.threads(status='waiting_for_human', limit=100)\n"
         "t1 = time.perf_counter(); every = bot.threads(status='waiting_for_human', limit=10**9)\n"
         "t2 = time.perf_counter()\n"
-        "rss = int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])\n"
         "print(rss, t1 - t0, t2 - t1, len(page), len(every))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     rss_kb, page_s, all_s, page_n, all_n = out.stdout.split()
+    empty = work / "empty.db"
+    base = subprocess.run(
+        [sys.executable, "-c", code.replace(str(db), str(empty))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    empty_rss_kb = base.stdout.split()[0]
     return {
         "paused_threads": n,
         "build_seconds": round(built, 1),
         "db_bytes": db.stat().st_size,
         "rss_mb_after_open": round(int(rss_kb) / 1024, 1),
+        "rss_mb_with_an_empty_store": round(int(empty_rss_kb) / 1024, 1),
         "list_first_100_waiting_ms": round(float(page_s) * 1e3, 2),
         "list_all_waiting_ms": round(float(all_s) * 1e3, 1),
         "listed": [int(page_n), int(all_n)],
