@@ -193,18 +193,7 @@ class SlackSender:
     def event(
         self, event: dict[str, Any], *, event_id: str | None = None, retry: int | None = None
     ) -> httpx.Response:
-        payload = {
-            "token": "legacy",
-            "team_id": "T1",
-            "api_app_id": "A1",
-            "type": "event_callback",
-            "event_id": event_id or f"Ev{next(self._ids):06d}",
-            "event_time": int(time.time()),
-            "event": {"event_ts": event.get("ts"), **event},
-            "authorizations": [{"team_id": "T1", "user_id": BOT_USER, "is_bot": True}],
-        }
-        body = json.dumps(payload)
-        headers = {"Content-Type": "application/json", **signed_headers(body)}
+        body, headers = self.signed_event(event, event_id=event_id)
         if retry is not None:
             headers["X-Slack-Retry-Num"] = str(retry)
             headers["X-Slack-Retry-Reason"] = "http_timeout"

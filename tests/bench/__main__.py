@@ -87,59 +87,23 @@ class InstantModel:
                 self.arrivals.append(time.perf_counter())
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                if (
-                    self.rounds is not None
-                    and request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
-                    >= self.rounds
-                ):
-                    body = json.dumps(
-                        {
-                            "id": "cmpl",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": "instant",
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": "done"},
-                                }
-                            ],
-                        }
-                    ).encode()
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                        + body
-                    )
-                    await writer.drain()
-                    continue
+                results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
+                if self.rounds is not None and results >= self.rounds:
+                    message: dict[str, Any] = {"role": "assistant", "content": "done"}
+                else:
+                    call = {
+                        "id": f"call_{uuid.uuid4().hex[:12]}",
+                        "type": "function",
+                        "function": {"name": self.tool, "arguments": self.arguments},
+                    }
+                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
                 body = json.dumps(
                     {
                         "id": "cmpl",
                         "object": "chat.completion",
                         "created": 0,
                         "model": "instant",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "tool_calls",
-                                "message": {
-                                    "role": "assistant",
-                                    "content": None,
-                                    "tool_calls": [
-                                        {
-                                            "id": f"call_{uuid.uuid4().hex[:12]}",
-                                            "type": "function",
-                                            "function": {
-                                                "name": self.tool,
-                                                "arguments": self.arguments,
-                                            },
-                                        }
-                                    ],
-                                },
-                            }
-                        ],
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                     }
                 ).encode()
                 writer.write(
