@@ -167,10 +167,6 @@ class EventStore:
             raise SeqConflict(thread_id, expected_seq) from None
         return expected_seq + len(rows) - 1
 
-    def add_routes(self, thread_id: str, routes: Iterable[str]) -> None:
-        with self.db.atomic():
-            self._insert(thread_id, 0, (), routes)
-
     def rewrite_projection(
         self,
         thread_id: str,

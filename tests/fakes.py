@@ -177,7 +177,6 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**clean_environ(), **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
         self.proc: Any = None
-        self.log = ""
 
     @property
     def url(self) -> str:
