@@ -125,7 +125,7 @@ class ThreadBot:
         first = UserMessage(text=text, source=source or Source(channel="api"), key=key)
         thread_id = uuid.uuid4().hex[:16]
         try:
-            self.log.create(thread_id, [first], routes=routes)
+            await self.log.create(thread_id, [first], routes=routes)
         except DuplicateKey as e:
             return e.thread_id
         self.runner.kick(thread_id)
@@ -341,7 +341,7 @@ class ThreadBot:
         while True:
             new = build(thread.state, thread.events)
             try:
-                thread = self.log.append(thread, [new])
+                thread = await self.log.append(thread, [new])
             except DuplicateKey as e:
                 return Receipt(e.thread_id, e.seq, duplicate=True)
             except SeqConflict:
@@ -368,7 +368,7 @@ class ThreadBot:
             raise UsageError(f"thread {thread_id} has no event {at} (it has 0..{len(events) - 1})")
         copies = [e.model_copy(update={"key": None}) for e in events]
         new_id = uuid.uuid4().hex[:16]
-        self.log.create(new_id, copies, parent=(thread_id, at))
+        await self.log.create(new_id, copies, parent=(thread_id, at))
         self.runner.kick(new_id)
         return new_id
 
@@ -420,5 +420,9 @@ class ThreadBot:
             await self.runner.settle(thread_id)
 
     async def close(self, grace: float = 0.0) -> None:
-        """Stop: give active runs `grace` seconds to pause, then cancel them."""
+        """Stop: give active runs `grace` seconds to pause, then cancel them,
+        and close the model's connections."""
         await self.runner.shutdown(grace)
+        aclose = getattr(self.model, "aclose", None)
+        if aclose is not None:
+            await aclose()

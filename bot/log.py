@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from store import EventStore, NewRow, UnknownThread
 
@@ -77,7 +78,23 @@ class ThreadLog:
             raise ThreadNotFound(thread_id)
         return load_events(bodies)
 
-    def create(
+    def _prepare_create(
+        self, thread_id: str, events: Sequence[Event], parent: tuple[str, int] | None
+    ) -> tuple[Thread, dict[str, Any]]:
+        fold = Fold().extend(events)
+        state = fold.state()
+        origin = state.origin.model_dump_json(exclude_none=True) if state.origin else "{}"
+        projection = {
+            "status": state.status,
+            "title": state.title,
+            "origin": origin,
+            "parent": parent,
+            "undelivered": bool(state.undelivered),
+            "waiting": waiting_summary(state),
+        }
+        return Thread(thread_id, list(events), fold, state), projection
+
+    async def create(
         self,
         thread_id: str,
         events: Sequence[Event],
@@ -85,37 +102,59 @@ class ThreadLog:
         parent: tuple[str, int] | None = None,
         routes: Iterable[str] = (),
     ) -> Thread:
-        fold = Fold().extend(events)
-        state = fold.state()
-        origin = state.origin.model_dump_json(exclude_none=True) if state.origin else "{}"
-        self.store.create(
-            thread_id,
-            _rows(events),
-            status=state.status,
-            title=state.title,
-            origin=origin,
-            parent=parent,
-            routes=routes,
-            undelivered=bool(state.undelivered),
-            waiting=waiting_summary(state),
-        )
-        return self._keep(Thread(thread_id, list(events), fold, state))
+        """Store a new thread; returns once it is on disk."""
+        thread, projection = self._prepare_create(thread_id, events, parent)
+        await self.store.create_async(thread_id, _rows(events), routes=routes, **projection)
+        return self._keep(thread)
 
-    def append(self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()) -> Thread:
-        """Append `new` after what `thread` holds and return the thread with
-        them. Raises `SeqConflict` if another writer got there first."""
+    def create_sync(
+        self,
+        thread_id: str,
+        events: Sequence[Event],
+        *,
+        parent: tuple[str, int] | None = None,
+        routes: Iterable[str] = (),
+    ) -> Thread:
+        """`create` on the caller's thread (scripts, fixtures)."""
+        thread, projection = self._prepare_create(thread_id, events, parent)
+        self.store.create(thread_id, _rows(events), routes=routes, **projection)
+        return self._keep(thread)
+
+    def _prepare_append(
+        self, thread: Thread, new: Sequence[Event]
+    ) -> tuple[Thread, dict[str, Any]]:
         fold = thread.fold.copy().extend(new)
         state = fold.state()
+        projection = {
+            "status": state.status,
+            "undelivered": bool(state.undelivered),
+            "waiting": waiting_summary(state),
+        }
+        return Thread(thread.id, thread.events + list(new), fold, state), projection
+
+    async def append(
+        self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()
+    ) -> Thread:
+        """Append `new` after what `thread` holds and return the thread with
+        them, once they are on disk. Raises `SeqConflict` if another writer
+        got there first."""
+        after, projection = self._prepare_append(thread, new)
         try:
-            self.store.append(
-                thread.id,
-                len(thread.events),
-                _rows(new),
-                status=state.status,
-                routes=routes,
-                undelivered=bool(state.undelivered),
-                waiting=waiting_summary(state),
+            await self.store.append_async(
+                thread.id, len(thread.events), _rows(new), routes=routes, **projection
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
-        return self._keep(Thread(thread.id, thread.events + list(new), fold, state))
+        return self._keep(after)
+
+    def append_sync(
+        self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()
+    ) -> Thread:
+        """`append` on the caller's thread (scripts, fixtures)."""
+        after, projection = self._prepare_append(thread, new)
+        try:
+            seq = len(thread.events)
+            self.store.append(thread.id, seq, _rows(new), routes=routes, **projection)
+        except UnknownThread as e:
+            raise ThreadNotFound(thread.id) from e
+        return self._keep(after)

@@ -82,15 +82,25 @@ class OpenAIModel:
         import openai
 
         self._openai = openai
+        self._owns_client = client is None
         self.client = client or openai.AsyncOpenAI(
             # Local servers (Ollama, vLLM, llama.cpp) accept any key.
             api_key=api_key or "unused",
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            # The SDK's aiohttp transport: its connection pool stays cheap
+            # with hundreds of requests in flight (httpx's scans every
+            # connection for every request) and each call costs less CPU.
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
         self._model_json = json.dumps(model)
         self._tools_cache: tuple[Sequence[dict[str, Any]], str] | None = None
+
+    async def aclose(self) -> None:
+        """Close the connections of a client this model created."""
+        if self._owns_client:
+            await self.client.close()
 
     def _tools_json(self, tools: Sequence[dict[str, Any]]) -> str:
         # The runner passes the same list on every call: serialize it once.

@@ -259,16 +259,16 @@ class Runner:
                     thread = await self._run_tool(thread, c)
                 case Interrupted(call=c):
                     result = ToolResult(call_id=c.call.call_id, output=INTERRUPTED, is_error=True)
-                    thread = self._try_append(thread, [result])
+                    thread = await self._try_append(thread, [result])
                 case Escalate(reason=reason):
                     ask = ToolCall(
                         call_id=f"escalate_{uuid.uuid4().hex[:12]}",
                         name=HUMAN_INPUT,
                         arguments={"question": reason},
                     )
-                    thread = self._try_append(thread, [ask])
+                    thread = await self._try_append(thread, [ask])
                 case Fail(reason=reason):
-                    thread = self._try_append(
+                    thread = await self._try_append(
                         thread, [Error(message=reason, kind="limit", fatal=True)]
                     )
                 case Deliver():
@@ -277,21 +277,21 @@ class Runner:
                         return thread.state
                     thread = delivered
 
-    def _try_append(self, thread: Thread, new: Sequence[Event]) -> Thread:
+    async def _try_append(self, thread: Thread, new: Sequence[Event]) -> Thread:
         """Append; if another writer got there first, return the fresh thread
         instead, so that the caller decides again on what is there now."""
         try:
-            return self.log.append(thread, new)
+            return await self.log.append(thread, new)
         except SeqConflict:
             return self.log.load(thread.id)
 
-    def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
+    async def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
         lost to a concurrent append. Dropped only if the call was settled
         meanwhile by someone else."""
         while True:
             try:
-                return self.log.append(thread, new)
+                return await self.log.append(thread, new)
             except SeqConflict:
                 thread = self.log.load(thread.id)
                 if all(c.call.call_id != call_id for c in thread.state.open_calls):
@@ -322,12 +322,12 @@ class Runner:
         else:
             new = self._reply_events(thread, reply)
         try:
-            return self.log.append(thread, new)
+            return await self.log.append(thread, new)
         except SeqConflict:
             fresh = self.log.load(thread.id)
             if all(isinstance(e, Delivered) for e in fresh.events[len(thread.events) :]):
                 # Only bookkeeping arrived meanwhile: the reply still fits.
-                return self._try_append(fresh, new)
+                return await self._try_append(fresh, new)
             return fresh  # someone spoke meanwhile: ask the model again
 
     def _reply_events(self, thread: Thread, reply: ModelReply) -> list[Event]:
@@ -377,10 +377,10 @@ class Runner:
             result = ToolResult(
                 call_id=call_id, output=f"tool {c.call.name!r} is not available", is_error=True
             )
-            return self._append_outcome(thread, [result], call_id)
+            return await self._append_outcome(thread, [result], call_id)
         if not t.idempotent:
             try:
-                thread = self.log.append(thread, [ToolStarted(call_id=call_id)])
+                thread = await self.log.append(thread, [ToolStarted(call_id=call_id)])
             except SeqConflict:
                 return self.log.load(thread.id)
         approved_by = c.approval.source.who() if c.approval else None
@@ -390,7 +390,7 @@ class Runner:
             done = ToolDeferred(call_id=call_id, note=outcome.output)
         else:
             done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
-        return self._append_outcome(thread, [done], call_id)
+        return await self._append_outcome(thread, [done], call_id)
 
     async def _deliver(self, thread: Thread, step: Deliver, *, fresh: bool) -> Thread | None:
         channel = self.outbound[step.channel]
@@ -414,6 +414,6 @@ class Runner:
         record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
         while True:
             try:
-                return self.log.append(thread, [record], routes=delivery.routes)
+                return await self.log.append(thread, [record], routes=delivery.routes)
             except SeqConflict:
                 thread = self.log.load(thread.id)

@@ -5,25 +5,31 @@ store knows nothing of what events mean. The caller hands in the thread's
 projection (status, title) with each append so that both land in one
 transaction.
 
-One `EventStore` owns one connection: use it from one thread (the event loop),
-or open one per thread of work. Several processes may share the file: WAL lets
-readers run beside the writer, and appends stay correct because each one is
-checked against the seq it expected.
+Use one `EventStore` from one thread (the event loop), or open one per thread
+of work. It reads and writes synchronously on its own connection, and hands
+`append_async`/`create_async` to a writer thread that commits them in batches
+(see `writer`). Several processes may share the file: WAL lets readers run
+beside the writer, and appends stay correct because each one is checked
+against the seq it expected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
 from .migrations import migrations
+from .writer import Writer
 
 __all__ = ["EventStore", "NewRow", "ThreadRow"]
 
@@ -70,7 +76,9 @@ class EventStore:
         if self.path != ":memory:":
             self.db.enable_wal()
         # FULL: an acknowledged append survives a power cut, not only a crash.
-        self.db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self.db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        self._writer: Writer | None = None
         migrations.apply(self.db)
         # Leases need no durability: after a crash they are stale anyway (their
         # holder is gone). Their own connection skips the fsync that each
@@ -83,89 +91,62 @@ class EventStore:
             self._leases.execute("PRAGMA synchronous = OFF")
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._leases is not self.db.conn:
             self._leases.close()
         self.db.close()
 
     # -- writing ------------------------------------------------------------
+    #
+    # `create` and `append` write on the caller's thread; `create_async` and
+    # `append_async` go through the writer thread, which commits whatever
+    # queued up meanwhile in one transaction (one fsync for the lot).
 
-    def create(
-        self,
-        thread_id: str,
-        rows: Sequence[NewRow],
-        *,
-        status: str,
-        title: str,
-        origin: str,
-        parent: tuple[str, int] | None = None,
-        routes: Iterable[str] = (),
-        undelivered: bool = False,
-        waiting: str = "",
-    ) -> None:
-        """Start a thread with its first events (a launch, or a fork's copy)."""
-        now = _now()
-        try:
-            with self.db.atomic():
-                self.db.execute(
-                    f"INSERT INTO threads ({_THREAD_COLUMNS}, undelivered) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        thread_id,
-                        status,
-                        title,
-                        origin,
-                        now,
-                        now,
-                        len(rows) - 1,
-                        parent[0] if parent else None,
-                        parent[1] if parent else None,
-                        waiting,
-                        int(undelivered),
-                    ],
-                )
-                self._insert(thread_id, 0, rows, routes)
-        except sqlite3.IntegrityError:
-            self._raise_duplicate(rows)
-            raise
+    def create(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
+        """Start a thread with its first events (a launch, or a fork's copy).
+        `projection`: status, title, origin, and optionally parent, routes,
+        undelivered, waiting (see `_create`)."""
+        with self.db.atomic():
+            _create(self.db.conn, thread_id, rows, **projection)
+
+    async def create_async(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
+        await self._submit(partial(_create, thread_id=thread_id, rows=rows, **projection))
 
     def append(
-        self,
-        thread_id: str,
-        expected_seq: int,
-        rows: Sequence[NewRow],
-        *,
-        status: str,
-        routes: Iterable[str] = (),
-        undelivered: bool = False,
-        waiting: str = "",
+        self, thread_id: str, expected_seq: int, rows: Sequence[NewRow], **projection: Any
     ) -> int:
         """Append rows at `expected_seq`, `expected_seq + 1`, ... and return the
         last seq. Raises `SeqConflict` when the thread has moved on since the
         caller loaded it, and `DuplicateKey` when a row's key is already stored;
-        either way nothing is written."""
-        try:
-            with self.db.atomic():
-                cursor = self.db.execute(
-                    "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ?, "
-                    "waiting = ? WHERE id = ? AND last_seq = ?",
-                    [
-                        status,
-                        _now(),
-                        expected_seq + len(rows) - 1,
-                        int(undelivered),
-                        waiting,
-                        thread_id,
-                        expected_seq - 1,
-                    ],
-                )
-                if cursor.rowcount != 1:
-                    raise self._why_not(thread_id, expected_seq)
-                self._insert(thread_id, expected_seq, rows, routes)
-        except sqlite3.IntegrityError:
-            self._raise_duplicate(rows)
-            # The seq was taken by a writer that did not update the projection.
-            raise SeqConflict(thread_id, expected_seq) from None
-        return expected_seq + len(rows) - 1
+        either way nothing is written. `projection`: status, and optionally
+        routes, undelivered, waiting."""
+        with self.db.atomic():
+            return _append(self.db.conn, thread_id, expected_seq, rows, **projection)
+
+    async def append_async(
+        self, thread_id: str, expected_seq: int, rows: Sequence[NewRow], **projection: Any
+    ) -> int:
+        """`append`, acknowledged once its batch is on disk."""
+        op = partial(
+            _append, thread_id=thread_id, expected_seq=expected_seq, rows=rows, **projection
+        )
+        return int(await self._submit(op))
+
+    def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        if self.path == ":memory:":
+            # One connection is the whole database: write on it, now.
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            try:
+                with self.db.atomic():
+                    fut.set_result(op(self.db.conn))
+            except Exception as e:
+                fut.set_exception(e)
+            return fut
+        if self._writer is None:
+            self._writer = Writer(self.path, synchronous=self._synchronous)
+        return self._writer.submit(op)
 
     def rewrite_projection(
         self,
@@ -194,28 +175,6 @@ class EventStore:
 
     def all_thread_ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM threads ORDER BY id").fetchall()]
-
-    def _insert(
-        self, thread_id: str, first_seq: int, rows: Sequence[NewRow], routes: Iterable[str]
-    ) -> None:
-        self.db.conn.executemany(
-            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
-            [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
-        )
-        self.db.conn.executemany(
-            "INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)",
-            [(ref, thread_id) for ref in routes],
-        )
-
-    def _why_not(self, thread_id: str, expected_seq: int) -> Exception:
-        if self.thread(thread_id) is None:
-            return UnknownThread(thread_id)
-        return SeqConflict(thread_id, expected_seq)
-
-    def _raise_duplicate(self, rows: Sequence[NewRow]) -> None:
-        for row in rows:
-            if row.key is not None and (found := self.find_key(row.key)) is not None:
-                raise DuplicateKey(row.key, *found) from None
 
     # -- leases ---------------------------------------------------------------
 
@@ -333,3 +292,99 @@ class EventStore:
     def route(self, ref: str) -> str | None:
         row = self.db.execute("SELECT thread_id FROM routes WHERE ref = ?", [ref]).fetchone()
         return row[0] if row else None
+
+
+# -- writes, on whichever connection runs them --------------------------------
+
+
+def _create(
+    conn: sqlite3.Connection,
+    thread_id: str,
+    rows: Sequence[NewRow],
+    *,
+    status: str,
+    title: str,
+    origin: str,
+    parent: tuple[str, int] | None = None,
+    routes: Iterable[str] = (),
+    undelivered: bool = False,
+    waiting: str = "",
+) -> None:
+    now = _now()
+    try:
+        conn.execute(
+            f"INSERT INTO threads ({_THREAD_COLUMNS}, undelivered) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                thread_id,
+                status,
+                title,
+                origin,
+                now,
+                now,
+                len(rows) - 1,
+                parent[0] if parent else None,
+                parent[1] if parent else None,
+                waiting,
+                int(undelivered),
+            ],
+        )
+        _insert(conn, thread_id, 0, rows, routes)
+    except sqlite3.IntegrityError:
+        _raise_duplicate(conn, rows)
+        raise
+
+
+def _append(
+    conn: sqlite3.Connection,
+    thread_id: str,
+    expected_seq: int,
+    rows: Sequence[NewRow],
+    *,
+    status: str,
+    routes: Iterable[str] = (),
+    undelivered: bool = False,
+    waiting: str = "",
+) -> int:
+    last = expected_seq + len(rows) - 1
+    cursor = conn.execute(
+        "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ?, "
+        "waiting = ? WHERE id = ? AND last_seq = ?",
+        [status, _now(), last, int(undelivered), waiting, thread_id, expected_seq - 1],
+    )
+    if cursor.rowcount != 1:
+        known = conn.execute("SELECT 1 FROM threads WHERE id = ?", [thread_id]).fetchone()
+        raise SeqConflict(thread_id, expected_seq) if known else UnknownThread(thread_id)
+    try:
+        _insert(conn, thread_id, expected_seq, rows, routes)
+    except sqlite3.IntegrityError:
+        _raise_duplicate(conn, rows)
+        # The seq was taken by a writer that did not update the projection.
+        raise SeqConflict(thread_id, expected_seq) from None
+    return last
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    thread_id: str,
+    first_seq: int,
+    rows: Sequence[NewRow],
+    routes: Iterable[str],
+) -> None:
+    conn.executemany(
+        "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
+        [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)",
+        [(ref, thread_id) for ref in routes],
+    )
+
+
+def _raise_duplicate(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> None:
+    for row in rows:
+        if row.key is None:
+            continue
+        sql = "SELECT thread_id, seq FROM events WHERE key = ?"
+        found = conn.execute(sql, [row.key]).fetchone()
+        if found is not None:
+            raise DuplicateKey(row.key, found[0], found[1]) from None

@@ -74,7 +74,7 @@ def test_round_trips_through_json(event: Event) -> None:
 def test_round_trips_through_the_store(tmp_path: Path) -> None:
     store = EventStore(tmp_path / "t.db")
     log = ThreadLog(store)
-    log.append(log.create("t1", SAMPLES[:1]), SAMPLES[1:])
+    log.append_sync(log.create_sync("t1", SAMPLES[:1]), SAMPLES[1:])
     # A fresh connection reads exactly what was written.
     again = EventStore(tmp_path / "t.db")
     assert load_events(again.load("t1")) == SAMPLES

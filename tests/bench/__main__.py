@@ -186,7 +186,6 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
         await bot.settle(thread_id)
 
     await bot.close()
-    await model.client.close()
     await model_server.stop()
     store.close()
     return rows

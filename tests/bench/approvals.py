@@ -105,7 +105,6 @@ async def threadbot_run(round_trips: list[int], work: Path) -> list[dict[str, An
             }
         )
     await bot.close()
-    await model.client.close()
     await model_server.stop()
     store.close()
     return rows

@@ -1,7 +1,9 @@
 """Many threads in one process.
 
 - concurrency: N threads doing R question/answer round-trips each against a
-  model server that takes 100 ms; wall time against the ideal (R + 1) x 100 ms.
+  model that takes 100 ms; wall time against the ideal (R + 1) x 100 ms. Twice:
+  with a fake model object in the process, and through the real `openai`
+  client to a fake server in another process.
 - paused threads: a store holding 100,000 threads waiting for a person;
   a fresh process opens it (RSS), lists the waiting ones (time).
 - acks: while 100 threads keep running, how long `threadbot serve` takes to
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import statistics
@@ -18,54 +21,117 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bot import OpenAIModel, ThreadBot, Toolbox
+from bot.context import Context
 from bot.events import Source, ToolCall, UserMessage
 from bot.log import ThreadLog
+from bot.model import Model, ModelCall, ModelReply
 from store import EventStore
 
 from ..fakes import FakeOpenAI, ServerProcess, calls, free_port
 from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
-from .__main__ import InstantModel, _pct
+from .__main__ import QUESTION, _pct
+
+REPO = Path(__file__).resolve().parents[2]
+ASK = "request_human_input"
+ARGUMENTS = json.dumps({"question": QUESTION})
 
 
-async def concurrency(n: int, rounds: int, delay: float, work: Path) -> dict[str, Any]:
-    server = InstantModel(delay=delay, rounds=rounds)
-    await server.start()
-    store = EventStore(work / "concurrency.db")
-    model = OpenAIModel("slow", base_url=f"http://127.0.0.1:{server.port}/v1")
-    bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
+class SlowModel:
+    """A fake model in the process: `delay` seconds a turn, asks until the
+    context holds `rounds` tool results, then answers."""
 
-    async def one(i: int) -> None:
-        thread_id = await bot.launch(f"thread {i}")
-        while True:
-            await bot.settle(thread_id)
-            state = bot.get(thread_id).state
-            if state.status == "done":
-                return
-            assert state.pending is not None, state.status
-            await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
+    name = "in-process fake model"
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
-    seconds = time.perf_counter() - t0
-    await bot.close()
-    await model.client.close()
-    await server.stop()
-    store.close()
+    def __init__(self, delay: float, rounds: int) -> None:
+        self.delay = delay
+        self.rounds = rounds
+        self.requests = 0
+
+    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+        self.requests += 1
+        await asyncio.sleep(self.delay)
+        results = sum(p.startswith(('{"role": "tool"', '{"role":"tool"')) for p in context.parts)
+        if results >= self.rounds:
+            return ModelReply(text="done")
+        return ModelReply(calls=(ModelCall(f"call_{uuid.uuid4().hex[:12]}", ASK, ARGUMENTS),))
+
+
+@contextlib.contextmanager
+def model_server_process(delay: float, rounds: int) -> Iterator[str]:
+    """The instant model server with `delay`, in a process of its own (as a
+    remote model is: its CPU is not threadbot's). Yields its base URL."""
+    code = (
+        "import asyncio, sys\n"
+        "from tests.bench.__main__ import InstantModel\n"
+        "async def main():\n"
+        f"    s = InstantModel(delay={delay!r}, rounds={rounds!r})\n"
+        "    await s.start()\n"
+        "    print(s.port, flush=True)\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def concurrency(
+    n: int, rounds: int, delay: float, work: Path, *, via: str = "in-process"
+) -> dict[str, Any]:
+    """`via`: "in-process" (a fake model object) or "openai" (the real client
+    to a fake server in another process)."""
+    with contextlib.ExitStack() as stack:
+        model: Model
+        if via == "openai":
+            url = stack.enter_context(model_server_process(delay, rounds))
+            model = OpenAIModel("slow", base_url=url)
+        else:
+            model = SlowModel(delay, rounds)
+        store = EventStore(work / f"concurrency-{via}.db")
+        bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
+
+        async def one(i: int) -> None:
+            thread_id = await bot.launch(f"thread {i}")
+            while True:
+                await bot.settle(thread_id)
+                state = bot.get(thread_id).state
+                if state.status == "done":
+                    return
+                assert state.pending is not None, state.status
+                await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
+
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        await bot.close()
+        store.close()
     ideal = (rounds + 1) * delay
     return {
+        "model": via,
         "threads": n,
         "round_trips_each": rounds,
         "model_latency_s": delay,
         "seconds": round(seconds, 3),
         "ideal_seconds": ideal,
         "ratio_to_ideal": round(seconds / ideal, 2),
-        "model_requests": len(server.arrivals),
+        "cpu_seconds": round(cpu, 2),
     }
 
 
@@ -76,7 +142,7 @@ def paused(n: int, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with store.db.atomic():
         for i in range(n):
-            log.create(
+            log.create_sync(
                 f"t{i:07d}",
                 [
                     UserMessage(text=f"please deploy service {i}", source=Source(channel="http")),
@@ -191,8 +257,11 @@ def run_scale(json_path: str | None) -> int:
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        report["concurrency"] = asyncio.run(concurrency(1000, 3, 0.1, work))
-        print("concurrency", report["concurrency"], flush=True)
+        for via in ("in-process", "openai"):
+            report[f"concurrency_{via}"] = result = asyncio.run(
+                concurrency(1000, 3, 0.1, work, via=via)
+            )
+            print("concurrency", result, flush=True)
         report["paused"] = paused(100_000, work)
         print("paused", report["paused"], flush=True)
         report["acks"] = acks(100, 300, work)

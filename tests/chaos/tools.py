@@ -69,10 +69,10 @@ def lookup(key: str) -> str:
 
 # Dying inside an append: after the rows are written, before the commit.
 if "inside_append" in _POINTS:
-    _insert = _store.EventStore._insert
+    _insert = _store._insert
 
-    def _insert_then_maybe_die(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        _insert(self, *args, **kwargs)
+    def _insert_then_maybe_die(*args, **kwargs):  # type: ignore[no-untyped-def]
+        _insert(*args, **kwargs)
         _maybe_die("inside_append")
 
-    _store.EventStore._insert = _insert_then_maybe_die  # type: ignore[method-assign]
+    _store._insert = _insert_then_maybe_die
