@@ -79,7 +79,7 @@ def _outcomes(events: Sequence[Event]) -> dict[str, str]:
 
 
 class Context:
-    """The messages of one model request, each already serialized.
+    """The messages of one model request, each already serialized (UTF-8 JSON).
 
     A thread only grows, so the serialized messages of its past are kept
     and only the new events are turned into messages for the next request.
@@ -87,7 +87,7 @@ class Context:
 
     __slots__ = ("_messages", "parts")
 
-    def __init__(self, parts: list[str]) -> None:
+    def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
         self._messages: list[Message] | None = None
 
@@ -102,17 +102,19 @@ class Context:
         return len(self.parts)
 
 
-def _dumps(message: Message) -> str:
-    return json.dumps(message, ensure_ascii=False)
+def _dumps(message: Message) -> bytes:
+    # Bytes, as they will be sent: a request body is then one join of the
+    # parts, with no encoding of the whole context per request.
+    return json.dumps(message, ensure_ascii=False).encode()
 
 
-def message_parts(events: Sequence[Event], start: int = 0) -> list[str]:
+def message_parts(events: Sequence[Event], start: int = 0) -> list[bytes]:
     """The serialized messages for `events[start:]`. `start` must be 0 or a
     point at which every earlier call had its outcome (where a model request
     was last built)."""
     tail = events[start:]
     outcomes = _outcomes(tail)
-    parts: list[str] = []
+    parts: list[bytes] = []
     batch: list[ToolCall] = []
 
     def flush() -> None:
@@ -166,7 +168,7 @@ def message_parts(events: Sequence[Event], start: int = 0) -> list[str]:
     return parts
 
 
-def system_part(system_prompt: str) -> str:
+def system_part(system_prompt: str) -> bytes:
     return _dumps({"role": "system", "content": system_prompt})
 
 

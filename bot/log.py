@@ -45,13 +45,30 @@ class ThreadLog:
     def __init__(self, store: EventStore, *, cache_size: int = 256) -> None:
         self.store = store
         self.cache_size = cache_size
+        """Threads kept besides the pinned ones."""
         self._cache: OrderedDict[str, Thread] = OrderedDict()
+        self._pinned: set[str] = set()
+
+    def pin(self, thread_id: str) -> None:
+        """Keep the thread cached until `unpin`: a thread being run is read
+        again at every step, whatever else goes through the cache meanwhile."""
+        self._pinned.add(thread_id)
+
+    def unpin(self, thread_id: str) -> None:
+        self._pinned.discard(thread_id)
 
     def _keep(self, thread: Thread) -> Thread:
-        self._cache[thread.id] = thread
-        self._cache.move_to_end(thread.id)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        cache = self._cache
+        cache[thread.id] = thread
+        cache.move_to_end(thread.id)
+        excess = len(cache) - self.cache_size - len(self._pinned)
+        while excess > 0:
+            oldest = next(iter(cache))
+            if oldest in self._pinned:
+                cache.move_to_end(oldest)
+                continue
+            del cache[oldest]
+            excess -= 1
         return thread
 
     def load(self, thread_id: str) -> Thread:

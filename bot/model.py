@@ -94,26 +94,27 @@ class OpenAIModel:
             # connection for every request) and each call costs less CPU.
             http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
-        self._model_json = json.dumps(model)
-        self._tools_cache: tuple[Sequence[dict[str, Any]], str] | None = None
+        self._head = b'{"model":' + json.dumps(model).encode() + b',"messages":['
+        self._tools_cache: tuple[Sequence[dict[str, Any]], bytes] | None = None
 
     async def aclose(self) -> None:
         """Close the connections of a client this model created."""
         if self._owns_client:
             await self.client.close()
 
-    def _tools_json(self, tools: Sequence[dict[str, Any]]) -> str:
+    def _tail(self, tools: Sequence[dict[str, Any]]) -> bytes:
         # The runner passes the same list on every call: serialize it once.
         if self._tools_cache is None or self._tools_cache[0] is not tools:
-            self._tools_cache = (tools, json.dumps(list(tools)))
+            tail = b',"tools":' + json.dumps(list(tools)).encode() if tools else b""
+            self._tools_cache = (tools, b"]" + tail + b"}")
         return self._tools_cache[1]
 
     def body(self, context: Context, tools: Sequence[dict[str, Any]]) -> bytes:
-        parts = ['{"model":', self._model_json, ',"messages":[', ",".join(context.parts), "]"]
-        if tools:
-            parts += [',"tools":', self._tools_json(tools)]
-        parts.append("}")
-        return "".join(parts).encode()
+        parts = context.parts
+        if not parts:
+            return self._head + self._tail(tools)
+        # One join, so that a long context is copied once.
+        return b",".join([self._head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
 
     async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
         openai = self._openai

@@ -128,10 +128,11 @@ class Runner:
         self.outbound = dict(outbound or {})
         self._schemas = tools.schemas()
         self._system = system_part(system_prompt)
-        self._contexts: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
+        self._contexts: OrderedDict[str, tuple[int, list[bytes]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._delivery_failures: dict[str, int] = {}
+        self._renewals: dict[str, asyncio.TimerHandle] = {}
 
     # -- scheduling ---------------------------------------------------------
 
@@ -172,7 +173,8 @@ class Runner:
         try:
             if not await self._take_lease(thread_id):
                 return
-            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(thread_id))
+            self.log.pin(thread_id)
+            self._renew_later(thread_id)
             try:
                 while True:
                     self._again.discard(thread_id)
@@ -186,9 +188,12 @@ class Runner:
                         break
                     if not self._acquire(thread_id):
                         break  # that process took it
-            finally:
-                heartbeat.cancel()
+            except BaseException:
                 self.log.store.release(thread_id, self.owner)
+                raise
+            finally:
+                self._renewals.pop(thread_id).cancel()
+                self.log.unpin(thread_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -223,15 +228,20 @@ class Runner:
             delay = min(delay * 2, 2.0)
         return True
 
-    async def _heartbeat(self, thread_id: str) -> None:
-        run = self._tasks.get(thread_id)
-        while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            if not self.log.store.acquire(thread_id, self.owner, self.lease_ttl):
-                log.error("thread %s: lease lost to another process; stopping here", thread_id)
-                if run is not None:
-                    run.cancel()
-                return
+    def _renew_later(self, thread_id: str) -> None:
+        """Renew the lease every third of its time while the run lasts (a
+        timer, not a task: most runs end long before the first renewal)."""
+        self._renewals[thread_id] = asyncio.get_running_loop().call_later(
+            self.lease_ttl / 3, self._renew, thread_id
+        )
+
+    def _renew(self, thread_id: str) -> None:
+        if self.log.store.acquire(thread_id, self.owner, self.lease_ttl):
+            self._renew_later(thread_id)
+            return
+        log.error("thread %s: lease lost to another process; stopping here", thread_id)
+        if (run := self._tasks.get(thread_id)) is not None:
+            run.cancel()
 
     # -- one run ------------------------------------------------------------
 
@@ -307,7 +317,7 @@ class Runner:
         else:
             parts = [self._system, *message_parts(thread.events)]
         self._contexts[thread.id] = (len(thread.events), parts)
-        while len(self._contexts) > self.log.cache_size:
+        while len(self._contexts) > self.log.cache_size + len(self._tasks):
             self._contexts.popitem(last=False)
         return Context(parts)
 

@@ -6,9 +6,8 @@ projection (status, title) with each append so that both land in one
 transaction.
 
 Use one `EventStore` from one thread (the event loop), or open one per thread
-of work. It reads and writes synchronously on its own connection, and hands
-`append_async`/`create_async` to a writer thread that commits them in batches
-(see `writer`). Several processes may share the file: WAL lets readers run
+of work. `append_async`/`create_async` are committed in batches (see
+`writer`). Several processes may share the file: WAL lets readers run
 beside the writer, and appends stay correct because each one is checked
 against the seq it expected.
 """
@@ -29,7 +28,7 @@ from sqlite_utils import Database
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
 from .migrations import migrations
-from .writer import Writer
+from .writer import GroupCommit
 
 __all__ = ["EventStore", "NewRow", "ThreadRow"]
 
@@ -78,7 +77,7 @@ class EventStore:
         # FULL: an acknowledged append survives a power cut, not only a crash.
         self._synchronous = "FULL" if durable else "NORMAL"
         self.db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        self._writer: Writer | None = None
+        self._group = GroupCommit(conn)
         migrations.apply(self.db)
         # Leases need no durability: after a crash they are stale anyway (their
         # holder is gone). Their own connection skips the fsync that each
@@ -91,18 +90,16 @@ class EventStore:
             self._leases.execute("PRAGMA synchronous = OFF")
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._group.flush()
         if self._leases is not self.db.conn:
             self._leases.close()
         self.db.close()
 
     # -- writing ------------------------------------------------------------
     #
-    # `create` and `append` write on the caller's thread; `create_async` and
-    # `append_async` go through the writer thread, which commits whatever
-    # queued up meanwhile in one transaction (one fsync for the lot).
+    # `create` and `append` commit at once; `create_async` and `append_async`
+    # are committed with whatever else was appended during the same pass of
+    # the event loop, in one transaction (one fsync for the lot).
 
     def create(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
         """Start a thread with its first events (a launch, or a fork's copy).
@@ -135,18 +132,7 @@ class EventStore:
         return int(await self._submit(op))
 
     def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
-        if self.path == ":memory:":
-            # One connection is the whole database: write on it, now.
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            try:
-                with self.db.atomic():
-                    fut.set_result(op(self.db.conn))
-            except Exception as e:
-                fut.set_exception(e)
-            return fut
-        if self._writer is None:
-            self._writer = Writer(self.path, synchronous=self._synchronous)
-        return self._writer.submit(op)
+        return self._group.submit(op)
 
     def rewrite_projection(
         self,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,87 +33,7 @@ from bot import OpenAIModel, ThreadBot, Toolbox
 from bot.events import Delivered
 from store import EventStore, NewRow
 
-QUESTION = "Which version should I deploy next? " + "x" * 160
-ANSWER = "Version 1.4.2, after the migration ran. " + "y" * 160
-
-
-class InstantModel:
-    """A minimal HTTP/1.1 Chat Completions server on the event loop: every
-    request gets a `request_human_input` call at once. Records when each
-    request arrived."""
-
-    def __init__(
-        self,
-        tool: str = "request_human_input",
-        arguments: str | None = None,
-        *,
-        delay: float = 0.0,
-        rounds: int | None = None,
-    ) -> None:
-        self.delay = delay
-        self.rounds = rounds
-        """With `rounds`, answer with text once a request holds that many tool results."""
-        self.tool = tool
-        self.arguments = arguments or json.dumps({"question": QUESTION})
-        self.arrivals: list[float] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in list(self._writers):
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                request = await reader.readexactly(length)
-                self.arrivals.append(time.perf_counter())
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
-                if self.rounds is not None and results >= self.rounds:
-                    message: dict[str, Any] = {"role": "assistant", "content": "done"}
-                else:
-                    call = {
-                        "id": f"call_{uuid.uuid4().hex[:12]}",
-                        "type": "function",
-                        "function": {"name": self.tool, "arguments": self.arguments},
-                    }
-                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
-                body = json.dumps(
-                    {
-                        "id": "cmpl",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": "instant",
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    }
-                ).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()
-        finally:
-            self._writers.discard(writer)
+from .model_server import ANSWER, ModelServer
 
 
 def _db_bytes(store: EventStore) -> int:
@@ -137,10 +55,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
-    model_server = InstantModel()
-    await model_server.start()
+    model_server = await ModelServer.start()
     store = EventStore(workdir / "bench.db")
-    model = OpenAIModel("instant", base_url=f"http://127.0.0.1:{model_server.port}/v1")
+    model = OpenAIModel("instant", base_url=model_server.base_url)
     bot = ThreadBot(store, model, Toolbox(), max_turns=10**9)
     thread_id = await bot.launch("start")
     await bot.settle(thread_id)
@@ -177,12 +94,9 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
             continue
         view = bot.get(thread_id)
         call_id = view.state.pending.call_id if view.state.pending else None
-        before = len(model_server.arrivals)
         t0 = time.perf_counter()
         await bot.respond(thread_id, ANSWER, call_id=call_id)
-        while len(model_server.arrivals) == before:  # noqa: ASYNC110 (a busy wait times best)
-            await asyncio.sleep(0)
-        resumes.append((len(view.events), model_server.arrivals[-1] - t0))
+        resumes.append((len(view.events), await model_server.arrival_after(t0) - t0))
         await bot.settle(thread_id)
 
     await bot.close()

@@ -25,7 +25,8 @@ from typing import Any
 from bot import OpenAIModel, ThreadBot, Toolbox, tool
 from store import EventStore
 
-from .__main__ import InstantModel, _pct
+from .__main__ import _pct
+from .model_server import ModelServer
 
 ARGS = {"service": "api", "version": "1.4.2", "notes": "x" * 760}
 RESULT = "deployed api 1.4.2; " + "y" * 180
@@ -63,11 +64,10 @@ def cold_load_ms(db: Path, thread_id: str) -> float:
 
 
 async def threadbot_run(round_trips: list[int], work: Path) -> list[dict[str, Any]]:
-    model_server = InstantModel("deploy", json.dumps(ARGS))
-    await model_server.start()
+    model_server = await ModelServer.start("deploy", json.dumps(ARGS))
     db = work / "threadbot.db"
     store = EventStore(db)
-    model = OpenAIModel("instant", base_url=f"http://127.0.0.1:{model_server.port}/v1")
+    model = OpenAIModel("instant", base_url=model_server.base_url)
     bot = ThreadBot(store, model, Toolbox([deploy]), max_turns=10**9)
     thread_id = await bot.launch("deploy the api")
     await bot.settle(thread_id)
@@ -80,12 +80,9 @@ async def threadbot_run(round_trips: list[int], work: Path) -> list[dict[str, An
             pending = bot.get(thread_id).state.pending
             assert pending is not None and pending.kind == "approval"
             before_bytes = used_bytes(store.db.conn)
-            before = len(model_server.arrivals)
             t0 = time.perf_counter()
             await bot.decide(thread_id, True, call_id=pending.call_id)
-            while len(model_server.arrivals) == before:  # noqa: ASYNC110 (busy wait times best)
-                await asyncio.sleep(0)
-            resumes.append(model_server.arrivals[before] - t0)
+            resumes.append(await model_server.arrival_after(t0) - t0)
             await bot.settle(thread_id)
             written.append(used_bytes(store.db.conn) - before_bytes)
             done += 1

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import resource
 import statistics
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from store import EventStore
 
 from ..fakes import FakeOpenAI, ServerProcess, calls, free_port
 from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
-from .__main__ import QUESTION, _pct
+from .__main__ import _pct
+from .model_server import QUESTION, ModelServer
 
 REPO = Path(__file__).resolve().parents[2]
 ASK = "request_human_input"
@@ -58,36 +58,10 @@ class SlowModel:
     async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
         self.requests += 1
         await asyncio.sleep(self.delay)
-        results = sum(p.startswith(('{"role": "tool"', '{"role":"tool"')) for p in context.parts)
+        results = sum(p.startswith(b'{"role": "tool"') for p in context.parts)
         if results >= self.rounds:
             return ModelReply(text="done")
         return ModelReply(calls=(ModelCall(f"call_{uuid.uuid4().hex[:12]}", ASK, ARGUMENTS),))
-
-
-@contextlib.contextmanager
-def model_server_process(delay: float, rounds: int) -> Iterator[str]:
-    """The instant model server with `delay`, in a process of its own (as a
-    remote model is: its CPU is not threadbot's). Yields its base URL."""
-    code = (
-        "import asyncio, sys\n"
-        "from tests.bench.__main__ import InstantModel\n"
-        "async def main():\n"
-        f"    s = InstantModel(delay={delay!r}, rounds={rounds!r})\n"
-        "    await s.start()\n"
-        "    print(s.port, flush=True)\n"
-        "    await asyncio.Event().wait()\n"
-        "asyncio.run(main())\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 async def concurrency(
@@ -95,13 +69,14 @@ async def concurrency(
 ) -> dict[str, Any]:
     """`via`: "in-process" (a fake model object) or "openai" (the real client
     to a fake server in another process)."""
-    with contextlib.ExitStack() as stack:
-        model: Model
-        if via == "openai":
-            url = stack.enter_context(model_server_process(delay, rounds))
-            model = OpenAIModel("slow", base_url=url)
-        else:
-            model = SlowModel(delay, rounds)
+    server: ModelServer | None = None
+    model: Model
+    if via == "openai":
+        server = await ModelServer.start(delay=delay, rounds=rounds, report=False)
+        model = OpenAIModel("slow", base_url=server.base_url)
+    else:
+        model = SlowModel(delay, rounds)
+    try:
         store = EventStore(work / f"concurrency-{via}.db")
         bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
 
@@ -122,6 +97,9 @@ async def concurrency(
         cpu = time.process_time() - cpu0
         await bot.close()
         store.close()
+    finally:
+        if server is not None:
+            await server.stop()
     ideal = (rounds + 1) * delay
     return {
         "model": via,
