@@ -378,7 +378,7 @@ class ThreadBot:
         for thread_id in self.store.all_thread_ids():
             while True:
                 row = self.store.thread(thread_id)
-                events = load_events_json(self.store.load_json(thread_id) or "[]")
+                events = load_events_json(self.store.load_json(thread_id) or b"[]")
                 state = derive(events)
                 if self.store.rewrite_projection(
                     thread_id,

@@ -194,7 +194,7 @@ def load_event(body: str | bytes) -> Event:
     return _ONE.validate_json(body)
 
 
-def load_events_json(array: str) -> list[Event]:
+def load_events_json(array: str | bytes) -> list[Event]:
     """Parse a JSON array of events."""
     return _MANY.validate_json(array)
 

@@ -215,15 +215,7 @@ class Fold:
         self.n += 1
         is_call = False
         match e:
-            case UserMessage():
-                if self.origin is None:
-                    self.origin, self.title = e.source, _title(e.text)
-                self.errors = self.turns = 0
-                self._ended = None
-            case AssistantMessage():
-                self.turns += 1
-                self._ended = "answer"
-                self._closing = seq
+            # Most frequent first: a case is an isinstance test.
             case ToolCall():
                 is_call = True
                 if not self._previous_was_call:
@@ -232,12 +224,6 @@ class Fold:
                 self._batch_of[e.call_id] = self._batch
                 self.open_calls[e.call_id] = OpenCall(e, seq)
                 self._ended = None
-            case ToolStarted():
-                if (c := self.open_calls.get(e.call_id)) is not None:
-                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, started=True)
-            case ToolDeferred():
-                if (c := self.open_calls.get(e.call_id)) is not None:
-                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, deferred=True)
             case ToolResult():
                 if self.open_calls.pop(e.call_id, None) is not None:
                     # An approved call stays settled by its approver.
@@ -250,11 +236,6 @@ class Fold:
                     self.last_error = str(e.output)
                 else:
                     self.errors = 0
-            case HumanResponse():
-                if self.open_calls.pop(e.call_id, None) is not None:
-                    self.resolved[e.call_id] = Resolution("answer", seq, e.source)
-                self._batch_of.pop(e.call_id, None)
-                self.errors = self.turns = 0
             case Approval():
                 c = self.open_calls.get(e.call_id)
                 if c is not None and e.approved:
@@ -265,8 +246,28 @@ class Fold:
                     self._batch_of.pop(e.call_id, None)
                     self.resolved[e.call_id] = Resolution("rejected", seq, e.source)
                 self.errors = self.turns = 0
+            case ToolStarted():
+                if (c := self.open_calls.get(e.call_id)) is not None:
+                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, started=True)
             case Delivered():
                 self._delivered.add(e.of_seq)
+            case HumanResponse():
+                if self.open_calls.pop(e.call_id, None) is not None:
+                    self.resolved[e.call_id] = Resolution("answer", seq, e.source)
+                self._batch_of.pop(e.call_id, None)
+                self.errors = self.turns = 0
+            case UserMessage():
+                if self.origin is None:
+                    self.origin, self.title = e.source, _title(e.text)
+                self.errors = self.turns = 0
+                self._ended = None
+            case AssistantMessage():
+                self.turns += 1
+                self._ended = "answer"
+                self._closing = seq
+            case ToolDeferred():
+                if (c := self.open_calls.get(e.call_id)) is not None:
+                    self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, deferred=True)
             case Error():
                 self.errors += 1
                 self.last_error = e.message

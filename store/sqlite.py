@@ -197,11 +197,12 @@ class EventStore:
 
     # -- reading ------------------------------------------------------------
 
-    def load_json(self, thread_id: str) -> str | None:
-        """The thread's event bodies as one JSON array, built by SQLite (one
-        string instead of a Python object per row); None if no such thread."""
+    def load_json(self, thread_id: str) -> bytes | None:
+        """The thread's event bodies as one JSON array (UTF-8), built by
+        SQLite: one object instead of a Python string per row, and no
+        decoding, since the parser reads bytes; None if no such thread."""
         row = self.db.execute(
-            "SELECT '[' || group_concat(body, ',') || ']' FROM "
+            "SELECT CAST('[' || group_concat(body, ',') || ']' AS BLOB) FROM "
             "(SELECT body FROM events WHERE thread_id = ? ORDER BY seq)",
             [thread_id],
         ).fetchone()
