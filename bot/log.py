@@ -58,37 +58,64 @@ def _rows(events: Iterable[Event]) -> list[NewRow]:
 
 
 class ThreadLog:
-    def __init__(self, store: EventStore, *, cache_size: int = 256) -> None:
+    def __init__(self, store: EventStore, *, cache_events: int = 20_000) -> None:
         self.store = store
-        self.cache_size = cache_size
-        """Threads kept besides the pinned ones."""
+        self.cache_events = cache_events
+        """Events kept in memory (about 1.5 KB each), besides pinned threads'."""
         self._cache: OrderedDict[str, Thread] = OrderedDict()
+        self._held = 0
+        """Events of the unpinned threads in the cache."""
         self._pinned: set[str] = set()
+        self._fresh: set[str] = set()
+        """Cached threads known to be current: nothing was committed by
+        another connection since they were last read or written here."""
 
     def pin(self, thread_id: str) -> None:
         """Keep the thread cached until `unpin`: a thread being run is read
         again at every step, whatever else goes through the cache meanwhile."""
-        self._pinned.add(thread_id)
+        if thread_id not in self._pinned:
+            self._pinned.add(thread_id)
+            if (held := self._cache.get(thread_id)) is not None:
+                self._held -= len(held.events)
 
     def unpin(self, thread_id: str) -> None:
-        self._pinned.discard(thread_id)
+        if thread_id in self._pinned:
+            self._pinned.discard(thread_id)
+            if (held := self._cache.get(thread_id)) is not None:
+                self._held += len(held.events)
+                self._evict()
+
+    def cached(self) -> int:
+        """How many threads are held."""
+        return len(self._cache)
 
     def _keep(self, thread: Thread) -> Thread:
         cache = self._cache
+        old = cache.get(thread.id)
         cache[thread.id] = thread
         cache.move_to_end(thread.id)
-        excess = len(cache) - self.cache_size - len(self._pinned)
-        while excess > 0:
+        self._fresh.add(thread.id)
+        if thread.id not in self._pinned:
+            self._held += len(thread.events) - (len(old.events) if old else 0)
+            self._evict()
+        return thread
+
+    def _evict(self) -> None:
+        cache = self._cache
+        skipped = 0
+        while self._held > self.cache_events and skipped < len(cache):
             oldest = next(iter(cache))
             if oldest in self._pinned:
                 cache.move_to_end(oldest)
+                skipped += 1
                 continue
-            del cache[oldest]
-            excess -= 1
-        return thread
+            self._held -= len(cache.pop(oldest).events)
+            self._fresh.discard(oldest)
 
     def load(self, thread_id: str) -> Thread:
         """The thread as it is now in the store."""
+        if self.store.changed_elsewhere():
+            self._fresh.clear()
         held = self._cache.get(thread_id)
         if held is None:
             array = self.store.load_json(thread_id)
@@ -98,9 +125,13 @@ class ThreadLog:
                 events = load_events_json(array)
                 fold = Fold().extend(events)
             return self._keep(Thread(thread_id, events, fold, fold.state()))
+        if thread_id in self._fresh:
+            self._cache.move_to_end(thread_id)
+            return held
         bodies = self.store.load_from(thread_id, len(held.events))
         if not bodies:
             self._cache.move_to_end(thread_id)
+            self._fresh.add(thread_id)
             return held
         new = load_events(bodies)
         fold = held.fold.copy().extend(new)

@@ -317,7 +317,7 @@ class Runner:
         else:
             parts = [self._system, *message_parts(thread.events)]
         self._contexts[thread.id] = (len(thread.events), parts)
-        while len(self._contexts) > self.log.cache_size + len(self._tasks):
+        while len(self._contexts) > self.log.cached() + len(self._tasks):
             self._contexts.popitem(last=False)
         return Context(parts)
 

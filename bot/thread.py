@@ -8,7 +8,7 @@ tests of these over event lists.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from .events import (
@@ -120,8 +120,10 @@ class Resolution(NamedTuple):
     source: Source | None
 
 
-@dataclass(frozen=True)
-class ThreadState:
+class ThreadState(NamedTuple):
+    """What a thread's events mean at one point. (A tuple: one is made at
+    every append.)"""
+
     status: Status
     pending: Pending | None
     open_calls: tuple[OpenCall, ...]
@@ -132,7 +134,7 @@ class ThreadState:
     last_seq: int
     origin: Source | None
     title: str
-    undelivered: tuple[int, ...] = field(default=())
+    undelivered: tuple[int, ...] = ()
     """Seqs of questions, approval requests and answers not yet delivered to
     the thread's origin channel."""
     last_error: str | None = None
@@ -198,11 +200,21 @@ class Fold:
 
     def copy(self) -> Fold:
         other = Fold.__new__(Fold)
-        for name in Fold.__slots__:
-            value = getattr(self, name)
-            if isinstance(value, dict | set):
-                value = value.copy()
-            setattr(other, name, value)
+        other.n = self.n
+        other.open_calls = self.open_calls.copy()
+        other.resolved = self.resolved.copy()
+        other.errors = self.errors
+        other.turns = self.turns
+        other.last_error = self.last_error
+        other.origin = self.origin
+        other.title = self.title
+        other._ended = self._ended
+        other._closing = self._closing
+        other._delivered = self._delivered.copy()
+        other._previous_was_call = self._previous_was_call
+        other._batch = self._batch
+        other._batch_of = self._batch_of.copy()
+        other._failed_batches = self._failed_batches.copy()
         return other
 
     def extend(self, events: Iterable[Event]) -> Fold:

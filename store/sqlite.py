@@ -79,20 +79,10 @@ class EventStore:
         self.db.execute(f"PRAGMA synchronous = {self._synchronous}")
         self._group = GroupCommit(conn)
         migrations.apply(self.db)
-        # Leases need no durability: after a crash they are stale anyway (their
-        # holder is gone). Their own connection skips the fsync that each
-        # append pays, so taking and releasing one costs almost nothing.
-        if self.path == ":memory:":
-            self._leases = conn
-        else:
-            self._leases = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._leases.execute("PRAGMA busy_timeout = 5000")
-            self._leases.execute("PRAGMA synchronous = OFF")
+        self._data_version = self._read_data_version()
 
     def close(self) -> None:
         self._group.flush()
-        if self._leases is not self.db.conn:
-            self._leases.close()
         self.db.close()
 
     # -- writing ------------------------------------------------------------
@@ -171,29 +161,57 @@ class EventStore:
         another owner holds an unexpired lease, unless it is `steal_from` (an
         owner the caller knows to be dead)."""
         now = time.time()
-        cursor = self._leases.execute(
-            "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
-            "expires_at = excluded.expires_at "
-            "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
-            [thread_id, owner, now + ttl, now, steal_from or ""],
+        return (
+            self._lease_write(
+                "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at "
+                "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
+                [thread_id, owner, now + ttl, now, steal_from or ""],
+            )
+            == 1
         )
-        return cursor.rowcount == 1
 
     def lease_owner(self, thread_id: str) -> str | None:
-        row = self._leases.execute(
+        row = self.db.conn.execute(
             "SELECT owner FROM leases WHERE thread_id = ? AND expires_at >= ?",
             [thread_id, time.time()],
         ).fetchone()
         return str(row[0]) if row else None
 
     def release(self, thread_id: str, owner: str) -> None:
-        self._leases.execute(
+        self._lease_write(
             "DELETE FROM leases WHERE thread_id = ? AND owner = ?", [thread_id, owner]
         )
 
     def release_all(self, owner: str) -> None:
-        self._leases.execute("DELETE FROM leases WHERE owner = ?", [owner])
+        self._lease_write("DELETE FROM leases WHERE owner = ?", [owner])
+
+    def _lease_write(self, sql: str, params: list[Any]) -> int:
+        """Leases need no durability: after a crash they are stale anyway
+        (their holder is gone), so their commits skip the fsync that each
+        append pays. They go through the same connection as the appends, so
+        that `changed_elsewhere` does not count them."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            return conn.execute(sql, params).rowcount
+        conn.execute("PRAGMA synchronous = OFF")
+        try:
+            return conn.execute(sql, params).rowcount
+        finally:
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (another process, mostly) committed
+        anything since the last call. Cheap: no table is read."""
+        version = self._read_data_version()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        return True
+
+    def _read_data_version(self) -> int:
+        return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
 
     # -- reading ------------------------------------------------------------
 

@@ -88,3 +88,14 @@ def test_events_are_immutable() -> None:
 def test_unknown_type_is_refused() -> None:
     with pytest.raises(Exception, match="does not match any of the expected tags"):
         load_event('{"type": "nope"}')
+
+
+def test_a_cached_thread_catches_up_with_another_connections_append(tmp_path: Path) -> None:
+    mine = ThreadLog(EventStore(tmp_path / "t.db"))
+    theirs = ThreadLog(EventStore(tmp_path / "t.db"))
+    mine.create_sync("t1", SAMPLES[:1])
+    assert len(mine.load("t1").events) == 1
+    theirs.append_sync(theirs.load("t1"), SAMPLES[1:3])
+    assert mine.load("t1").events == SAMPLES[:3]
+    mine.append_sync(mine.load("t1"), SAMPLES[3:4])
+    assert theirs.load("t1").events == SAMPLES[:4]

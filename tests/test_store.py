@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -154,3 +156,68 @@ def test_leases(tmp_path: Path) -> None:
     assert b.acquire("t", "B", 30)
     b.release_all("B")
     assert a.lease_owner("t") is None
+
+
+@pytest.mark.anyio
+async def test_appends_of_one_pass_commit_together_and_fail_alone(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    for t in ("a", "b", "c"):
+        store.create(t, [row(0)], status="running", title=t, origin="{}")
+    store.append("b", 1, [row(1, key="k1")], status="running")
+    commits: list[str] = []
+    store.db.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    results = await asyncio.gather(
+        store.append_async("a", 1, [row(1)], status="done"),
+        store.append_async("b", 1, [row(9)], status="running"),  # seq 1 is taken
+        store.append_async("c", 1, [row(1, key="k1")], status="running"),  # key is taken
+        store.create_async("d", [row(0)], status="running", title="d", origin="{}"),
+        return_exceptions=True,
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], SeqConflict)
+    assert isinstance(results[2], DuplicateKey) and (results[2].thread_id, results[2].seq) == (
+        "b",
+        1,
+    )
+    assert results[3] is None
+    assert commits == ["COMMIT"]  # one transaction, one fsync
+    again = EventStore(tmp_path / "t.db")
+    assert [again.load(t) for t in "abcd"] == [
+        ['{"n": 0}', '{"n": 1}'],
+        ['{"n": 0}', '{"n": 1}'],
+        ['{"n": 0}'],
+        ['{"n": 0}'],
+    ]
+    assert again.thread("a").status == "done"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_batch_that_cannot_commit_fails_every_append_in_it(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("a", [row(0)], status="running", title="a", origin="{}")
+    other = EventStore(tmp_path / "t.db")
+    other.db.execute("PRAGMA busy_timeout = 0")
+    store.db.execute("PRAGMA busy_timeout = 0")
+    other.db.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    results = await asyncio.gather(
+        store.append_async("a", 1, [row(1)], status="running"),
+        store.append_async("a", 2, [row(2)], status="running"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    other.db.execute("ROLLBACK")
+    assert store.load("a") == ['{"n": 0}']
+    assert await store.append_async("a", 1, [row(1)], status="running") == 1
+
+
+def test_leases_are_not_changes_another_connection_must_read(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    other = EventStore(tmp_path / "t.db")
+    store.create("t", [row(0)], status="running", title="t", origin="{}")
+    assert store.changed_elsewhere() is False
+    assert store.acquire("t", "me", 30.0)
+    store.release("t", "me")
+    assert store.changed_elsewhere() is False
+    other.append("t", 1, [row(1)], status="running")
+    assert store.changed_elsewhere() is True
+    assert store.changed_elsewhere() is False

@@ -27,7 +27,7 @@ from bot.step import (
     Wait,
     next_step,
 )
-from bot.thread import derive
+from bot.thread import Fold, derive
 
 ANN = Source(channel="slack", user="U1", name="Ann")
 BOB = Source(channel="slack", user="U7", name="Bob")
@@ -241,3 +241,13 @@ def test_an_approved_call_stays_settled_by_its_approver() -> None:
     events.append(ToolResult(call_id="d1", output="ok"))
     resolution = derive(events).resolved["d1"]
     assert (resolution.kind, resolution.source, resolution.seq) == ("approved", BOB, 2)
+
+
+def test_a_fold_copy_carries_every_field() -> None:
+    fold = Fold().extend([hi(), question(), deploy()])
+    copy = fold.copy()
+    for name in Fold.__slots__:
+        value = getattr(copy, name)
+        assert value == getattr(fold, name)
+        if isinstance(value, dict | set):
+            assert value is not getattr(fold, name)

@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ class InstantModel:
         delay: float = 0.0,
         rounds: int | None = None,
         report: bool = False,
+        finish_on: str | None = None,
     ) -> None:
         self.delay = delay
         self.rounds = rounds
@@ -46,6 +49,8 @@ class InstantModel:
         self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
         self.report = report
+        self.finish_on = finish_on.encode() if finish_on else None
+        """Answer with text at once when a request holds this."""
         """Print each arrival's time (the clock is the machine's, shared by processes)."""
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -79,7 +84,8 @@ class InstantModel:
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
-                if self.rounds is not None and results >= self.rounds:
+                done = self.finish_on is not None and self.finish_on in request
+                if done or (self.rounds is not None and results >= self.rounds):
                     message: dict[str, Any] = {"role": "assistant", "content": "done"}
                 else:
                     call = {
@@ -107,6 +113,24 @@ class InstantModel:
             writer.close()
         finally:
             self._writers.discard(writer)
+
+
+@contextlib.contextmanager
+def model_server_process(*args: str) -> Iterator[str]:
+    """The server with these command-line arguments (plus --quiet), for
+    code without an event loop. Yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.model_server", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{int(proc.stdout.readline())}/v1"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class ModelServer:
@@ -169,11 +193,17 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--rounds", type=int)
     p.add_argument("--quiet", action="store_true", help="print the port only")
+    p.add_argument("--finish-on", help="answer with text when a request holds this")
     args = p.parse_args()
 
     async def serve() -> None:
         server = InstantModel(
-            args.tool, args.arguments, delay=args.delay, rounds=args.rounds, report=not args.quiet
+            args.tool,
+            args.arguments,
+            delay=args.delay,
+            rounds=args.rounds,
+            report=not args.quiet,
+            finish_on=args.finish_on,
         )
         await server.start()
         print(server.port, flush=True)

@@ -34,10 +34,10 @@ from bot.log import ThreadLog
 from bot.model import Model, ModelCall, ModelReply
 from store import EventStore
 
-from ..fakes import FakeOpenAI, ServerProcess, calls, free_port
+from ..fakes import ServerProcess, free_port
 from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
 from .__main__ import _pct
-from .model_server import QUESTION, ModelServer
+from .model_server import QUESTION, ModelServer, model_server_process
 
 REPO = Path(__file__).resolve().parents[2]
 ASK = "request_human_input"
@@ -116,7 +116,7 @@ async def concurrency(
 def paused(n: int, work: Path) -> dict[str, Any]:
     db = work / "paused.db"
     store = EventStore(db, durable=False)  # building the fixture only
-    log = ThreadLog(store, cache_size=0)
+    log = ThreadLog(store, cache_events=0)
     t0 = time.perf_counter()
     with store.db.atomic():
         for i in range(n):
@@ -167,18 +167,18 @@ def paused(n: int, work: Path) -> dict[str, Any]:
 
 
 def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
-    """Acks while `running` threads keep calling a 100 ms model and a tool."""
-    with FakeOpenAI().serve() as model, FakeSlack().serve() as slack:
-
-        def busy(body: dict[str, Any]) -> dict[str, Any]:
-            time.sleep(0.1)
-            return calls(("lookup", {"name": "x"}))
-
-        model.add(*[busy] * 1_000_000)
+    """Acks while `running` threads keep calling a 100 ms model and a tool.
+    The threads the measured requests start get a text answer at once, so
+    the load stays what it was."""
+    model_args = ["--tool", "lookup", "--arguments", '{"name": "x"}', "--delay", "0.1"]
+    with (
+        model_server_process(*model_args, "--finish-on", "ack-probe") as model_url,
+        FakeSlack().serve() as slack,
+    ):
         (work / "ledger.txt").touch()
         env = {
             "THREADBOT_DB": str(work / "acks.db"),
-            "OPENAI_BASE_URL": model.base_url,
+            "OPENAI_BASE_URL": model_url,
             "OPENAI_API_KEY": "k",
             "THREADBOT_MODEL": "slow",
             "THREADBOT_TOOLS": str(Path(__file__).resolve().parents[1] / "ledger_tools.py"),
@@ -199,7 +199,7 @@ def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
                 http: list[float] = []
                 for i in range(samples):
                     t0 = time.perf_counter()
-                    r = client.post("/threads", json={"text": f"ack {i}"})
+                    r = client.post("/threads", json={"text": f"ack-probe {i}"})
                     http.append(time.perf_counter() - t0)
                     assert r.status_code == 201
                     time.sleep(0.01)
@@ -212,7 +212,7 @@ def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
                         "user": "U1",
                         "channel": "CACK",
                         "ts": f"{2000 + i}.000100",
-                        "text": f"<@{BOT_USER}> ack {i}",
+                        "text": f"<@{BOT_USER}> ack-probe {i}",
                     }
                     body, headers = sender.signed_event(event)
                     t0 = time.perf_counter()
