@@ -19,6 +19,7 @@ from .context import DEFAULT_SYSTEM_PROMPT
 from .demo import DemoModel
 from .errors import UsageError
 from .model import Model, OpenAIModel
+from .process import tune_for_serving
 from .tools import load_tools
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ async def serve(settings: Settings) -> None:
         await mail.start()
     resumed = await bot.resume_all()
     print(_banner(settings, bot, len(resumed), slack, mail), file=sys.stderr, flush=True)
+    tune_for_serving()
     try:
         await server.serve()
     finally:

@@ -31,6 +31,7 @@ from typing import Any
 
 from bot import OpenAIModel, ThreadBot, Toolbox
 from bot.events import Delivered
+from bot.process import tune_for_serving
 from store import EventStore, NewRow
 
 from .model_server import ANSWER, ModelServer
@@ -59,6 +60,7 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
     store = EventStore(workdir / "bench.db")
     model = OpenAIModel("instant", base_url=model_server.base_url)
     bot = ThreadBot(store, model, Toolbox(), max_turns=10**9)
+    tune_for_serving()  # as `threadbot serve` does
     thread_id = await bot.launch("start")
     await bot.settle(thread_id)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import OpenAIModel, ThreadBot, Toolbox, tool
+from bot.process import tune_for_serving
 from store import EventStore
 
 from .__main__ import _pct
@@ -69,6 +70,7 @@ async def threadbot_run(round_trips: list[int], work: Path) -> list[dict[str, An
     store = EventStore(db)
     model = OpenAIModel("instant", base_url=model_server.base_url)
     bot = ThreadBot(store, model, Toolbox([deploy]), max_turns=10**9)
+    tune_for_serving()  # as `threadbot serve` does
     thread_id = await bot.launch("deploy the api")
     await bot.settle(thread_id)
     rows: list[dict[str, Any]] = []

@@ -30,7 +30,8 @@ ANSWER = "Version 1.4.2, after the migration ran. " + "y" * 160
 class InstantModel:
     """A minimal HTTP/1.1 Chat Completions server on the event loop: every
     request gets a `request_human_input` call at once. Records when each
-    request arrived."""
+    request arrived: the moment its last byte was read (a protocol that only
+    collects the pieces, so a long body costs the server little)."""
 
     def __init__(
         self,
@@ -49,70 +50,108 @@ class InstantModel:
         self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
         self.report = report
+        """Print each arrival's time (the clock is the machine's, shared by processes)."""
         self.finish_on = finish_on.encode() if finish_on else None
         """Answer with text at once when a request holds this."""
-        """Print each arrival's time (the clock is the machine's, shared by processes)."""
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Transport] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for w in list(self._writers):
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
+        for transport in list(self._connections):
+            transport.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+    def arrived(self, request: bytes) -> None:
+        self.arrivals.append(now := time.perf_counter())
+        if self.report:
+            print(f"arrived {now!r}", flush=True)
+
+    def reply(self, request: bytes) -> bytes:
+        results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
+        done = self.finish_on is not None and self.finish_on in request
+        if done or (self.rounds is not None and results >= self.rounds):
+            message: dict[str, Any] = {"role": "assistant", "content": "done"}
+        else:
+            call = {
+                "id": f"call_{uuid.uuid4().hex[:12]}",
+                "type": "function",
+                "function": {"name": self.tool, "arguments": self.arguments},
+            }
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        body = json.dumps(
+            {
+                "id": "cmpl",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "instant",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            }
+        ).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: InstantModel) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.pieces: list[bytes] = []
+        self.have = 0
+        self.need: int | None = None
+        """Bytes of the request (head and body), once the head is in."""
+        self.answering: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.server._connections.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.have += len(data)
+        while True:
+            if self.need is None:
+                joined = b"".join(self.pieces)
+                end = joined.find(b"\r\n\r\n")
+                if end < 0:
+                    self.pieces = [joined]
+                    return
                 length = 0
-                for line in head.split(b"\r\n"):
+                for line in joined[:end].split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                request = await reader.readexactly(length)
-                self.arrivals.append(now := time.perf_counter())
-                if self.report:
-                    print(f"arrived {now!r}", flush=True)
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
-                done = self.finish_on is not None and self.finish_on in request
-                if done or (self.rounds is not None and results >= self.rounds):
-                    message: dict[str, Any] = {"role": "assistant", "content": "done"}
-                else:
-                    call = {
-                        "id": f"call_{uuid.uuid4().hex[:12]}",
-                        "type": "function",
-                        "function": {"name": self.tool, "arguments": self.arguments},
-                    }
-                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
-                body = json.dumps(
-                    {
-                        "id": "cmpl",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": "instant",
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    }
-                ).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()
-        finally:
-            self._writers.discard(writer)
+                self.pieces, self.need = [joined], end + 4 + length
+            if self.have < self.need:
+                return
+            joined = b"".join(self.pieces)
+            request, rest = joined[: self.need], joined[self.need :]
+            self.server.arrived(request)
+            task = asyncio.get_running_loop().create_task(self._answer(request))
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
+            self.pieces, self.have, self.need = [rest] if rest else [], len(rest), None
+            if not rest:
+                return
+
+    async def _answer(self, request: bytes) -> None:
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.server.reply(request))
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from bot.context import Context
 from bot.events import Source, ToolCall, UserMessage
 from bot.log import ThreadLog
 from bot.model import Model, ModelCall, ModelReply
+from bot.process import tune_for_serving
 from store import EventStore
 
 from ..fakes import ServerProcess, free_port
@@ -90,6 +91,7 @@ async def concurrency(
                 assert state.pending is not None, state.status
                 await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
 
+        tune_for_serving()  # as `threadbot serve` does
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
