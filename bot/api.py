@@ -7,6 +7,7 @@ raises a `Refused` error and writes nothing.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from store import DuplicateKey, EventStore, SeqConflict, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
+from .engine import Engine
 from .errors import AlreadyAnswered, NotAllowed, NotWaiting, UsageError
 from .events import (
     Approval,
@@ -91,22 +93,54 @@ class ThreadBot:
         approvers: Mapping[str, Collection[str]] | None = None,
         may_answer: MayAnswer | None = None,
     ) -> None:
-        self.store = store
-        self.log = ThreadLog(store)
+        self._path = store.path
+        self._local = threading.local()
+        self._local.log = ThreadLog(store)
         self.model = model
         self.tools = tools or Toolbox()
         self.approvers = {k: frozenset(v) for k, v in (approvers or {}).items()}
         self.may_answer = may_answer or self._default_may_answer
-        self.runner = Runner(
-            self.log,
-            model,
-            self.tools,
-            system_prompt=system_prompt,
-            max_turns=max_turns,
-            max_errors=max_errors,
-            retry_delay=retry_delay,
-            outbound=outbound,
+        self._runner_settings: dict[str, Any] = {
+            "system_prompt": system_prompt,
+            "max_turns": max_turns,
+            "max_errors": max_errors,
+            "retry_delay": retry_delay,
+        }
+        self.runner: Runner | Engine = Runner(
+            self.log, model, self.tools, outbound=outbound, **self._runner_settings
         )
+
+    @property
+    def log(self) -> ThreadLog:
+        """This thread's view of the store: each thread of the process that
+        uses the bot gets a connection and a cache of its own."""
+        try:
+            log: ThreadLog = self._local.log
+        except AttributeError:
+            log = self._local.log = ThreadLog(EventStore(self._path))
+        return log
+
+    @property
+    def store(self) -> EventStore:
+        return self.log.store
+
+    def run_in_thread(self) -> None:
+        """Run the agent on a thread and event loop of its own, so that
+        requests to this loop are answered at once however busy it is (what
+        `threadbot serve` does; see `bot.engine`). Call before the first
+        launch; channels added before are kept."""
+        if isinstance(self.runner, Engine):
+            return
+        if self._path == ":memory:":
+            raise UsageError("an in-memory store cannot be shared with another thread")
+        outbound = self.runner.outbound
+        engine = Engine(
+            lambda: Runner(
+                self.log, self.model, self.tools, outbound=outbound, **self._runner_settings
+            )
+        )
+        engine.start()
+        self.runner = engine
 
     # -- launching and continuing ------------------------------------------
 
@@ -422,7 +456,11 @@ class ThreadBot:
     async def close(self, grace: float = 0.0) -> None:
         """Stop: give active runs `grace` seconds to pause, then cancel them,
         and close the model's connections."""
-        await self.runner.shutdown(grace)
         aclose = getattr(self.model, "aclose", None)
+        if isinstance(self.runner, Engine):
+            # The model's connections live on the engine's loop.
+            await self.runner.shutdown(grace, then=aclose)
+            return
+        await self.runner.shutdown(grace)
         if aclose is not None:
             await aclose()

@@ -138,6 +138,7 @@ async def serve(settings: Settings) -> None:
         await slack.start()
     if mail is not None:
         await mail.start()
+    bot.run_in_thread()
     resumed = await bot.resume_all()
     print(_banner(settings, bot, len(resumed), slack, mail), file=sys.stderr, flush=True)
     tune_for_serving()

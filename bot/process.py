@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import sys
 
 __all__ = ["tune_for_serving"]
 
@@ -33,6 +34,9 @@ def tune_for_serving() -> None:
     - Garbage collection: objects alive after start-up (modules, classes,
       settings) are moved out of the collector's way, so its full passes walk
       only what the threads hold (shorter pauses while requests wait).
+    - Threads: the agent runs on a thread of its own (`bot.engine`); a
+      request arriving while it works gets the interpreter within half a
+      millisecond instead of five.
     """
     libc_name = ctypes.util.find_library("c")
     if libc_name:
@@ -45,3 +49,4 @@ def tune_for_serving() -> None:
             mallopt(_M_TRIM_THRESHOLD, 128 * 1024 * 1024)
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(0.0001)

@@ -47,7 +47,10 @@ class GroupCommit:
         jobs, self._jobs = self._jobs, []
         if not jobs:
             return
-        results = _commit(self._conn, [op for op, _ in jobs])
+        try:
+            results = _commit(self._conn, [op for op, _ in jobs])
+        except Exception as e:  # a closed connection, say: nobody may wait forever
+            results = [(False, e)] * len(jobs)
         for (_, fut), (ok, value) in zip(jobs, results, strict=True):
             if fut.cancelled():
                 continue  # the caller stopped waiting; the write stands regardless

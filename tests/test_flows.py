@@ -467,3 +467,38 @@ async def test_fork_at_a_seq_beyond_the_thread(bot: ThreadBot, fake_openai: Fake
     for at in (2, -1, 10**30):
         with pytest.raises(UsageError, match="has no event"):
             await bot.fork(thread_id, at)
+
+
+async def test_the_agent_on_a_thread_of_its_own(db_path: Path) -> None:
+    import threading
+
+    from bot import ScriptedModel, UsageError
+    from bot.model import ask as ask_reply
+    from bot.model import say
+    from store import EventStore
+
+    where: list[str] = []
+
+    def asking(messages: object) -> object:
+        where.append(threading.current_thread().name)
+        return ask_reply("Which version?")
+
+    def answering(messages: object) -> object:
+        where.append(threading.current_thread().name)
+        return say("Deployed 1.4.2.")
+
+    b = ThreadBot(EventStore(db_path), ScriptedModel.of(asking, answering))  # type: ignore[arg-type]
+    b.run_in_thread()
+    thread_id = await b.launch("deploy the api")
+    view = await settled(b, thread_id)
+    assert view.state.status == "waiting_for_human"
+    await b.respond(thread_id, "1.4.2")
+    view = await settled(b, thread_id)
+    assert view.state.status == "done"
+    assert view.events[-1].text == "Deployed 1.4.2."
+    assert where == ["threadbot-engine", "threadbot-engine"]
+    assert b.runner.active() == []
+    await b.close()
+    b.store.close()
+    with pytest.raises(UsageError, match="in-memory"):
+        ThreadBot(EventStore(":memory:"), ScriptedModel()).run_in_thread()
