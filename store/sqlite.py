@@ -375,14 +375,20 @@ def _insert(
     rows: Sequence[NewRow],
     routes: Iterable[str],
 ) -> None:
-    conn.executemany(
-        "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
-        [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)",
-        [(ref, thread_id) for ref in routes],
-    )
+    if len(rows) == 1:
+        r = rows[0]
+        conn.execute(
+            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
+            (thread_id, first_seq, r.type, r.key, r.body),
+        )
+    else:
+        conn.executemany(
+            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
+            [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
+        )
+    refs = [(ref, thread_id) for ref in routes]
+    if refs:
+        conn.executemany("INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)", refs)
 
 
 def _raise_duplicate(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> None:

@@ -372,3 +372,44 @@ def test_a_reply_after_the_answer_continues_and_strangers_cannot_answer(
     sender.event(message("C_CONT", "web", thread_ts=ev["ts"]))
     posts(slack, "C_CONT", 3)
     assert thread_of(server, "done")["events"][-2]["text"] == "web is fine too."
+
+
+@pytest.mark.anyio
+async def test_bolt_acknowledges_after_the_listener_stored_the_event(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """The real Bolt app, in process: its response to an event waits for the
+    listener's append (with Bolt's default it would go out first)."""
+    import asyncio
+
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    from bot import ScriptedModel, ThreadBot
+    from channels.slack import SlackChannel, SlackSettings
+    from store import EventStore
+
+    bot = ThreadBot(EventStore(tmp_path / "t.db"), ScriptedModel())
+    channel = SlackChannel(
+        bot, SlackSettings(bot_token="xoxb-test", signing_secret=SECRET, api_url=slack.api_url)
+    )
+    gate = asyncio.Event()
+    launch = bot.launch
+
+    async def slow_launch(*args: Any, **kwargs: Any) -> str:
+        await gate.wait()
+        return await launch(*args, **kwargs)
+
+    bot.launch = slow_launch  # type: ignore[method-assign]
+    body, headers = SlackSender("http://unused").signed_event(mention("C_GATE", "deploy"))
+    dispatch = asyncio.ensure_future(
+        channel.app.async_dispatch(AsyncBoltRequest(body=body, headers=headers))
+    )
+    await asyncio.sleep(0.3)
+    assert not dispatch.done(), "acknowledged before the listener stored the event"
+    gate.set()
+    response = await asyncio.wait_for(dispatch, 5)
+    assert response.status == 200
+    assert len(bot.threads()) == 1
+    await channel.stop()
+    await bot.close()
+    bot.store.close()

@@ -11,12 +11,13 @@ Slack thread, and recorded as `delivered` by the runner.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -69,10 +70,16 @@ class SlackChannel:
             # Socket Mode requests are authenticated by the socket itself.
             request_verification_enabled=not settings.socket_mode,
             name="threadbot",
+            # Acknowledge only once the listener has stored what arrived: a
+            # crash before that leaves the event unacknowledged, and Slack
+            # sends it again. Calls back to Slack (reactions, notices, message
+            # updates) run after the acknowledgement (`_later`).
+            process_before_response=True,
         )
         self.poster = SlackPoster(bot, self.client, settings)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.action(re.compile(r"^tb_option_\d+$"))(self._on_option)
@@ -108,6 +115,8 @@ class SlackChannel:
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]  # untyped in slack_bolt
             self._socket = None
+        if self._background:  # calls back to Slack still on their way
+            await asyncio.wait(self._background, timeout=5.0)
 
     # -- inbound: messages ------------------------------------------------
 
@@ -155,15 +164,17 @@ class SlackChannel:
                 return  # a channel conversation that is not for us
             if not text:
                 if self._first_time(key):
-                    await self._ephemeral(
-                        channel, user, root, "Tell me what you need after the mention."
+                    self._later(
+                        self._ephemeral(
+                            channel, user, root, "Tell me what you need after the mention."
+                        )
                     )
                 return
             if self.bot.store.find_key(key) is None:
                 await self.bot.launch(
                     text, source=source, key=key, routes=[route_key(channel, root)]
                 )
-                await self._react(channel, ts)
+                self._later(self._react(channel, ts))
             return
         if not text or self.bot.store.find_key(key) is not None:
             return
@@ -179,21 +190,25 @@ class SlackChannel:
                 )
             elif pending is not None and pending.kind == "approval":
                 if self._first_time(key):
-                    await self._ephemeral(
-                        refs["channel"],
-                        source.user or "",
-                        refs["thread_ts"],
-                        f"I'm waiting for a decision on `{fmt.escape(pending.name)}`: "
-                        "use Approve or Reject above.",
+                    self._later(
+                        self._ephemeral(
+                            refs["channel"],
+                            source.user or "",
+                            refs["thread_ts"],
+                            f"I'm waiting for a decision on `{fmt.escape(pending.name)}`: "
+                            "use Approve or Reject above.",
+                        )
                     )
                 return
             else:
                 await self.bot.send(thread_id, text, source=source, key=key)
         except Refused as e:
             if self._first_time(key):
-                await self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], str(e))
+                self._later(
+                    self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], str(e))
+                )
             return
-        await self._react(refs["channel"], refs["ts"])
+        self._later(self._react(refs["channel"], refs["ts"]))
 
     # -- inbound: buttons and the reject modal ---------------------------------
 
@@ -213,55 +228,59 @@ class SlackChannel:
         return value, source
 
     async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
         v, source = self._clicked(body, action)
         call = self.poster.call(v["t"], v["c"])
         options = call.arguments.get("options") if call else None
         if not isinstance(options, list) or not 0 <= v.get("i", -1) < len(options):
+            await ack()
             return
         option = str(options[v["i"]])
         await self._settle_click(
+            ack,
             v,
             source,
             self.bot.respond(v["t"], option, call_id=v["c"], option=option, source=source),
         )
 
     async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
         v, source = self._clicked(body, action)
         await self._settle_click(
-            v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
+            ack, v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
         )
 
-    async def _settle_click(self, v: dict[str, Any], source: Source, settle: Any) -> None:
+    async def _settle_click(self, ack: Any, v: dict[str, Any], source: Source, settle: Any) -> None:
+        """Store the click's answer or decision, then acknowledge it."""
         try:
             await settle
         except AlreadyAnswered as e:
-            await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {mention(e.user or e.by)}."
-            )
+            await ack()
+            notice = f"Already settled by {mention(e.user or e.by)}."
+            self._later(self._ephemeral(v["ch"], source.user or "", None, notice))
         except Refused as e:
-            await self._ephemeral(v["ch"], source.user or "", None, str(e))
+            await ack()
+            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
             return
-        await self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+        else:
+            await ack()
+        self._later(self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"]))
 
     async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
+        await ack()  # nothing is stored yet: the reason comes with the modal
         v, source = self._clicked(body, action)
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
-            await self._ephemeral(
-                v["ch"], source.user or "", None, f"Already settled by {mention(e.user or e.by)}."
-            )
-            await self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"])
+            notice = f"Already settled by {mention(e.user or e.by)}."
+            self._later(self._ephemeral(v["ch"], source.user or "", None, notice))
+            self._later(self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"]))
             return
         except Refused as e:
-            await self._ephemeral(v["ch"], source.user or "", None, str(e))
+            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
             return
         call = self.poster.call(v["t"], v["c"])
         modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], call.name if call else "this")
-        await self.client.views_open(trigger_id=body["trigger_id"], view=modal)
+        # The trigger is good for three seconds after the click.
+        self._later(self._open_view(body["trigger_id"], modal))
 
     async def _on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         meta = json.loads(view["private_metadata"])
@@ -279,7 +298,24 @@ class SlackChannel:
             await ack(response_action="errors", errors={"reason": str(e)[:150]})
             return
         await ack()
-        await self.poster.show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"])
+        self._later(self.poster.show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"]))
+
+    def _later(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run a call back to Slack after the acknowledgement."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error("a call to Slack failed", exc_info=e)
+
+    async def _open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        try:
+            await self.client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as e:
+            log.warning("could not open the reason form: %s", e.response.get("error"))
 
     # -- outbound: see outbound.py -------------------------------------------
 
