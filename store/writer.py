@@ -64,14 +64,21 @@ def _commit(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     results: list[tuple[bool, Any]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for op in ops:
-            conn.execute("SAVEPOINT op")
+        if len(ops) == 1:  # alone, an op's failure undoes the whole transaction
             try:
-                results.append((True, op(conn)))
+                results.append((True, ops[0](conn)))
             except Exception as e:
-                conn.execute("ROLLBACK TO op")
-                results.append((False, e))
-            conn.execute("RELEASE op")
+                conn.execute("ROLLBACK")
+                return [(False, e)]
+        else:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(conn)))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((False, e))
+                conn.execute("RELEASE op")
         conn.execute("COMMIT")
     except sqlite3.Error as e:
         # Nothing of the batch is stored (a full disk, a lock held too long):

@@ -221,3 +221,17 @@ def test_leases_are_not_changes_another_connection_must_read(tmp_path: Path) -> 
     other.append("t", 1, [row(1)], status="running")
     assert store.changed_elsewhere() is True
     assert store.changed_elsewhere() is False
+
+
+@pytest.mark.anyio
+async def test_an_append_alone_in_its_batch_fails_cleanly(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("a", [row(0)], status="running", title="a", origin="{}")
+    with pytest.raises(SeqConflict):
+        await store.append_async("a", 5, [row(5)], status="done")
+    with pytest.raises(UnknownThread):
+        await store.append_async("nope", 1, [row(1)], status="done")
+    assert store.db.conn.in_transaction is False
+    assert await store.append_async("a", 1, [row(1)], status="done") == 1
+    assert store.load("a") == ['{"n": 0}', '{"n": 1}']
+    assert store.thread("a").status == "done"  # type: ignore[union-attr]
