@@ -287,12 +287,26 @@ class Harness:
 
     # -- the verdict ---------------------------------------------------------------
 
+    def read_thread(self, thread_id: str) -> dict[str, Any]:
+        """The thread as the server shows it; the server may still die at its
+        named point (it is restarted) or answer slowly on a busy machine."""
+        deadline = time.monotonic() + 60
+        while True:
+            self.ensure_running()
+            r = self.call("GET", f"/threads/{thread_id}")
+            if r is not None and r.status_code == 200:
+                body: dict[str, Any] = r.json()
+                return body
+            if r is not None and r.status_code != 200:
+                raise AssertionError(f"GET /threads/{thread_id}: {r.status_code} {r.text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"GET /threads/{thread_id}: no answer for a minute")
+            time.sleep(0.2)
+
     def check(self, ids: dict[int, str], seconds: float) -> dict[str, Any]:
         threads = {}
         for thread_id in ids.values():
-            r = self.call("GET", f"/threads/{thread_id}")
-            assert r is not None and r.status_code == 200
-            threads[thread_id] = r.json()
+            threads[thread_id] = self.read_thread(thread_id)
         done = sum(t["status"] == "done" for t in threads.values())
         keys = {e.get("key") for t in threads.values() for e in t["events"] if e.get("key")}
         missing = [k for _, k in self.acknowledged if k not in keys]
