@@ -92,6 +92,8 @@ class ThreadLog:
     def _keep(self, thread: Thread) -> Thread:
         cache = self._cache
         old = cache.get(thread.id)
+        if old is not None and len(old.events) > len(thread.events):
+            return thread  # a later read of the thread is cached already
         cache[thread.id] = thread
         cache.move_to_end(thread.id)
         self._fresh.add(thread.id)

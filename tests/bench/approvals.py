@@ -98,7 +98,7 @@ async def threadbot_run(round_trips: list[int], work: Path) -> list[dict[str, An
                 store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 cold_1500 = cold_load_ms(db, thread_id)
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        last = resumes[-20:]
+        last = resumes[-50:] if done >= 100 else resumes[-10:]
         rows.append(
             {
                 "round_trips": done,

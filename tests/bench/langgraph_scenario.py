@@ -128,7 +128,7 @@ def main() -> None:
                 resumes.append(MODEL_CALLS[calls] - t0)
                 written.append(pages_bytes(conn) - before)
                 done += 1
-            last = resumes[-20:]
+            last = resumes[-50:] if done >= 100 else resumes[-10:]
             rows.append(
                 {
                     "round_trips": done,
