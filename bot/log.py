@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from store import EventStore, NewRow, UnknownThread
+from store import EventStore, NewRow, SeqConflict, UnknownThread
 
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
@@ -212,6 +212,9 @@ class ThreadLog:
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
+        except SeqConflict:
+            self._fresh.discard(thread.id)  # read it again, whatever else says
+            raise
         return self._keep(after)
 
     def append_sync(
@@ -224,4 +227,7 @@ class ThreadLog:
             self.store.append(thread.id, seq, _rows(new), routes=routes, **projection)
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
+        except SeqConflict:
+            self._fresh.discard(thread.id)
+            raise
         return self._keep(after)

@@ -80,6 +80,7 @@ class EventStore:
         self._group = GroupCommit(conn)
         migrations.apply(self.db)
         self._data_version = self._read_data_version()
+        self._version_checked = False
 
     def close(self) -> None:
         self._group.flush()
@@ -203,12 +204,24 @@ class EventStore:
 
     def changed_elsewhere(self) -> bool:
         """Whether another connection (another process, mostly) committed
-        anything since the last call. Cheap: no table is read."""
+        anything since the last call. Asked once per pass of the event loop:
+        within one pass, the answer stands (a commit made meanwhile is seen
+        at the next pass, as if it had come a moment later)."""
+        if self._version_checked:
+            return False
         version = self._read_data_version()
+        try:
+            asyncio.get_running_loop().call_soon(self._recheck)
+            self._version_checked = True
+        except RuntimeError:
+            pass  # no event loop: ask every time
         if version == self._data_version:
             return False
         self._data_version = version
         return True
+
+    def _recheck(self) -> None:
+        self._version_checked = False
 
     def _read_data_version(self) -> int:
         return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from pathlib import Path
 
@@ -99,3 +100,25 @@ def test_a_cached_thread_catches_up_with_another_connections_append(tmp_path: Pa
     assert mine.load("t1").events == SAMPLES[:3]
     mine.append_sync(mine.load("t1"), SAMPLES[3:4])
     assert theirs.load("t1").events == SAMPLES[:4]
+
+
+@pytest.mark.anyio
+async def test_two_logs_on_one_loop_see_each_others_appends(tmp_path: Path) -> None:
+    from store import SeqConflict
+
+    a = ThreadLog(EventStore(tmp_path / "t.db"))
+    b = ThreadLog(EventStore(tmp_path / "t.db"))
+    a.create_sync("t1", SAMPLES[:1])
+    stale = b.load("t1")
+    await a.append(a.load("t1"), SAMPLES[1:2])
+    await asyncio.sleep(0)  # the next pass of the loop
+    assert b.load("t1").events == SAMPLES[:2]
+    # An append from a stale read is refused, and the next read is current.
+    held = b.load("t1")
+    await a.append(a.load("t1"), SAMPLES[2:3])
+    with pytest.raises(SeqConflict):
+        await b.append(held, SAMPLES[3:4])
+    assert b.load("t1").events == SAMPLES[:3]
+    with pytest.raises(SeqConflict):
+        await b.append(stale, SAMPLES[3:4])
+    assert len((await b.append(b.load("t1"), SAMPLES[3:4])).events) == 4
