@@ -168,6 +168,11 @@ class Runner:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.log.store.release_all(self.owner)
+        for channel in self.outbound.values():
+            # Connections a channel opened for this loop's deliveries.
+            aclose = getattr(channel, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _run(self, thread_id: str) -> None:
         try:

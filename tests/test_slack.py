@@ -413,3 +413,32 @@ async def test_bolt_acknowledges_after_the_listener_stored_the_event(
     await channel.stop()
     await bot.close()
     bot.store.close()
+
+
+@pytest.mark.anyio
+async def test_web_clients_keep_one_session_per_event_loop() -> None:
+    import asyncio
+
+    from channels.slack import SlackSettings
+    from channels.slack.web import WebClients
+
+    web = WebClients(SlackSettings(bot_token="xoxb-test", api_url="http://127.0.0.1:9/api"))
+    mine = web()
+    assert web() is mine and mine.session is not None and not mine.session.closed
+    assert mine.base_url == "http://127.0.0.1:9/api/"
+
+    def on_another_loop() -> object:
+        async def use() -> object:
+            theirs = web()
+            await web.close()
+            return theirs
+
+        return asyncio.run(use())
+
+    theirs = await asyncio.to_thread(on_another_loop)
+    assert theirs is not mine
+    assert web() is mine  # closing theirs left this loop's alone
+    await web.close()
+    assert mine.session.closed
+    assert web() is not mine  # a closed one is replaced
+    await web.close()

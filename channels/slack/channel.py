@@ -26,7 +26,6 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -39,6 +38,7 @@ from . import format as fmt
 from .outbound import SlackPoster
 from .payloads import shape_problem
 from .settings import WORKING, SlackSettings, mention, route_key
+from .web import WebClients, base_url
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
 
@@ -56,16 +56,11 @@ class SlackChannel:
     def __init__(self, bot: ThreadBot, settings: SlackSettings) -> None:
         self.bot = bot
         self.settings = settings
-        base_url = settings.api_url or AsyncWebClient.BASE_URL
-        if not base_url.endswith("/"):
-            base_url += "/"
-        self.client = AsyncWebClient(
-            token=settings.bot_token,
-            base_url=base_url,
-            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
-        )
+        self.web = WebClients(settings)
+        """Our calls to Slack, over connections kept open (one set per loop)."""
         self.app = AsyncApp(
-            client=self.client,
+            # Bolt's own calls (checking the token once) need no kept session.
+            client=AsyncWebClient(token=settings.bot_token, base_url=base_url(settings)),
             signing_secret=settings.signing_secret or "",
             # Socket Mode requests are authenticated by the socket itself.
             request_verification_enabled=not settings.socket_mode,
@@ -76,7 +71,7 @@ class SlackChannel:
             # updates) run after the acknowledgement (`_later`).
             process_before_response=True,
         )
-        self.poster = SlackPoster(bot, self.client, settings)
+        self.poster = SlackPoster(bot, self.web, settings)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -117,6 +112,11 @@ class SlackChannel:
             self._socket = None
         if self._background:  # calls back to Slack still on their way
             await asyncio.wait(self._background, timeout=5.0)
+        await self.web.close()
+
+    async def aclose(self) -> None:
+        """Close the connections the agent's posts used (on its loop)."""
+        await self.web.close()
 
     # -- inbound: messages ------------------------------------------------
 
@@ -313,7 +313,7 @@ class SlackChannel:
 
     async def _open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         try:
-            await self.client.views_open(trigger_id=trigger_id, view=view)
+            await self.web().views_open(trigger_id=trigger_id, view=view)
         except SlackApiError as e:
             log.warning("could not open the reason form: %s", e.response.get("error"))
 
@@ -326,7 +326,7 @@ class SlackChannel:
 
     async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
         try:
-            await self.client.chat_postEphemeral(
+            await self.web().chat_postEphemeral(
                 channel=channel, user=user, text=text, thread_ts=thread_ts
             )
         except SlackApiError as e:
@@ -335,4 +335,4 @@ class SlackChannel:
     async def _react(self, channel: str, ts: str) -> None:
         # A missing scope or a race with the answer loses only a hint.
         with contextlib.suppress(SlackApiError):
-            await self.client.reactions_add(channel=channel, timestamp=ts, name=WORKING)
+            await self.web().reactions_add(channel=channel, timestamp=ts, name=WORKING)

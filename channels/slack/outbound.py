@@ -8,7 +8,6 @@ import logging
 from collections.abc import Sequence
 
 from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import Delivery, ThreadBot
 from bot.events import (
@@ -26,6 +25,7 @@ from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
 from .settings import WORKING, SlackSettings, mention
+from .web import WebClients
 
 __all__ = ["SlackPoster"]
 
@@ -35,9 +35,9 @@ log = logging.getLogger("threadbot.slack")
 class SlackPoster:
     name = "slack"
 
-    def __init__(self, bot: ThreadBot, client: AsyncWebClient, settings: SlackSettings) -> None:
+    def __init__(self, bot: ThreadBot, web: WebClients, settings: SlackSettings) -> None:
         self.bot = bot
-        self.client = client
+        self.web = web
         self.settings = settings
 
     async def deliver(
@@ -69,7 +69,7 @@ class SlackPoster:
         for part, (text, blocks) in enumerate(posts):
             ts = done.get(part)
             if ts is None:
-                sent = await self.client.chat_postMessage(
+                sent = await self.web().chat_postMessage(
                     channel=channel,
                     thread_ts=root,
                     text=text[:3000],
@@ -90,7 +90,7 @@ class SlackPoster:
         found: dict[int, str] = {}
         cursor = None
         while True:
-            page = await self.client.conversations_replies(
+            page = await self.web().conversations_replies(
                 channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
             )
             for m in page.get("messages") or []:
@@ -161,9 +161,7 @@ class SlackPoster:
             outcome[:3000],
         )
         try:
-            await self.client.chat_update(
-                channel=channel, ts=ts, text=outcome[:3000], blocks=blocks
-            )
+            await self.web().chat_update(channel=channel, ts=ts, text=outcome[:3000], blocks=blocks)
         except SlackApiError as e:
             log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
 
@@ -181,6 +179,6 @@ class SlackPoster:
             if isinstance(e, UserMessage | HumanResponse) and e.source.channel == self.name:
                 refs = e.source.refs
                 with contextlib.suppress(SlackApiError):
-                    await self.client.reactions_remove(
+                    await self.web().reactions_remove(
                         channel=refs["channel"], timestamp=refs["ts"], name=WORKING
                     )
