@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -100,7 +100,7 @@ class EventStore:
             _create(self.db.conn, thread_id, rows, **projection)
 
     async def create_async(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
-        await self._submit(partial(_create, thread_id=thread_id, rows=rows, **projection))
+        await self._group.submit(partial(_create, thread_id=thread_id, rows=rows, **projection))
 
     def append(
         self, thread_id: str, expected_seq: int, rows: Sequence[NewRow], **projection: Any
@@ -120,10 +120,7 @@ class EventStore:
         op = partial(
             _append, thread_id=thread_id, expected_seq=expected_seq, rows=rows, **projection
         )
-        return int(await self._submit(op))
-
-    def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
-        return self._group.submit(op)
+        return int(await self._group.submit(op))
 
     def rewrite_projection(
         self,
@@ -296,8 +293,7 @@ class EventStore:
         ]
 
     def find_key(self, key: str) -> tuple[str, int] | None:
-        row = self.db.execute("SELECT thread_id, seq FROM events WHERE key = ?", [key]).fetchone()
-        return (row[0], row[1]) if row else None
+        return _find_key(self.db.conn, key)
 
     def meta(self, key: str, default: str) -> str:
         """A deployment setting kept in the database; `default` is stored the
@@ -404,11 +400,12 @@ def _insert(
         conn.executemany("INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)", refs)
 
 
+def _find_key(conn: sqlite3.Connection, key: str) -> tuple[str, int] | None:
+    row = conn.execute("SELECT thread_id, seq FROM events WHERE key = ?", [key]).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def _raise_duplicate(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> None:
     for row in rows:
-        if row.key is None:
-            continue
-        sql = "SELECT thread_id, seq FROM events WHERE key = ?"
-        found = conn.execute(sql, [row.key]).fetchone()
-        if found is not None:
-            raise DuplicateKey(row.key, found[0], found[1]) from None
+        if row.key is not None and (found := _find_key(conn, row.key)) is not None:
+            raise DuplicateKey(row.key, *found) from None

@@ -155,21 +155,29 @@ class _Connection(asyncio.Protocol):
 
 
 @contextlib.contextmanager
-def model_server_process(*args: str) -> Iterator[str]:
-    """The server with these command-line arguments (plus --quiet), for
-    code without an event loop. Yields its base URL."""
+def child_process(*args: str) -> Iterator[str]:
+    """`python *args` from the repository, for code without an event loop.
+    Yields the first line it prints (where it listens); killed at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.model_server", "--quiet", *args],
+        [sys.executable, *args],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None
-        yield f"http://127.0.0.1:{int(proc.stdout.readline())}/v1"
+        yield proc.stdout.readline().strip()
     finally:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def model_server_process(*args: str) -> Iterator[str]:
+    """The server with these command-line arguments (plus --quiet). Yields
+    its base URL."""
+    with child_process("-m", "tests.bench.model_server", "--quiet", *args) as port:
+        yield f"http://127.0.0.1:{int(port)}/v1"
 
 
 class ModelServer:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,8 @@ from store import EventStore
 from ..fakes import ServerProcess, free_port
 from ..slack_fake import BOT_USER, SECRET, SlackSender
 from .__main__ import _pct
-from .model_server import QUESTION, ModelServer, model_server_process
+from .model_server import QUESTION, ModelServer, child_process, model_server_process
 
-REPO = Path(__file__).resolve().parents[2]
 ASK = "request_human_input"
 ARGUMENTS = json.dumps({"question": QUESTION})
 
@@ -169,10 +168,10 @@ def paused(n: int, work: Path) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def slack_process() -> Iterator[str]:
+def slack_process() -> contextlib.AbstractContextManager[str]:
     """The fake Slack Web API in a process of its own, so that answering the
-    bot's calls does not slow down the process that times the acks."""
+    bot's calls does not slow down the process that times the acks. Yields
+    its API URL."""
     code = (
         "import time\n"
         "from tests.slack_fake import FakeSlack\n"
@@ -180,15 +179,7 @@ def slack_process() -> Iterator[str]:
         "    print(s.api_url, flush=True)\n"
         "    time.sleep(10**9)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.kill()
-        proc.wait()
+    return child_process("-c", code)
 
 
 def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
