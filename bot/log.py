@@ -199,6 +199,11 @@ class ThreadLog:
         }
         return Thread(thread.id, thread.events + list(new), fold, state), projection
 
+    def preview(self, thread: Thread, new: Sequence[Event]) -> Thread:
+        """The thread as it will be once `new` is appended after what it
+        holds; nothing is stored."""
+        return self._prepare_append(thread, new)[0]
+
     async def append(
         self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()
     ) -> Thread:

@@ -132,7 +132,9 @@ class Runner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._delivery_failures: dict[str, int] = {}
-        self._renewals: dict[str, asyncio.TimerHandle] = {}
+        self._held: set[str] = set()
+        """Threads whose lease this runner holds."""
+        self._renewal: asyncio.TimerHandle | None = None
 
     # -- scheduling ---------------------------------------------------------
 
@@ -151,11 +153,11 @@ class Runner:
     async def settle(self, thread_id: str) -> None:
         """Wait until no run of the thread is active."""
         while (task := self._tasks.get(thread_id)) is not None:
-            await asyncio.shield(task)
+            await asyncio.wait([task])  # a run stopped by a lost lease ends cancelled
 
     async def settle_all(self) -> None:
         while self._tasks:
-            await asyncio.gather(*map(asyncio.shield, list(self._tasks.values())))
+            await asyncio.wait(list(self._tasks.values()))
 
     async def shutdown(self, grace: float = 0.0) -> None:
         """Let active runs reach a pause for up to `grace` seconds, then cancel
@@ -167,6 +169,9 @@ class Runner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
         self.log.store.release_all(self.owner)
         for channel in self.outbound.values():
             # Connections a channel opened for this loop's deliveries.
@@ -178,26 +183,29 @@ class Runner:
         try:
             if not await self._take_lease(thread_id):
                 return
+            self._held.add(thread_id)
+            self._renew_later()
             self.log.pin(thread_id)
-            self._renew_later(thread_id)
             try:
                 while True:
                     self._again.discard(thread_id)
                     state = await self.run_until_paused(thread_id)
                     if thread_id in self._again:
                         continue
-                    self.log.store.release(thread_id, self.owner)
+                    self._held.discard(thread_id)
+                    await self.log.store.release_async(thread_id, self.owner)
                     # A writer in another process that found the lease taken
                     # relies on this look after the release.
                     if self.log.load(thread_id).state.last_seq == state.last_seq:
                         break
-                    if not self._acquire(thread_id):
+                    if not await self._acquire(thread_id):
                         break  # that process took it
+                    self._held.add(thread_id)
             except BaseException:
                 self.log.store.release(thread_id, self.owner)
                 raise
             finally:
-                self._renewals.pop(thread_id).cancel()
+                self._held.discard(thread_id)
                 self.log.unpin(thread_id)
         except asyncio.CancelledError:
             raise
@@ -210,9 +218,9 @@ class Runner:
 
     # -- leases: one process runs a thread at a time --------------------------
 
-    def _acquire(self, thread_id: str) -> bool:
+    async def _acquire(self, thread_id: str) -> bool:
         store = self.log.store
-        if store.acquire(thread_id, self.owner, self.lease_ttl):
+        if await store.acquire_async(thread_id, self.owner, self.lease_ttl):
             return True
         holder = store.lease_owner(thread_id)
         return (
@@ -225,7 +233,7 @@ class Runner:
         """Wait for the lease while the thread still has work; another
         process may be running it."""
         delay = 0.05
-        while not self._acquire(thread_id):
+        while not await self._acquire(thread_id):
             thread = self.log.load(thread_id)
             if isinstance(self._decide(thread), Wait | Stop):
                 return False  # the other process finished it
@@ -233,20 +241,22 @@ class Runner:
             delay = min(delay * 2, 2.0)
         return True
 
-    def _renew_later(self, thread_id: str) -> None:
-        """Renew the lease every third of its time while the run lasts (a
-        timer, not a task: most runs end long before the first renewal)."""
-        self._renewals[thread_id] = asyncio.get_running_loop().call_later(
-            self.lease_ttl / 3, self._renew, thread_id
-        )
+    def _renew_later(self) -> None:
+        """While runs last, renew their leases every third of their time, all
+        at once (most runs end long before the first renewal)."""
+        if self._renewal is None:
+            self._renewal = asyncio.get_running_loop().call_later(self.lease_ttl / 3, self._renew)
 
-    def _renew(self, thread_id: str) -> None:
-        if self.log.store.acquire(thread_id, self.owner, self.lease_ttl):
-            self._renew_later(thread_id)
+    def _renew(self) -> None:
+        self._renewal = None
+        if not self._held:
             return
-        log.error("thread %s: lease lost to another process; stopping here", thread_id)
-        if (run := self._tasks.get(thread_id)) is not None:
-            run.cancel()
+        kept = self.log.store.renew_all(self.owner, self.lease_ttl)
+        for thread_id in self._held - kept:
+            log.error("thread %s: lease lost to another process; stopping here", thread_id)
+            if (run := self._tasks.get(thread_id)) is not None:
+                run.cancel()
+        self._renew_later()
 
     # -- one run ------------------------------------------------------------
 
@@ -327,20 +337,26 @@ class Runner:
         return Context(parts)
 
     async def _call_model(self, thread: Thread) -> Thread:
+        return await self._record_reply(thread, await self._ask(thread))
+
+    async def _ask(self, thread: Thread) -> list[Event]:
+        """One model turn on the thread: the events its reply (or failure) makes."""
         errors = thread.state.consecutive_errors
         if errors:
             await asyncio.sleep(min(30.0, self.retry_delay * 2 ** (errors - 1)))
         try:
             reply = await self.model.complete(self._context(thread), self._schemas)
         except ModelError as e:
-            new: list[Event] = [Error(message=str(e), kind="model", fatal=e.fatal)]
-        else:
-            new = self._reply_events(thread, reply)
+            return [Error(message=str(e), kind="model", fatal=e.fatal)]
+        return self._reply_events(thread, reply)
+
+    async def _record_reply(self, asked: Thread, new: list[Event]) -> Thread:
+        """Append a reply to the thread the model was asked about."""
         try:
-            return await self.log.append(thread, new)
+            return await self.log.append(asked, new)
         except SeqConflict:
-            fresh = self.log.load(thread.id)
-            if all(isinstance(e, Delivered) for e in fresh.events[len(thread.events) :]):
+            fresh = self.log.load(asked.id)
+            if all(isinstance(e, Delivered) for e in fresh.events[len(asked.events) :]):
                 # Only bookkeeping arrived meanwhile: the reply still fits.
                 return await self._try_append(fresh, new)
             return fresh  # someone spoke meanwhile: ask the model again
@@ -405,7 +421,28 @@ class Runner:
             done = ToolDeferred(call_id=call_id, note=outcome.output)
         else:
             done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
-        return await self._append_outcome(thread, [done], call_id)
+        return await self._record_outcome(thread, done, call_id)
+
+    async def _record_outcome(self, thread: Thread, done: Event, call_id: str) -> Thread:
+        """Append a tool's outcome. When the model comes next, it is asked
+        while the outcome is being written: asking changes nothing outside,
+        and its reply is appended only after the outcome, and only if nothing
+        else came in between (otherwise the reply is dropped and the model
+        asked again about what is there)."""
+        recording = asyncio.ensure_future(self._append_outcome(thread, [done], call_id))
+        expected = self.log.preview(thread, [done])
+        if not isinstance(self._decide(expected), CallModel):
+            return await recording
+        try:
+            new = await self._ask(expected)
+        except BaseException:
+            await asyncio.shield(recording)  # the outcome is stored regardless
+            raise
+        stored = await recording
+        if len(stored.events) != len(expected.events):
+            self._contexts.pop(thread.id, None)  # serialized from `expected`
+            return stored
+        return await self._record_reply(stored, new)
 
     async def _deliver(self, thread: Thread, step: Deliver, *, fresh: bool) -> Thread | None:
         channel = self.outbound[step.channel]

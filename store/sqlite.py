@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -31,6 +31,8 @@ from .migrations import migrations
 from .writer import GroupCommit
 
 __all__ = ["EventStore", "NewRow", "ThreadRow"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class EventStore:
         # FULL: an acknowledged append survives a power cut, not only a crash.
         self._synchronous = "FULL" if durable else "NORMAL"
         self.db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        self._group = GroupCommit(conn)
+        self._group = GroupCommit(conn, self._synchronous)
         migrations.apply(self.db)
         self._data_version = self._read_data_version()
         self._version_checked = False
@@ -158,17 +160,16 @@ class EventStore:
         """Take or renew the lease on a thread for `ttl` seconds. Fails while
         another owner holds an unexpired lease, unless it is `steal_from` (an
         owner the caller knows to be dead)."""
-        now = time.time()
-        return (
+        return bool(
             self._lease_write(
-                "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at "
-                "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
-                [thread_id, owner, now + ttl, now, steal_from or ""],
+                partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=steal_from)
             )
-            == 1
         )
+
+    async def acquire_async(self, thread_id: str, owner: str, ttl: float) -> bool:
+        """`acquire`, in the batch being formed (no fsync of its own)."""
+        op = partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=None)
+        return bool(await self._group.submit(op, durable=False))
 
     def lease_owner(self, thread_id: str) -> str | None:
         row = self.db.conn.execute(
@@ -178,24 +179,39 @@ class EventStore:
         return str(row[0]) if row else None
 
     def release(self, thread_id: str, owner: str) -> None:
-        self._lease_write(
-            "DELETE FROM leases WHERE thread_id = ? AND owner = ?", [thread_id, owner]
-        )
+        self._lease_write(partial(_release, thread_id=thread_id, owner=owner))
+
+    async def release_async(self, thread_id: str, owner: str) -> None:
+        """`release`, in the batch being formed (no fsync of its own)."""
+        await self._group.submit(partial(_release, thread_id=thread_id, owner=owner), durable=False)
+
+    def renew_all(self, owner: str, ttl: float) -> set[str]:
+        """Extend every lease `owner` holds; returns the threads they are on."""
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE owner = ?", [time.time() + ttl, owner]
+            )
+            rows = conn.execute("SELECT thread_id FROM leases WHERE owner = ?", [owner])
+            return {r[0] for r in rows}
+
+        return self._lease_write(renew)
 
     def release_all(self, owner: str) -> None:
-        self._lease_write("DELETE FROM leases WHERE owner = ?", [owner])
+        self._lease_write(lambda conn: conn.execute("DELETE FROM leases WHERE owner = ?", [owner]))
 
-    def _lease_write(self, sql: str, params: list[Any]) -> int:
+    def _lease_write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Leases need no durability: after a crash they are stale anyway
         (their holder is gone), so their commits skip the fsync that each
         append pays. They go through the same connection as the appends, so
         that `changed_elsewhere` does not count them."""
         conn = self.db.conn
         if conn.in_transaction:
-            return conn.execute(sql, params).rowcount
+            return op(conn)
         conn.execute("PRAGMA synchronous = OFF")
         try:
-            return conn.execute(sql, params).rowcount
+            with self.db.atomic():
+                return op(conn)
         finally:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
@@ -398,6 +414,24 @@ def _insert(
     refs = [(ref, thread_id) for ref in routes]
     if refs:
         conn.executemany("INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)", refs)
+
+
+def _acquire(
+    conn: sqlite3.Connection, thread_id: str, owner: str, ttl: float, steal_from: str | None
+) -> bool:
+    now = time.time()
+    cursor = conn.execute(
+        "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
+        "expires_at = excluded.expires_at "
+        "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
+        [thread_id, owner, now + ttl, now, steal_from or ""],
+    )
+    return cursor.rowcount == 1
+
+
+def _release(conn: sqlite3.Connection, thread_id: str, owner: str) -> None:
+    conn.execute("DELETE FROM leases WHERE thread_id = ? AND owner = ?", [thread_id, owner])
 
 
 def _find_key(conn: sqlite3.Connection, key: str) -> tuple[str, int] | None:

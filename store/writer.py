@@ -12,6 +12,10 @@ The commit runs on the loop. A writer thread would let the loop work during
 the fsync, but every SQLite call it makes must take the GIL back from a busy
 loop (up to the interpreter's switch interval, 5 ms, each time): measured
 here, that made appends slower under load and a single resume 1.5 ms slower.
+
+Writes that need no durability (leases: after a crash they are stale anyway)
+go through the same batches without a savepoint; a batch of only those is
+committed without an fsync.
 """
 
 from __future__ import annotations
@@ -29,29 +33,46 @@ Op = Callable[[sqlite3.Connection], Any]
 
 
 class GroupCommit:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, synchronous: str) -> None:
         self._conn = conn
-        self._jobs: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._synchronous = synchronous
+        """The connection's own setting, restored after a batch without fsync."""
+        self._jobs: list[tuple[Op, bool, asyncio.Future[Any]]] = []
+        self._durable = 0
+        """Durable ops in the batch being formed."""
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> asyncio.Future[T]:
         """Queue `op` to run inside the next batch's transaction; the future
-        holds its return value (or exception) once the batch is on disk."""
+        holds its return value (or exception) once the batch is committed (on
+        disk, if any op of the batch is `durable`). A durable op runs in a
+        savepoint of its own; one that is not must not fail but as a whole."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         if not self._jobs:
             loop.call_soon(self.flush)
-        self._jobs.append((op, fut))
+        self._jobs.append((op, durable, fut))
+        self._durable += durable
         return fut
 
     def flush(self) -> None:
         jobs, self._jobs = self._jobs, []
+        durable, self._durable = self._durable, 0
         if not jobs:
             return
+        conn = self._conn
         try:
-            results = _commit(self._conn, [op for op, _ in jobs])
+            if not durable:
+                conn.execute("PRAGMA synchronous = OFF")
+            try:
+                results = _commit(conn, [(op, d) for op, d, _ in jobs])
+            finally:
+                if not durable:
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except Exception as e:  # a closed connection, say: nobody may wait forever
             results = [(False, e)] * len(jobs)
-        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
+        for (_, _, fut), (ok, value) in zip(jobs, results, strict=True):
             if fut.cancelled():
                 continue  # the caller stopped waiting; the write stands regardless
             if ok:
@@ -60,18 +81,21 @@ class GroupCommit:
                 fut.set_exception(value)
 
 
-def _commit(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+def _commit(conn: sqlite3.Connection, ops: list[tuple[Op, bool]]) -> list[tuple[bool, Any]]:
     results: list[tuple[bool, Any]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
         if len(ops) == 1:  # alone, an op's failure undoes the whole transaction
             try:
-                results.append((True, ops[0](conn)))
+                results.append((True, ops[0][0](conn)))
             except Exception as e:
                 conn.execute("ROLLBACK")
                 return [(False, e)]
         else:
-            for op in ops:
+            for op, guarded in ops:
+                if not guarded:
+                    results.append((True, op(conn)))
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((True, op(conn)))
@@ -80,7 +104,7 @@ def _commit(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
                     results.append((False, e))
                 conn.execute("RELEASE op")
         conn.execute("COMMIT")
-    except sqlite3.Error as e:
+    except Exception as e:
         # Nothing of the batch is stored (a full disk, a lock held too long):
         # every caller hears so, none is told its write landed.
         if conn.in_transaction:

@@ -4,6 +4,7 @@ client talking to a local OpenAI-compatible server."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,18 @@ from bot import (
     Delivery,
     NotAllowed,
     NotWaiting,
+    OpenAIModel,
     Source,
     ThreadBot,
     ThreadNotFound,
+    Toolbox,
+    tool,
 )
+from bot.context import DEFAULT_SYSTEM_PROMPT, build_messages
 from bot.events import ToolResult
+from bot.runner import Runner
+from bot.tools import ToolContext
+from store import EventStore
 
 from .conftest import make_bot, settled
 from .fakes import FakeOpenAI, ask, calls, text
@@ -502,3 +510,83 @@ async def test_the_agent_on_a_thread_of_its_own(db_path: Path) -> None:
     b.store.close()
     with pytest.raises(UsageError, match="in-memory"):
         ThreadBot(EventStore(":memory:"), ScriptedModel()).run_in_thread()
+
+
+async def test_a_message_during_a_tool_drops_the_reply_asked_beside_its_outcome(
+    db_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """The model is asked while a tool's outcome is being written. When the
+    outcome lands behind a message that came in meanwhile, that reply is
+    dropped and the model is asked again about what is there."""
+    holder: list[ThreadBot] = []
+
+    @tool
+    async def check(ctx: ToolContext) -> str:
+        """Check the service."""
+        await holder[0].send(ctx.thread_id, "also check staging")
+        return "prod is fine"
+
+    bot = ThreadBot(
+        EventStore(db_path),
+        OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test"),
+        Toolbox([check]),
+    )
+    holder.append(bot)
+    fake_openai.add(calls(("check", {})), text("stale answer"), text("fresh answer"))
+    thread_id = await bot.launch("check prod")
+    view = await settled(bot, thread_id)
+    await bot.close()
+    assert [e.type for e in view.events] == [
+        "user_message",
+        "tool_call",
+        "tool_started",
+        "user_message",
+        "tool_result",
+        "assistant_message",
+    ]
+    assert view.events[-1].text == "fresh answer"
+    asked, again = fake_openai.requests[1:]
+    assert "also check staging" not in json.dumps(asked["messages"])
+    assert "prod is fine" in json.dumps(asked["messages"])  # asked beside the outcome
+    assert "also check staging" in json.dumps(again["messages"])
+    assert again["messages"] == build_messages(view.events[:-1], DEFAULT_SYSTEM_PROMPT)
+
+
+async def test_a_long_run_keeps_its_lease_and_stops_when_it_loses_it(
+    db_path: Path, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = asyncio.Event()
+
+    @tool
+    async def wait_a_while(ctx: ToolContext) -> str:
+        """Take longer than a lease lasts."""
+        await gate.wait()
+        return "done waiting"
+
+    bot = ThreadBot(
+        EventStore(db_path),
+        OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test"),
+        Toolbox([wait_a_while]),
+    )
+    runner = bot.runner
+    assert isinstance(runner, Runner)
+    runner.lease_ttl = 0.3
+    other = EventStore(db_path)
+    fake_openai.add(calls(("wait_a_while", {})), text("Finished."), calls(("wait_a_while", {})))
+    first = await bot.launch("wait")
+    await asyncio.sleep(0.5)  # past the lease's first expiry: renewed meanwhile
+    assert runner.active() == [first]
+    assert not other.acquire(first, "someone else", 30.0)
+    gate.set()
+    assert (await settled(bot, first)).state.status == "done"
+    assert other.lease_owner(first) is None  # released when the run paused
+
+    gate.clear()
+    second = await bot.launch("wait again")
+    await asyncio.sleep(0.05)
+    assert other.acquire(second, "someone else", 30.0, steal_from=runner.owner)
+    await asyncio.wait_for(bot.settle(second), 2)  # stopped at the next renewal
+    assert "lease lost to another process" in caplog.text
+    assert other.lease_owner(second) == "someone else"  # not released by the loser
+    assert bot.get(second).state.status == "running"  # for the new holder to go on with
+    await bot.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,53 @@ async def test_an_append_alone_in_its_batch_fails_cleanly(tmp_path: Path) -> Non
     assert await store.append_async("a", 1, [row(1)], status="done") == 1
     assert store.load("a") == ['{"n": 0}', '{"n": 1}']
     assert store.thread("a").status == "done"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_leases_ride_in_the_batch_and_alone_skip_the_fsync(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("a", [row(0)], status="running", title="a", origin="{}")
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    taken, _, seq = await asyncio.gather(
+        store.acquire_async("a", "me", 30.0),
+        store.acquire_async("b", "me", 30.0),
+        store.append_async("a", 1, [row(1)], status="running"),
+    )
+    assert (taken, seq) == (True, 1)
+    assert statements.count("COMMIT") == 1  # leases and append: one transaction
+    assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # fsynced as usual
+    statements.clear()
+    await asyncio.gather(store.release_async("a", "me"), store.release_async("b", "me"))
+    assert statements[0] == "PRAGMA synchronous = OFF"  # leases alone: no fsync
+    assert statements[-1] == "PRAGMA synchronous = FULL"  # and appends fsync again after
+    assert statements.count("COMMIT") == 1
+    other = EventStore(tmp_path / "t.db")
+    assert other.lease_owner("a") is None and other.acquire("a", "them", 30.0)
+    assert not await store.acquire_async("a", "me", 30.0)  # held by another owner
+
+
+@pytest.mark.anyio
+async def test_a_lease_write_that_fails_fails_its_batch(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    store.create("a", [row(0)], status="running", title="a", origin="{}")
+    store.db.execute("DROP TABLE leases")  # a write that cannot be done
+    results = await asyncio.gather(
+        store.append_async("a", 1, [row(1)], status="running"),
+        store.acquire_async("a", "me", 30.0),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    assert store.db.conn.in_transaction is False
+    assert store.load("a") == ['{"n": 0}']  # the append in that batch was not stored
+
+
+def test_renewing_every_lease_of_an_owner_at_once(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    assert store.acquire("a", "me", 0.01) and store.acquire("b", "me", 0.01)
+    assert store.acquire("c", "you", 30.0)
+    assert store.renew_all("me", 30.0) == {"a", "b"}
+    other = EventStore(tmp_path / "t.db")
+    time.sleep(0.02)  # past the first expiry: the renewal holds them
+    assert not other.acquire("a", "them", 30.0)
+    assert other.lease_owner("b") == "me"

@@ -68,10 +68,10 @@ class InstantModel:
         for transport in list(self._connections):
             transport.close()
 
-    def arrived(self, request: bytes) -> None:
-        self.arrivals.append(now := time.perf_counter())
+    def arrived(self, at: float) -> None:
+        self.arrivals.append(at)
         if self.report:
-            print(f"arrived {now!r}", flush=True)
+            print(f"arrived {at!r}", flush=True)
 
     def reply(self, request: bytes) -> bytes:
         results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
@@ -137,9 +137,10 @@ class _Connection(asyncio.Protocol):
                 self.pieces, self.need = [joined], end + 4 + length
             if self.have < self.need:
                 return
+            at = time.perf_counter()  # the last byte is in: the request has arrived
             joined = b"".join(self.pieces)
             request, rest = joined[: self.need], joined[self.need :]
-            self.server.arrived(request)
+            self.server.arrived(at)
             task = asyncio.get_running_loop().create_task(self._answer(request))
             self.answering.add(task)
             task.add_done_callback(self.answering.discard)
