@@ -87,3 +87,14 @@ def m005_waiting(db: Database) -> None:
     # Part of the projection: what a waiting thread waits for, in a few words,
     # so that a list of threads can say it without reading their events.
     db.table("threads").add_column("waiting", str, not_null_default="")
+
+
+@migrations()
+def m006_partial_indexes(db: Database) -> None:
+    # Most events carry no delivery key and most threads have nothing left to
+    # deliver: index only the rows that do, so that an append writes two
+    # pages fewer (four instead of six) and the log's commits stay small.
+    db.execute("DROP INDEX events_key")
+    db.execute("CREATE UNIQUE INDEX events_key ON events (key) WHERE key IS NOT NULL")
+    db.execute("DROP INDEX threads_undelivered")
+    db.execute("CREATE INDEX threads_undelivered ON threads (undelivered) WHERE undelivered = 1")

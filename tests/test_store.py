@@ -54,8 +54,37 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "m003_leases",
         "m004_undelivered",
         "m005_waiting",
+        "m006_partial_indexes",
     ]
     assert db.table("meta").pks == ["key"]
+
+
+def test_an_append_writes_four_pages_and_lookups_use_the_partial_indexes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = EventStore(path)
+    for i in range(500):
+        store.create(f"t{i:03d}", [row(0, key=f"k{i}")], status="running", title="t", origin="{}")
+    for seq in range(1, 20):
+        store.append("t100", seq, [row(seq)], status="running")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = Path(f"{path}-wal").stat().st_size
+    store.append("t100", 20, [row(20)], status="running")
+    frame = 4096 + 24  # a page and its WAL frame header
+    assert (Path(f"{path}-wal").stat().st_size - before) // frame == 4
+    plans = [
+        " ".join(str(r[3]) for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+        for sql in (
+            "SELECT thread_id, seq FROM events WHERE key = 'k7'",
+            "SELECT id FROM threads WHERE undelivered = 1",
+        )
+    ]
+    assert "USING INDEX events_key" in plans[0]
+    assert "USING INDEX threads_undelivered" in plans[1]
+    assert store.find_key("k7") == ("t007", 0)
+    with pytest.raises(DuplicateKey):
+        store.append("t100", 21, [row(21, key="k7")], status="running")
 
 
 def test_append_at_the_expected_seq_only(tmp_path: Path) -> None:
