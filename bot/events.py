@@ -187,7 +187,9 @@ _MANY: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
 def dump_event(event: Event) -> str:
-    return _ONE.dump_json(event, exclude_none=True).decode()
+    # The event's own serializer: the union's would first find out which
+    # member the event is.
+    return event.__pydantic_serializer__.to_json(event, exclude_none=True).decode()
 
 
 def load_event(body: str | bytes) -> Event:

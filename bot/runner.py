@@ -153,7 +153,12 @@ class Runner:
     async def settle(self, thread_id: str) -> None:
         """Wait until no run of the thread is active."""
         while (task := self._tasks.get(thread_id)) is not None:
-            await asyncio.wait([task])  # a run stopped by a lost lease ends cancelled
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # the caller was cancelled, not the run
+                # A run stopped by a lost lease ends cancelled.
 
     async def settle_all(self) -> None:
         while self._tasks:

@@ -62,8 +62,18 @@ _THREAD_COLUMNS = (
 )
 
 
+_stamp: tuple[int, str] = (0, "")
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """The time in ISO 8601 to the millisecond; formatted once per millisecond
+    (a batch of appends shares a few)."""
+    global _stamp
+    ms = time.time_ns() // 1_000_000
+    if ms != _stamp[0]:
+        at = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        _stamp = (ms, at)
+    return _stamp[1]
 
 
 class EventStore:
