@@ -441,11 +441,16 @@ class Runner:
         try:
             new = await self._ask(expected)
         except BaseException:
+            self._contexts.pop(thread.id, None)  # serialized from `expected`
             await asyncio.shield(recording)  # the outcome is stored regardless
             raise
-        stored = await recording
-        if len(stored.events) != len(expected.events):
-            self._contexts.pop(thread.id, None)  # serialized from `expected`
+        try:
+            stored = await asyncio.shield(recording)
+        except BaseException:
+            self._contexts.pop(thread.id, None)
+            raise
+        if len(stored.events) != len(expected.events) or stored.events[-1] is not done:
+            self._contexts.pop(thread.id, None)
             return stored
         return await self._record_reply(stored, new)
 
