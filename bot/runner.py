@@ -2,6 +2,9 @@
 
 It keeps nothing between runs. Each run loads the thread, and stops when the
 derived state says wait or stop; a paused thread holds no task and no memory.
+One overlap: the model call that follows a tool's outcome is made while that
+outcome is being written (asking the model changes nothing outside; its reply
+is appended only after the outcome).
 At most one run per thread is active in a process; between processes, each
 append is checked against the seq its writer expected, so a stale writer
 reloads instead of writing over the other.
