@@ -41,7 +41,7 @@ class InstantModel:
         delay: float = 0.0,
         rounds: int | None = None,
         report: bool = False,
-        finish_on: str | None = None,
+        ask_on: str | None = None,
     ) -> None:
         self.delay = delay
         self.rounds = rounds
@@ -51,8 +51,9 @@ class InstantModel:
         self.arrivals: list[float] = []
         self.report = report
         """Print each arrival's time (the clock is the machine's, shared by processes)."""
-        self.finish_on = finish_on.encode() if finish_on else None
-        """Answer with text at once when a request holds this."""
+        self.ask_on = ask_on.encode() if ask_on else None
+        """A request that holds this is answered at once: with a question
+        (`request_human_input`) until it holds a tool result, then with text."""
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Transport] = set()
@@ -68,6 +69,15 @@ class InstantModel:
         for transport in list(self._connections):
             transport.close()
 
+    @staticmethod
+    def _call(name: str, arguments: str) -> dict[str, Any]:
+        call = {
+            "id": f"call_{uuid.uuid4().hex[:12]}",
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
     def arrived(self, at: float) -> None:
         self.arrivals.append(at)
         if self.report:
@@ -75,16 +85,16 @@ class InstantModel:
 
     def reply(self, request: bytes) -> bytes:
         results = request.count(b'"role":"tool"') + request.count(b'"role": "tool"')
-        done = self.finish_on is not None and self.finish_on in request
-        if done or (self.rounds is not None and results >= self.rounds):
-            message: dict[str, Any] = {"role": "assistant", "content": "done"}
+        message: dict[str, Any]
+        if self.ask_on is not None and self.ask_on in request:
+            if results:
+                message = {"role": "assistant", "content": "done"}
+            else:
+                message = self._call("request_human_input", json.dumps({"question": QUESTION}))
+        elif self.rounds is not None and results >= self.rounds:
+            message = {"role": "assistant", "content": "done"}
         else:
-            call = {
-                "id": f"call_{uuid.uuid4().hex[:12]}",
-                "type": "function",
-                "function": {"name": self.tool, "arguments": self.arguments},
-            }
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            message = self._call(self.tool, self.arguments)
         body = json.dumps(
             {
                 "id": "cmpl",
@@ -149,7 +159,8 @@ class _Connection(asyncio.Protocol):
                 return
 
     async def _answer(self, request: bytes) -> None:
-        if self.server.delay:
+        probe = self.server.ask_on is not None and self.server.ask_on in request
+        if self.server.delay and not probe:
             await asyncio.sleep(self.server.delay)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self.server.reply(request))
@@ -241,7 +252,9 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--rounds", type=int)
     p.add_argument("--quiet", action="store_true", help="print the port only")
-    p.add_argument("--finish-on", help="answer with text when a request holds this")
+    p.add_argument(
+        "--ask-on", help="answer a request that holds this at once: a question, then text"
+    )
     args = p.parse_args()
 
     async def serve() -> None:
@@ -251,7 +264,7 @@ def main() -> None:
             delay=args.delay,
             rounds=args.rounds,
             report=not args.quiet,
-            finish_on=args.finish_on,
+            ask_on=args.ask_on,
         )
         await server.start()
         print(server.port, flush=True)

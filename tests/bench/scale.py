@@ -7,7 +7,8 @@
 - paused threads: a store holding 100,000 threads waiting for a person;
   a fresh process opens it (RSS), lists the waiting ones (time).
 - acks: while 100 threads keep running, how long `threadbot serve` takes to
-  answer POST /threads and a signed Slack event.
+  acknowledge a person's response (POST /threads/{id}/responses, and a
+  signed Slack event replying in the thread), and the launches before them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +184,36 @@ def slack_process() -> contextlib.AbstractContextManager[str]:
     return child_process("-c", code)
 
 
+def _count(client: httpx.Client, status: str) -> int:
+    r = client.get(f"/threads?status={status}&limit=1000")
+    r.raise_for_status()
+    return len(r.json())
+
+
+def _wait_count(client: httpx.Client, status: str, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _count(client, status) != n:
+        assert time.monotonic() < deadline, f"{status}: {_count(client, status)}, wanted {n}"
+        time.sleep(0.1)
+
+
+def _timed(samples: list[float], send: Callable[[], httpx.Response]) -> httpx.Response:
+    t0 = time.perf_counter()
+    r = send()
+    samples.append(time.perf_counter() - t0)
+    time.sleep(0.01)
+    return r
+
+
 def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
-    """Acks while `running` threads keep calling a 100 ms model and a tool.
-    The threads the measured requests start get a text answer at once, so
-    the load stays what it was."""
+    """How long `threadbot serve` takes to acknowledge a person's response,
+    over HTTP and as a reply in a Slack thread, while `running` threads keep
+    calling a 100 ms model and a tool. The answered threads (started for the
+    purpose: they ask a question at once) then end at once, so the load stays
+    what it was. The launches of those threads are timed too."""
     model_args = ["--tool", "lookup", "--arguments", '{"name": "x"}', "--delay", "0.1"]
     with (
-        model_server_process(*model_args, "--finish-on", "ack-probe") as model_url,
+        model_server_process(*model_args, "--ask-on", "ack-probe") as model_url,
         slack_process() as slack_url,
     ):
         (work / "ledger.txt").touch()
@@ -206,45 +231,66 @@ def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
             "SLACK_API_URL": slack_url,
         }
         server = ServerProcess(env).start()
+        timed: dict[str, list[float]] = {
+            "http_launch": [],
+            "http_response": [],
+            "slack_mention": [],
+            "slack_reply": [],
+        }
         try:
             with httpx.Client(base_url=server.url) as client:
                 for i in range(running):
                     client.post("/threads", json={"text": f"busy {i}"})
                 time.sleep(1.0)
-                n_running = len(client.get("/threads?status=running&limit=1000").json())
-                http: list[float] = []
-                for i in range(samples):
-                    t0 = time.perf_counter()
-                    r = client.post("/threads", json={"text": f"ack-probe {i}"})
-                    http.append(time.perf_counter() - t0)
-                    assert r.status_code == 201
-                    time.sleep(0.01)
-            sender = SlackSender(server.url)
-            slack_acks: list[float] = []
-            with httpx.Client() as client:
-                for i in range(samples):
-                    event = {
-                        "type": "app_mention",
-                        "user": "U1",
-                        "channel": "CACK",
-                        "ts": f"{2000 + i}.000100",
-                        "text": f"<@{BOT_USER}> ack-probe {i}",
-                    }
-                    body, headers = sender.signed_event(event)
-                    t0 = time.perf_counter()
-                    r = client.post(sender.url, content=body, headers=headers)
-                    slack_acks.append(time.perf_counter() - t0)
-                    assert r.status_code == 200
-                    time.sleep(0.01)
+                n_running = _count(client, "running")
+                probes = [
+                    _timed(
+                        timed["http_launch"],
+                        partial(client.post, "/threads", json={"text": f"ack-probe {i}"}),
+                    ).json()["id"]
+                    for i in range(samples)
+                ]
+                _wait_count(client, "waiting_for_human", samples)
+                for thread_id in probes:
+                    r = _timed(
+                        timed["http_response"],
+                        partial(
+                            client.post, f"/threads/{thread_id}/responses", json={"text": "yes"}
+                        ),
+                    )
+                    assert r.status_code == 202, r.text
+                _wait_count(client, "waiting_for_human", 0)
+
+                sender = SlackSender(server.url)
+                with httpx.Client() as slack:
+
+                    def event(payload: dict[str, Any]) -> httpx.Response:
+                        body, headers = sender.signed_event(payload)
+                        return slack.post(sender.url, content=body, headers=headers)
+
+                    mention = {"type": "app_mention", "user": "U1", "channel": "CACK"}
+                    for i in range(samples):
+                        root = f"{2000 + i}.000100"
+                        text = f"<@{BOT_USER}> ack-probe {i}"
+                        r = _timed(
+                            timed["slack_mention"],
+                            partial(event, {**mention, "ts": root, "text": text}),
+                        )
+                        assert r.status_code == 200
+                    _wait_count(client, "waiting_for_human", samples)
+                    reply = {"type": "message", "user": "U1", "channel": "CACK", "text": "yes"}
+                    for i in range(samples):
+                        p = {**reply, "ts": f"{5000 + i}.000100", "thread_ts": f"{2000 + i}.000100"}
+                        r = _timed(timed["slack_reply"], partial(event, p))
+                        assert r.status_code == 200
+                    _wait_count(client, "waiting_for_human", 0)
         finally:
             server.stop()
-    return {
-        "running_threads": n_running,
-        "http_ack_p50_ms": round(statistics.median(http) * 1e3, 2),
-        "http_ack_p99_ms": round(_pct(http, 0.99) * 1e3, 2),
-        "slack_ack_p50_ms": round(statistics.median(slack_acks) * 1e3, 2),
-        "slack_ack_p99_ms": round(_pct(slack_acks, 0.99) * 1e3, 2),
-    }
+    report: dict[str, Any] = {"running_threads": n_running, "samples_each": samples}
+    for name, values in timed.items():
+        report[f"{name}_ack_p50_ms"] = round(statistics.median(values) * 1e3, 2)
+        report[f"{name}_ack_p99_ms"] = round(_pct(values, 0.99) * 1e3, 2)
+    return report
 
 
 def run_scale(json_path: str | None) -> int:
