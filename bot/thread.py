@@ -165,9 +165,11 @@ class Fold:
         "_batch_of",
         "_closing",
         "_delivered",
+        "_delivered_shared",
         "_ended",
         "_failed_batches",
         "_previous_was_call",
+        "_resolved_shared",
         "errors",
         "last_error",
         "n",
@@ -191,6 +193,10 @@ class Fold:
         # The closing answer or failure, for delivery; and what was delivered.
         self._closing: int | None = None
         self._delivered: set[int] = set()
+        # `resolved` and `_delivered` grow with the thread: a copy of the fold,
+        # or a state taken from it, shares them until one side adds to them.
+        self._resolved_shared = False
+        self._delivered_shared = False
         self._previous_was_call = False
         # A model turn whose calls fail counts as one error, however many
         # calls it made.
@@ -202,7 +208,7 @@ class Fold:
         other = Fold.__new__(Fold)
         other.n = self.n
         other.open_calls = self.open_calls.copy()
-        other.resolved = self.resolved.copy()
+        other.resolved = self.resolved
         other.errors = self.errors
         other.turns = self.turns
         other.last_error = self.last_error
@@ -210,7 +216,9 @@ class Fold:
         other.title = self.title
         other._ended = self._ended
         other._closing = self._closing
-        other._delivered = self._delivered.copy()
+        other._delivered = self._delivered
+        self._resolved_shared = other._resolved_shared = True
+        self._delivered_shared = other._delivered_shared = True
         other._previous_was_call = self._previous_was_call
         other._batch = self._batch
         other._batch_of = self._batch_of.copy()
@@ -237,9 +245,12 @@ class Fold:
                 self.open_calls[e.call_id] = OpenCall(e, seq)
                 self._ended = None
             case ToolResult():
-                if self.open_calls.pop(e.call_id, None) is not None:
-                    # An approved call stays settled by its approver.
-                    self.resolved.setdefault(e.call_id, Resolution("result", seq, e.source))
+                # An approved call stays settled by its approver.
+                if (
+                    self.open_calls.pop(e.call_id, None) is not None
+                    and e.call_id not in self.resolved
+                ):
+                    self._resolve(e.call_id, Resolution("result", seq, e.source))
                 batch = self._batch_of.pop(e.call_id, -1)
                 if e.is_error:
                     if batch not in self._failed_batches:
@@ -252,20 +263,22 @@ class Fold:
                 c = self.open_calls.get(e.call_id)
                 if c is not None and e.approved:
                     self.open_calls[e.call_id] = OpenCall(c.call, c.seq, e)
-                    self.resolved[e.call_id] = Resolution("approved", seq, e.source)
+                    self._resolve(e.call_id, Resolution("approved", seq, e.source))
                 elif c is not None:
                     del self.open_calls[e.call_id]
                     self._batch_of.pop(e.call_id, None)
-                    self.resolved[e.call_id] = Resolution("rejected", seq, e.source)
+                    self._resolve(e.call_id, Resolution("rejected", seq, e.source))
                 self.errors = self.turns = 0
             case ToolStarted():
                 if (c := self.open_calls.get(e.call_id)) is not None:
                     self.open_calls[e.call_id] = OpenCall(c.call, c.seq, c.approval, started=True)
             case Delivered():
+                if self._delivered_shared:
+                    self._delivered, self._delivered_shared = set(self._delivered), False
                 self._delivered.add(e.of_seq)
             case HumanResponse():
                 if self.open_calls.pop(e.call_id, None) is not None:
-                    self.resolved[e.call_id] = Resolution("answer", seq, e.source)
+                    self._resolve(e.call_id, Resolution("answer", seq, e.source))
                 self._batch_of.pop(e.call_id, None)
                 self.errors = self.turns = 0
             case UserMessage():
@@ -287,6 +300,11 @@ class Fold:
                     self._ended = "failed"
                     self._closing = seq
         self._previous_was_call = is_call
+
+    def _resolve(self, call_id: str, resolution: Resolution) -> None:
+        if self._resolved_shared:
+            self.resolved, self._resolved_shared = dict(self.resolved), False
+        self.resolved[call_id] = resolution
 
     def state(self) -> ThreadState:
         calls = tuple(self.open_calls.values())
@@ -314,6 +332,7 @@ class Fold:
         else:
             status = "running"
 
+        self._resolved_shared = True  # the state holds it from now on
         # Only what is still relevant is delivered: open questions and
         # approval requests, and the closing answer or failure.
         wanted = [c.seq for c in calls if c.call.name == HUMAN_INPUT or c.call.requires_approval]
@@ -323,7 +342,7 @@ class Fold:
             status=status,
             pending=pending,
             open_calls=calls,
-            resolved=self.resolved.copy(),
+            resolved=self.resolved,
             consecutive_errors=self.errors,
             turns_since_human=self.turns,
             last_seq=self.n - 1,

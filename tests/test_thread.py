@@ -249,5 +249,25 @@ def test_a_fold_copy_carries_every_field() -> None:
     for name in Fold.__slots__:
         value = getattr(copy, name)
         assert value == getattr(fold, name)
-        if isinstance(value, dict | set):
+        if isinstance(value, dict | set) and name not in ("resolved", "_delivered"):
             assert value is not getattr(fold, name)
+
+
+def test_a_fold_and_its_copies_and_states_never_see_each_others_events() -> None:
+    """The maps that grow with a thread are shared until one side adds to
+    them; each side sees only its own events."""
+    fold = Fold().extend([hi(), question(), deploy()])
+    before = fold.state()
+    answered = fold.copy().extend(
+        [HumanResponse(call_id="q1", text="1.4", source=BOB), Delivered(of_seq=1, channel="x")]
+    )
+    approved = fold.copy().extend([Approval(call_id="d1", approved=True, source=BOB)])
+    assert set(before.resolved) == set(fold.state().resolved) == set()
+    assert set(answered.state().resolved) == {"q1"}
+    assert set(approved.state().resolved) == {"d1"}
+    assert before.undelivered == fold.state().undelivered == approved.state().undelivered
+    assert 1 not in answered.state().undelivered and 1 in before.undelivered
+    later = answered.state()
+    answered.extend([Approval(call_id="d1", approved=False, source=BOB)])
+    assert set(later.resolved) == {"q1"}  # a state taken earlier keeps its view
+    assert set(answered.state().resolved) == {"q1", "d1"}
