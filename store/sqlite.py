@@ -28,7 +28,7 @@ from sqlite_utils import Database
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
 from .migrations import migrations
-from .writer import GroupCommit
+from .writer import GroupCommit, without_fsync
 
 __all__ = ["EventStore", "NewRow", "ThreadRow"]
 
@@ -218,12 +218,8 @@ class EventStore:
         conn = self.db.conn
         if conn.in_transaction:
             return op(conn)
-        conn.execute("PRAGMA synchronous = OFF")
-        try:
-            with self.db.atomic():
-                return op(conn)
-        finally:
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        with without_fsync(conn, self._synchronous), self.db.atomic():
+            return op(conn)
 
     def changed_elsewhere(self) -> bool:
         """Whether another connection (another process, mostly) committed

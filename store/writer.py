@@ -22,14 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "without_fsync"]
 
 T = TypeVar("T")
 
 Op = Callable[[sqlite3.Connection], Any]
+
+
+@contextmanager
+def without_fsync(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
+    """Commits on `conn` skip the fsync meanwhile; then its own setting,
+    `synchronous`, is back."""
+    conn.execute("PRAGMA synchronous = OFF")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
 class GroupCommit:
@@ -63,13 +75,8 @@ class GroupCommit:
             return
         conn = self._conn
         try:
-            if not durable:
-                conn.execute("PRAGMA synchronous = OFF")
-            try:
+            with nullcontext() if durable else without_fsync(conn, self._synchronous):
                 results = _commit(conn, [(op, d) for op, d, _ in jobs])
-            finally:
-                if not durable:
-                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except Exception as e:  # a closed connection, say: nobody may wait forever
             results = [(False, e)] * len(jobs)
         for (_, _, fut), (ok, value) in zip(jobs, results, strict=True):

@@ -29,7 +29,8 @@ ANSWER = "Version 1.4.2, after the migration ran. " + "y" * 160
 
 class InstantModel:
     """A minimal HTTP/1.1 Chat Completions server on the event loop: every
-    request gets a `request_human_input` call at once. Records when each
+    request gets a call of `tool` after `delay` (see `rounds` and `ask_on`
+    for the exceptions). Records when each
     request arrived: the moment its last byte was read (a protocol that only
     collects the pieces, so a long body costs the server little)."""
 
