@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bot.context import build_messages
@@ -63,10 +64,9 @@ def test_a_full_thread_is_paired_and_in_order() -> None:
     assert messages[3]["content"] == "1.4.2"
     assert messages[5]["content"].startswith("deployed")
     assert "approved by Bob" in messages[5]["content"]
-    assert messages[2]["tool_calls"][0]["function"] == {
-        "name": "request_human_input",
-        "arguments": '{"question": "Which?"}',
-    }
+    function = messages[2]["tool_calls"][0]["function"]
+    assert function["name"] == "request_human_input"
+    assert json.loads(function["arguments"]) == {"question": "Which?"}
 
 
 def test_a_pending_call_is_never_sent() -> None:
@@ -79,7 +79,7 @@ def test_a_pending_call_is_never_sent() -> None:
     messages = build_messages(events, "SYS")
     assert_paired(messages)
     assert [c["id"] for c in messages[2]["tool_calls"]] == ["a"]
-    assert messages[3]["content"] == '{"ok": 1}'
+    assert json.loads(messages[3]["content"]) == {"ok": 1}
     # With nothing settled, the call is left out altogether.
     only_pending = build_messages(events[:3], "SYS")
     assert [m["role"] for m in only_pending] == ["system", "user"]

@@ -131,7 +131,7 @@ async def test_deferred_result(bot: ThreadBot, fake_openai: FakeOpenAI, ledger: 
     await bot.post_result(thread_id, call_id, {"bytes": 1024})
     view = await settled(bot, thread_id)
     assert view.state.status == "done"
-    assert fake_openai.requests[1]["messages"][-1]["content"] == '{"bytes": 1024}'
+    assert json.loads(fake_openai.requests[1]["messages"][-1]["content"]) == {"bytes": 1024}
 
 
 async def test_mismatched_responses_are_refused_and_write_nothing(

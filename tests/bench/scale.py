@@ -61,7 +61,7 @@ class SlowModel:
     async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
         self.requests += 1
         await asyncio.sleep(self.delay)
-        results = sum(p.startswith(b'{"role": "tool"') for p in context.parts)
+        results = sum(p.startswith(b'{"role":"tool"') for p in context.parts)
         if results >= self.rounds:
             return ModelReply(text="done")
         return ModelReply(calls=(ModelCall(f"call_{uuid.uuid4().hex[:12]}", ASK, ARGUMENTS),))
