@@ -113,6 +113,9 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Slack's API keeps connections open between calls.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 

@@ -104,13 +104,16 @@ def message(channel: str, text_: str, user: str = "U1", **extra: Any) -> dict[st
 
 
 def thread_of(server: ServerProcess, status: str | None = None) -> dict[str, Any]:
-    """The newest thread (optionally waiting for `status`)."""
+    """The newest thread (optionally once it is `status` and what it posted
+    is recorded as delivered: the post reaches Slack a moment before)."""
     deadline = time.monotonic() + 10
     while True:
         listed = httpx.get(server.url + "/threads").json()
         if listed:
             body: dict[str, Any] = httpx.get(server.url + f"/threads/{listed[0]['id']}").json()
-            if status is None or body["status"] == status:
+            if status is None or (
+                body["status"] == status and body["events"][-1]["type"] == "delivered"
+            ):
                 return body
         if time.monotonic() > deadline:
             raise AssertionError(f"no thread reached {status}")
