@@ -19,7 +19,7 @@ from typing import Any
 from store import EventStore, NewRow, SeqConflict, UnknownThread
 
 from .errors import ThreadNotFound
-from .events import Event, dump_event, load_events, load_events_json
+from .events import Event, dump_event, load_events, load_events_json, untrack
 from .thread import Fold, ThreadState, waiting_summary
 
 __all__ = ["Thread", "ThreadLog"]
@@ -136,6 +136,7 @@ class ThreadLog:
             self._fresh.add(thread_id)
             return held
         new = load_events(bodies)
+        untrack(new)
         fold = held.fold.copy().extend(new)
         return self._keep(Thread(thread_id, held.events + new, fold, fold.state()))
 
@@ -190,6 +191,7 @@ class ThreadLog:
     def _prepare_append(
         self, thread: Thread, new: Sequence[Event]
     ) -> tuple[Thread, dict[str, Any]]:
+        untrack(new)
         fold = thread.fold.copy().extend(new)
         state = fold.state()
         projection = {
