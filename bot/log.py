@@ -149,6 +149,7 @@ class ThreadLog:
     def _prepare_create(
         self, thread_id: str, events: Sequence[Event], parent: tuple[str, int] | None
     ) -> tuple[Thread, dict[str, Any]]:
+        untrack(events)
         fold = Fold().extend(events)
         state = fold.state()
         origin = state.origin.model_dump_json(exclude_none=True) if state.origin else "{}"

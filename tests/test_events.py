@@ -126,15 +126,16 @@ async def test_two_logs_on_one_loop_see_each_others_appends(tmp_path: Path) -> N
 
 def test_events_kept_in_memory_are_out_of_the_cycle_collectors_view(tmp_path: Path) -> None:
     """A running thread's events stay cached; the collector, which stops the
-    process while it scans new objects, need not look at them: appended and
-    caught-up events are untracked, and still freed when dropped."""
+    process while it scans new objects, need not look at them: created,
+    appended and caught-up events are untracked, and still freed when dropped."""
     import gc
     import weakref
 
     output = {"rows": [1, 2]}  # a tool's own object
     mine = ThreadLog(EventStore(tmp_path / "t.db"))
     theirs = ThreadLog(EventStore(tmp_path / "t.db"))
-    mine.create_sync("t1", SAMPLES[:1])
+    first = UserMessage(text="hi", source=Source(channel="http"))
+    mine.create_sync("t1", [first])
     theirs.load("t1")
     appended = [
         ToolCall(call_id="c9", name="deploy", arguments={"service": "api", "tags": ["a"]}),
@@ -145,7 +146,7 @@ def test_events_kept_in_memory_are_out_of_the_cycle_collectors_view(tmp_path: Pa
     mine.append_sync(mine.load("t1"), appended)
     caught_up = theirs.load("t1").events[1:]  # what another log catches up on
 
-    for e in [*appended, *caught_up]:
+    for e in [first, *appended, *caught_up]:
         assert not gc.is_tracked(e)
         assert not gc.is_tracked(e.__dict__)
         assert not gc.is_tracked(e.__pydantic_fields_set__)
