@@ -57,6 +57,17 @@ def _rows(events: Iterable[Event]) -> list[NewRow]:
     return [NewRow(e.type, dump_event(e), e.key) for e in events]
 
 
+def _projection(thread: Thread) -> dict[str, Any]:
+    """The thread's row as its events make it (what an append changes in it
+    besides its last seq)."""
+    state = thread.state
+    return {
+        "status": state.status,
+        "undelivered": bool(state.undelivered),
+        "waiting": waiting_summary(state),
+    }
+
+
 class ThreadLog:
     def __init__(self, store: EventStore, *, cache_events: int = 20_000) -> None:
         self.store = store
@@ -151,17 +162,15 @@ class ThreadLog:
     ) -> tuple[Thread, dict[str, Any]]:
         untrack(events)
         fold = Fold().extend(events)
-        state = fold.state()
-        origin = state.origin.model_dump_json(exclude_none=True) if state.origin else "{}"
+        thread = Thread(thread_id, list(events), fold, fold.state())
+        origin = thread.state.origin
         projection = {
-            "status": state.status,
-            "title": state.title,
-            "origin": origin,
+            **_projection(thread),
+            "title": thread.state.title,
+            "origin": origin.model_dump_json(exclude_none=True) if origin else "{}",
             "parent": parent,
-            "undelivered": bool(state.undelivered),
-            "waiting": waiting_summary(state),
         }
-        return Thread(thread_id, list(events), fold, state), projection
+        return thread, projection
 
     async def create(
         self,
@@ -189,34 +198,30 @@ class ThreadLog:
         self.store.create(thread_id, _rows(events), routes=routes, **projection)
         return self._keep(thread)
 
-    def _prepare_append(
-        self, thread: Thread, new: Sequence[Event]
-    ) -> tuple[Thread, dict[str, Any]]:
-        untrack(new)
-        fold = thread.fold.copy().extend(new)
-        state = fold.state()
-        projection = {
-            "status": state.status,
-            "undelivered": bool(state.undelivered),
-            "waiting": waiting_summary(state),
-        }
-        return Thread(thread.id, thread.events + list(new), fold, state), projection
-
     def preview(self, thread: Thread, new: Sequence[Event]) -> Thread:
         """The thread as it will be once `new` is appended after what it
         holds; nothing is stored."""
-        return self._prepare_append(thread, new)[0]
+        untrack(new)
+        fold = thread.fold.copy().extend(new)
+        return Thread(thread.id, thread.events + list(new), fold, fold.state())
 
     async def append(
-        self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()
+        self,
+        thread: Thread,
+        new: Sequence[Event],
+        *,
+        routes: Iterable[str] = (),
+        after: Thread | None = None,
     ) -> Thread:
         """Append `new` after what `thread` holds and return the thread with
         them, once they are on disk. Raises `SeqConflict` if another writer
-        got there first."""
-        after, projection = self._prepare_append(thread, new)
+        got there first. `after`: this append's `preview`, when the caller
+        made one already."""
+        if after is None:
+            after = self.preview(thread, new)
         try:
             await self.store.append_async(
-                thread.id, len(thread.events), _rows(new), routes=routes, **projection
+                thread.id, len(thread.events), _rows(new), routes=routes, **_projection(after)
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
@@ -229,10 +234,10 @@ class ThreadLog:
         self, thread: Thread, new: Sequence[Event], *, routes: Iterable[str] = ()
     ) -> Thread:
         """`append` on the caller's thread (scripts, fixtures)."""
-        after, projection = self._prepare_append(thread, new)
+        after = self.preview(thread, new)
         try:
             seq = len(thread.events)
-            self.store.append(thread.id, seq, _rows(new), routes=routes, **projection)
+            self.store.append(thread.id, seq, _rows(new), routes=routes, **_projection(after))
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:

@@ -318,15 +318,17 @@ class Runner:
         except SeqConflict:
             return self.log.load(thread.id)
 
-    async def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
+    async def _append_outcome(
+        self, thread: Thread, new: Sequence[Event], call_id: str, after: Thread | None = None
+    ) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
         lost to a concurrent append. Dropped only if the call was settled
-        meanwhile by someone else."""
+        meanwhile by someone else. `after`: the append's preview, if made."""
         while True:
             try:
-                return await self.log.append(thread, new)
+                return await self.log.append(thread, new, after=after)
             except SeqConflict:
-                thread = self.log.load(thread.id)
+                thread, after = self.log.load(thread.id), None
                 if all(c.call.call_id != call_id for c in thread.state.open_calls):
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
@@ -437,8 +439,8 @@ class Runner:
         and its reply is appended only after the outcome, and only if nothing
         else came in between (otherwise the reply is dropped and the model
         asked again about what is there)."""
-        recording = asyncio.ensure_future(self._append_outcome(thread, [done], call_id))
         expected = self.log.preview(thread, [done])
+        recording = asyncio.ensure_future(self._append_outcome(thread, [done], call_id, expected))
         if not isinstance(self._decide(expected), CallModel):
             return await recording
         try:
