@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,16 +29,17 @@ from .events import (
 )
 from .log import ThreadLog
 from .model import Model
+from .people import People, may_settle
 from .render import thread_json, thread_markdown
 from .runner import Outbound, Runner
 from .thread import OpenCall, ThreadState, derive, waiting_summary
 from .tools import Toolbox
 
-__all__ = ["OPERATOR_CHANNELS", "Receipt", "ThreadBot", "ThreadView"]
+__all__ = ["IN_PROCESS", "Receipt", "ThreadBot", "ThreadView"]
 
-OPERATOR_CHANNELS = frozenset({"http", "cli", "api", "system"})
-"""Sources that are authenticated as the operator (API token, shell access):
-they may answer and decide anything."""
+IN_PROCESS = Source(channel="api", auth="python", admin=True)
+"""Calls made by code in this process, without a source of their own: the
+operator's."""
 
 Kind = Literal["question", "approval", "result"]
 
@@ -66,18 +67,6 @@ class ThreadView:
         return thread_markdown(self.id, self.state, self.events)
 
 
-def participants(events: Iterable[Event]) -> set[str]:
-    """Everyone who has written in the thread."""
-    return {
-        e.source.user
-        for e in events
-        if isinstance(e, UserMessage | HumanResponse) and e.source.user is not None
-    }
-
-
-MayAnswer = Callable[[ThreadState, list[Event], OpenCall, Source], bool]
-
-
 class ThreadBot:
     def __init__(
         self,
@@ -90,16 +79,15 @@ class ThreadBot:
         max_errors: int = 3,
         retry_delay: float = 1.0,
         outbound: Mapping[str, Outbound] | None = None,
-        approvers: Mapping[str, Collection[str]] | None = None,
-        may_answer: MayAnswer | None = None,
+        people: People | None = None,
     ) -> None:
         self._path = store.path
         self._local = threading.local()
         self._local.log = ThreadLog(store)
         self.model = model
         self.tools = tools or Toolbox()
-        self.approvers = {k: frozenset(v) for k, v in (approvers or {}).items()}
-        self.may_answer = may_answer or self._default_may_answer
+        self.people = people or People()
+        """Who is who across channels, and who approves by default."""
         self._runner_settings: dict[str, Any] = {
             "system_prompt": system_prompt,
             "max_turns": max_turns,
@@ -156,7 +144,7 @@ class ThreadBot:
         With a `key` already used, returns the thread that key started."""
         if not text.strip():
             raise UsageError("a thread starts with a non-empty message")
-        first = UserMessage(text=text, source=source or Source(channel="api"), key=key)
+        first = UserMessage(text=text, source=source or IN_PROCESS, key=key)
         thread_id = uuid.uuid4().hex[:16]
         try:
             await self.log.create(thread_id, [first], routes=routes)
@@ -173,7 +161,7 @@ class ThreadBot:
         takes an answer or a decision instead."""
         if not text.strip():
             raise UsageError("a message cannot be empty")
-        event = UserMessage(text=text, source=source or Source(channel="api"), key=key)
+        event = UserMessage(text=text, source=source or IN_PROCESS, key=key)
 
         def build(state: ThreadState, events: list[Event]) -> Event:
             if state.pending is not None and state.pending.kind != "result":
@@ -198,7 +186,7 @@ class ThreadBot:
         key: str | None = None,
     ) -> Receipt:
         """Answer a question the agent asked (`request_human_input`)."""
-        src = source or Source(channel="api")
+        src = source or IN_PROCESS
 
         def make(c: OpenCall) -> Event:
             return HumanResponse(
@@ -220,7 +208,7 @@ class ThreadBot:
     ) -> Receipt:
         """Approve or reject a call waiting for approval. A rejection's
         comment reaches the model; an approval may edit the arguments."""
-        src = source or Source(channel="api")
+        src = source or IN_PROCESS
 
         def make(c: OpenCall) -> Event:
             if arguments is not None:
@@ -249,7 +237,7 @@ class ThreadBot:
         key: str | None = None,
     ) -> Receipt:
         """Post the outcome of a deferred call."""
-        src = source or Source(channel="api")
+        src = source or IN_PROCESS
 
         def make(c: OpenCall) -> Event:
             return ToolResult(
@@ -296,9 +284,18 @@ class ThreadBot:
     ) -> OpenCall:
         """The open call `source` would settle, if it may."""
         c = self._find(thread_id, state, kind, call_id)
-        if not self.may_answer(state, events, c, source):
+        why = may_settle(
+            self.people,
+            events,
+            kind=kind,
+            call_seq=c.seq,
+            approvers=c.call.approvers,
+            self_approval=c.call.self_approval is not False,
+            source=source,
+        )
+        if why is not None:
             raise NotAllowed(
-                f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}"
+                f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}: {why}"
             )
         return c
 
@@ -343,21 +340,6 @@ class ThreadBot:
             by = last.source.who()
             raise AlreadyAnswered(f"{message}; the last one came from {by}", by, last.source.user)
         raise NotWaiting(message)
-
-    def _default_may_answer(
-        self, state: ThreadState, events: list[Event], c: OpenCall, source: Source
-    ) -> bool:
-        if source.channel in OPERATOR_CHANNELS:
-            return True
-        user = source.user
-        if user is None:
-            return False
-        if c.call.requires_approval and c.waits_for == "approval":
-            allowed = set(c.call.approvers) or set(self.approvers.get(source.channel, ()))
-            if not allowed and state.origin is not None and state.origin.user:
-                allowed = {state.origin.user}
-            return user in allowed
-        return user in participants(events) or user in self.approvers.get(source.channel, ())
 
     async def _write(
         self,

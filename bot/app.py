@@ -19,6 +19,7 @@ from .context import DEFAULT_SYSTEM_PROMPT
 from .demo import DemoModel
 from .errors import UsageError
 from .model import Model, OpenAIModel
+from .people import People
 from .process import tune_for_serving
 from .tools import load_tools
 
@@ -42,6 +43,12 @@ def build_model(settings: Settings) -> Model:
     )
 
 
+def build_people(settings: Settings) -> People:
+    return People.load(
+        settings.people_file, approvers=settings.approvers, senders=settings.email_senders
+    )
+
+
 def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
     return ThreadBot(
         store or EventStore(settings.db),
@@ -49,6 +56,7 @@ def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
         load_tools(settings.tools or DEFAULT_TOOLS),
         system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
         max_turns=settings.max_turns,
+        people=build_people(settings),
     )
 
 
@@ -118,13 +126,11 @@ async def serve(settings: Settings) -> None:
             )
         slack = SlackChannel(bot, slack_settings)
         bot.add_channel("slack", slack)
-        bot.approvers["slack"] = frozenset(slack_settings.approvers)
     email_settings = EmailSettings.from_env(outbox=_outbox_beside(settings.db))
     mail: EmailChannel | None = None
     if email_settings is not None:
         mail = EmailChannel(bot, email_settings)
         bot.add_channel("email", mail)
-        bot.approvers["email"] = frozenset(email_settings.approvers)
     http_slack = slack is not None and not slack.settings.socket_mode
     open_paths = web.OPEN_PATHS + (("/slack/events",) if http_slack else ())
     app = create_app(bot, token=settings.api_token, open_paths=open_paths)

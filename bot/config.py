@@ -26,6 +26,12 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise UsageError(f"{name} must be a whole number, not {raw!r}") from None
 
 
+def _list(env: Mapping[str, str], *names: str) -> tuple[str, ...]:
+    """Comma-separated values of one or more variables, in order, once each."""
+    items = (x.strip() for name in names for x in (env.get(name) or "").split(","))
+    return tuple(dict.fromkeys(x for x in items if x))
+
+
 @dataclass(frozen=True)
 class Settings:
     db: str = "./threadbot.db"
@@ -43,6 +49,13 @@ class Settings:
     system_prompt: str | None = None
     max_turns: int = 25
     model_timeout: float = 120.0
+    people_file: str | None = None
+    """THREADBOT_PEOPLE: a TOML file of people (names, Slack ids, addresses, groups)."""
+    approvers: tuple[str, ...] = ()
+    """THREADBOT_APPROVERS, with THREADBOT_SLACK_APPROVERS and
+    THREADBOT_EMAIL_APPROVERS as aliases: who decides calls whose tool names nobody."""
+    email_senders: tuple[str, ...] = ()
+    """THREADBOT_EMAIL_SENDERS: addresses and @domains that may start threads by mail."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -58,6 +71,11 @@ class Settings:
             system_prompt=env.get("THREADBOT_SYSTEM_PROMPT") or None,
             max_turns=_int(env, "THREADBOT_MAX_TURNS", cls.max_turns),
             model_timeout=float(_int(env, "THREADBOT_MODEL_TIMEOUT", int(cls.model_timeout))),
+            people_file=env.get("THREADBOT_PEOPLE") or None,
+            approvers=_list(
+                env, "THREADBOT_APPROVERS", "THREADBOT_SLACK_APPROVERS", "THREADBOT_EMAIL_APPROVERS"
+            ),
+            email_senders=_list(env, "THREADBOT_EMAIL_SENDERS"),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

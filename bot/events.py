@@ -55,9 +55,29 @@ class Source(BaseModel):
     """A display name, when the platform gives one."""
     refs: dict[str, str] = Field(default_factory=dict)
     """Platform references: Slack channel and ts, email Message-ID."""
+    auth: str | None = None
+    """How the person was authenticated, never what a request claimed:
+    `slack` (a signed request or the Socket Mode connection), `email:signed`
+    (a reply to the signed address sent to them), `email:thread` (a mail
+    routed by its headers: a message, never a decision), `session:email` or
+    `session:slack` (the web page after sign-in), `token:ID` (an API token),
+    `admin-token`, `operator` (loopback with no people configured), `cli`."""
+    person: str | None = None
+    """The people directory's id for them, when they are in it."""
+    admin: bool | None = None
+    """True when authenticated as an operator: may answer and decide anything."""
+    by: str | None = None
+    """Who acted, when an admin acted on `user`'s behalf."""
 
     def who(self) -> str:
         return self.name or self.user or self.channel
+
+    def how(self) -> str:
+        """Who, and how they were authenticated, for people to read."""
+        who = self.who()
+        if self.by:
+            who = f"{who} (by {self.by})"
+        return f"{who} via {self.auth}" if self.auth else who
 
 
 class _Base(BaseModel):
@@ -96,8 +116,11 @@ class ToolCall(_Base):
     requires_approval: bool = False
     """Copied from the tool's definition when the call was made."""
     approvers: tuple[str, ...] = ()
-    """Who may approve, copied from the tool's definition; empty means the
-    channel's default (its approvers, else the person who started the thread)."""
+    """Who may approve, copied from the tool's definition: people, `group:`s,
+    Slack ids, addresses. Empty means the deployment's default approvers."""
+    self_approval: bool | None = None
+    """False when the person whose message led to the call may not approve
+    it (four eyes), copied from the tool's definition."""
 
 
 class ToolStarted(_Base):

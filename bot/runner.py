@@ -404,6 +404,7 @@ class Runner:
                     text=reply.text if i == 0 else None,
                     requires_approval=bool(t and t.requires_approval) and problem is None,
                     approvers=t.approvers if t else (),
+                    self_approval=None if t is None or t.self_approval else False,
                 )
             )
             if problem is not None:

@@ -71,6 +71,7 @@ class Tool:
         requires_approval: bool = False,
         idempotent: bool = False,
         approvers: Iterable[str] = (),
+        self_approval: bool = True,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -78,6 +79,7 @@ class Tool:
         self.requires_approval = requires_approval
         self.idempotent = idempotent
         self.approvers = tuple(approvers)
+        self.self_approval = self_approval
         self.is_async = inspect.iscoroutinefunction(fn)
         self._context_param: str | None = None
         self.arguments_model = self._model_from_signature(fn)
@@ -179,6 +181,7 @@ def tool(
     requires_approval: bool = False,
     idempotent: bool = False,
     approvers: Iterable[str] = (),
+    self_approval: bool = True,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -189,11 +192,15 @@ def tool(
     requires_approval: bool = False,
     idempotent: bool = False,
     approvers: Iterable[str] = (),
+    self_approval: bool = True,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Register a function as a tool: `@tool` or `@tool(requires_approval=True)`.
 
-    `approvers` names who may approve (platform user ids or email addresses);
-    by default the channel's approvers, else the person who started the thread.
+    `approvers` names who may approve: people of the people file, `group:NAME`,
+    Slack user ids or addresses; by default THREADBOT_APPROVERS, else the
+    person who started the thread if the deployment knows them, else the
+    admins. `self_approval=False` asks for four eyes: the person whose message
+    led to the call may not approve it, even if listed.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -204,6 +211,7 @@ def tool(
             requires_approval=requires_approval,
             idempotent=idempotent,
             approvers=approvers,
+            self_approval=self_approval,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -23,6 +23,7 @@ from bot import (
 )
 from bot.context import DEFAULT_SYSTEM_PROMPT, build_messages
 from bot.events import ToolResult
+from bot.people import People, Person
 from bot.runner import Runner
 from bot.tools import ToolContext
 from store import EventStore
@@ -75,7 +76,7 @@ async def test_approve_runs_the_tool_once(
     assert view.state.status == "waiting_for_approval"
     assert view.state.pending.name == "deploy"
     assert ledger.read_text() == ""  # nothing ran before the approval
-    await bot.decide(thread_id, True, source=Source(channel="http", name="ops"))
+    await bot.decide(thread_id, True, source=Source(channel="http", name="ops", admin=True))
     view = await settled(bot, thread_id)
     assert view.state.status == "done"
     call_id = view.events[1].call_id
@@ -156,7 +157,7 @@ async def test_mismatched_responses_are_refused_and_write_nothing(
         await bot.respond("nope", "x")
     assert len(bot.get(thread_id).events) == before
     await bot.respond(
-        thread_id, "1.4.2", call_id=question, source=Source(channel="http", name="Ann")
+        thread_id, "1.4.2", call_id=question, source=Source(channel="http", name="Ann", admin=True)
     )
     await settled(bot, thread_id)
     with pytest.raises(AlreadyAnswered, match=r"already settled .* by Ann") as caught:
@@ -403,7 +404,9 @@ async def test_questions_and_answers_are_delivered_once_to_the_origin(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
     channel = RecordingChannel()
-    b = make_bot(db_path, fake_openai, outbound={"fake": channel})
+    # U1 is known to the deployment, so they may approve their own request.
+    people = People([Person("ann", slack="U1")])
+    b = make_bot(db_path, fake_openai, outbound={"fake": channel}, people=people)
     fake_openai.add(
         ask("Which?"), calls(("deploy", {"service": "a", "version": "1"})), text("Done.")
     )
