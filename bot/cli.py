@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import json
 import sys
 import time
@@ -213,7 +214,7 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
     from .events import Source
 
     bot = build_bot(settings)
-    src = Source(channel="cli", user="cli", name="cli")
+    src = Source(channel="cli", user=getpass.getuser(), auth="cli", admin=True)
     try:
         c = args.command
         if c == "show":

@@ -150,6 +150,7 @@ class SlackChannel:
         key = f"slack:msg:{channel}:{ts}"
         source = Source(
             channel="slack",
+            auth="slack",
             user=user,
             refs={
                 "channel": channel,
@@ -221,6 +222,7 @@ class SlackChannel:
         value.update(ch=channel, ts=ts)
         source = Source(
             channel="slack",
+            auth="slack",
             user=body["user"]["id"],
             name=body["user"].get("username") or None,
             refs={"channel": channel, "ts": ts},
@@ -287,6 +289,7 @@ class SlackChannel:
         reason = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
         source = Source(
             channel="slack",
+            auth="slack",
             user=body["user"]["id"],
             refs={"channel": meta["ch"], "ts": meta["ts"], "view": view.get("id", "")},
         )
