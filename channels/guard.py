@@ -97,6 +97,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+_CLOSE = {"Connection": "close"}
+"""On every refusal: the server would otherwise read and drop the rest of an
+unread body to keep the connection, which a body limit is there to stop."""
+
+
 async def _refuse(send: Send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
@@ -106,7 +111,7 @@ async def _refuse(send: Send, status: int, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                *SECURITY_HEADERS,
+                (b"connection", b"close"),
             ],
         }
     )
@@ -128,13 +133,14 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_headers(send)
         if not self._host_allowed(scope):
             await _refuse(send, 400, "this server does not answer to that Host")
             return
         if scope["method"] in STATE_CHANGING and self._cross_site(scope):
             await _refuse(send, 403, "cross-site requests are refused")
             return
-        await self.app(scope, receive, _with_headers(send))
+        await self.app(scope, receive, send)
 
     def _host_allowed(self, scope: Scope) -> bool:
         host = _header(scope, b"host")
@@ -182,7 +188,6 @@ class BodyRules:
             return
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            # Refused unread: the server stops reading and closes the connection.
             await _refuse(send, 413, self._too_large())
             return
         if (
@@ -208,7 +213,7 @@ class BodyRules:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise HTTPException(413, self._too_large())
+                raise HTTPException(413, self._too_large(), headers=_CLOSE)
             return message
 
         return counted
