@@ -10,6 +10,7 @@ import json
 import select
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import FakeOpenAI, ServerProcess, calls, text
+from .fakes import REPO, FakeOpenAI, ServerProcess, calls, clean_environ, free_port, text
 from .slack_fake import SECRET, FakeSlack
 from .test_http import env_for, wait_status
 
@@ -416,3 +417,24 @@ def test_security_headers(client: httpx.Client, waiting: dict[str, Any]) -> None
         assert h["referrer-policy"] == "no-referrer", path
     h = client.get("/threads", headers={"Host": "evil.example"}).headers
     assert h["x-frame-options"] == "DENY"
+
+
+def test_a_malformed_public_url_is_refused_at_start(
+    model: FakeOpenAI, workdir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **clean_environ(),
+        **env_for(tmp_path / "t.db", model, workdir / "ledger.txt"),
+        "THREADBOT_HTTP": f"127.0.0.1:{free_port()}",
+        "THREADBOT_PUBLIC_URL": "bot.example.com",  # no scheme: not an origin
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0
+    assert "THREADBOT_PUBLIC_URL" in out.stderr
