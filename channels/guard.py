@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyRules", "Guard", "host_name", "origin_of"]
+__all__ = ["BodyRules", "Guard"]
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
