@@ -376,15 +376,22 @@ class ThreadBot:
     def threads(self, *, status: str | None = None, limit: int = 100) -> list[ThreadRow]:
         return self.store.threads(status=status, limit=limit)
 
-    async def fork(self, thread_id: str, at: int) -> str:
+    async def fork(self, thread_id: str, at: int, *, key: str | None = None) -> str:
         """A new thread holding a copy of events 0..at, pointing at its parent.
-        It runs from there like any thread (delivery keys are not copied)."""
+        It runs from there like any thread (delivery keys are not copied).
+        With a `key` already used, returns the thread that key forked."""
         events = self.log.load_upto(thread_id, min(max(at, 0), 2**62))
         if at < 0 or at >= len(events):
             raise UsageError(f"thread {thread_id} has no event {at} (it has 0..{len(events) - 1})")
         copies = [e.model_copy(update={"key": None}) for e in events]
+        # The key rides on the last copy, as a launch's rides on its message:
+        # the store's unique index then makes a repeat find the first fork.
+        copies[-1] = copies[-1].model_copy(update={"key": key})
         new_id = uuid.uuid4().hex[:16]
-        await self.log.create(new_id, copies, parent=(thread_id, at))
+        try:
+            await self.log.create(new_id, copies, parent=(thread_id, at))
+        except DuplicateKey as e:
+            return e.thread_id
         self.runner.kick(new_id)
         return new_id
 

@@ -68,7 +68,7 @@ def _banner(
     mail: EmailChannel | None,
 ) -> str:
     host, port = settings.host_port()
-    lines = [f"threadbot serving http://{host}:{port}  (web page: /, API docs: /docs)"]
+    lines = [f"threadbot serving http://{host}:{port}  (web page: /, API schema: /openapi.json)"]
     lines.append(f"  store:  {settings.db}")
     if settings.uses_demo_model:
         lines.append(
@@ -108,7 +108,7 @@ def _outbox_beside(db: str) -> str:
 async def serve(settings: Settings) -> None:
     import uvicorn
 
-    from channels import web
+    from channels import guard, web
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app
     from channels.slack import SlackChannel, SlackSettings
@@ -137,8 +137,11 @@ async def serve(settings: Settings) -> None:
     web.mount(app)
     if slack is not None and http_slack:
         slack.mount(app)
+    # Slack posts form bodies; it is exempt from the JSON rule, not the size cap.
+    inner = guard.BodyRules(app, max_bytes=settings.http_max_bytes, exempt=("/slack/events",))
+    outer = guard.Guard(inner, hosts=settings.hosts(), origins=settings.origins())
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(outer, host=host, port=port, log_level="warning", lifespan="off")
     )
     if slack is not None:
         await slack.start()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import UsageError
 
@@ -14,6 +15,7 @@ __all__ = ["DEFAULT_TOOLS", "Settings"]
 
 DEFAULT_TOOLS = "bot.examples.ops"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -56,6 +58,15 @@ class Settings:
     THREADBOT_EMAIL_APPROVERS as aliases: who decides calls whose tool names nobody."""
     email_senders: tuple[str, ...] = ()
     """THREADBOT_EMAIL_SENDERS: addresses and @domains that may start threads by mail."""
+    public_url: str | None = None
+    """THREADBOT_PUBLIC_URL: where people reach the server (behind a proxy),
+    e.g. https://bot.example.com; its host and origin are accepted."""
+    allowed_hosts: tuple[str, ...] = ()
+    """THREADBOT_ALLOWED_HOSTS: Host names answered; `hosts()` if unset."""
+    allowed_origins: tuple[str, ...] = ()
+    """THREADBOT_ALLOWED_ORIGINS: other origins whose pages may post."""
+    http_max_bytes: int = 1 << 20
+    """THREADBOT_HTTP_MAX_BYTES: the largest request body taken."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -76,6 +87,10 @@ class Settings:
                 env, "THREADBOT_APPROVERS", "THREADBOT_SLACK_APPROVERS", "THREADBOT_EMAIL_APPROVERS"
             ),
             email_senders=_list(env, "THREADBOT_EMAIL_SENDERS"),
+            public_url=env.get("THREADBOT_PUBLIC_URL") or None,
+            allowed_hosts=_list(env, "THREADBOT_ALLOWED_HOSTS"),
+            allowed_origins=_list(env, "THREADBOT_ALLOWED_ORIGINS"),
+            http_max_bytes=_int(env, "THREADBOT_HTTP_MAX_BYTES", cls.http_max_bytes),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 
@@ -94,6 +109,31 @@ class Settings:
         if not sep or not port.isdigit():
             raise UsageError(f"THREADBOT_HTTP must be host:port, not {self.http!r}")
         return host.strip("[]") or "127.0.0.1", int(port)
+
+    def hosts(self) -> tuple[str, ...]:
+        """The Host names the HTTP server answers to: the allowlist if set,
+        else this machine's own names and the public URL's."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        host, _ = self.host_port()
+        public = self._public_parts()
+        return (host, *LOCAL_HOSTS, *([public.netloc] if public else []))
+
+    def origins(self) -> tuple[str, ...]:
+        """Origins other than the server's own whose pages may change things."""
+        public = self._public_parts()
+        own = (f"{public.scheme}://{public.netloc}",) if public else ()
+        return (*own, *self.allowed_origins)
+
+    def _public_parts(self) -> SplitResult | None:
+        if self.public_url is None:
+            return None
+        parts = urlsplit(self.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(
+                f"THREADBOT_PUBLIC_URL must be an http(s) URL, not {self.public_url!r}"
+            )
+        return parts
 
     def check_exposure(self) -> None:
         """Refuse to serve beyond this machine without a token."""

@@ -1,8 +1,10 @@
 """The HTTP API: launch, read, list, answer, approve, post results, continue, fork.
 
-JSON in and out, with an OpenAPI schema at /openapi.json. Errors are JSON
-`{"error": message}`: 404 unknown thread, 409 not waiting for that (or already
-answered, saying by whom), 403 not allowed, 422 invalid body, 401 bad token.
+JSON in and out, with an OpenAPI schema at /openapi.json (no docs pages: they
+load scripts from a CDN). Errors are JSON `{"error": message}`: 404 unknown
+thread or route, 409 not waiting for that (or already answered, saying by
+whom), 403 not allowed, 400 or 422 invalid body, 401 bad token; channels/guard.py
+refuses some requests before they get here, in the same shape.
 An `Idempotency-Key` header makes any POST safe to retry: a repeat writes
 nothing and returns the original result.
 """
@@ -17,7 +19,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
 
 from bot import (
     AlreadyAnswered,
@@ -33,14 +35,26 @@ from bot.render import pending_json
 
 __all__ = ["create_app"]
 
+TEXT_MAX = 65_536
+"""Characters in a message or an answer: a long paste fits, a flood does not
+(the whole body is capped in bytes by channels/guard.py as well)."""
+COMMENT_MAX = 4_000
+"""A rejection's reason: a few paragraphs for the model to read."""
+NAME_MAX = 200
+"""Who answered, and call ids (the model's are a few dozen characters)."""
+OPTION_MAX = 1_000
+
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+Name = Annotated[str, Field(max_length=NAME_MAX)]
+
 StatusName = Literal[
     "running", "waiting_for_human", "waiting_for_approval", "waiting_for_result", "done", "failed"
 ]
 
 
 class LaunchIn(BaseModel):
-    text: str = Field(min_length=1)
-    user: str | None = Field(None, description="Who is asking, for the thread's audit trail.")
+    text: Text
+    user: Name | None = Field(None, description="Who is asking, for the thread's audit trail.")
 
 
 class Created(BaseModel):
@@ -79,36 +93,38 @@ class ThreadOut(BaseModel):
 
 
 class RespondIn(BaseModel):
-    text: str = Field(min_length=1)
-    call_id: str | None = Field(None, description="The question answered; the open one if unset.")
-    option: str | None = None
-    user: str | None = None
+    text: Text
+    call_id: Name | None = Field(None, description="The question answered; the open one if unset.")
+    option: str | None = Field(None, max_length=OPTION_MAX)
+    user: Name | None = None
 
 
 class ApprovalIn(BaseModel):
-    approved: bool
-    comment: str | None = Field(None, description="The reason; the model reads it.")
-    call_id: str | None = None
+    approved: bool = Field(strict=True)
+    comment: str | None = Field(
+        None, max_length=COMMENT_MAX, description="The reason; the model reads it."
+    )
+    call_id: Name | None = None
     arguments: dict[str, Any] | None = Field(
         None, description="Run the call with these arguments instead of the model's."
     )
-    user: str | None = None
+    user: Name | None = None
 
 
 class ResultIn(BaseModel):
-    call_id: str
+    call_id: Name
     output: Any
-    is_error: bool = False
-    user: str | None = None
+    is_error: bool = Field(False, strict=True)
+    user: Name | None = None
 
 
 class MessageIn(BaseModel):
-    text: str = Field(min_length=1)
-    user: str | None = None
+    text: Text
+    user: Name | None = None
 
 
 class ForkIn(BaseModel):
-    at: int = Field(ge=0, le=2**53)
+    at: int = Field(ge=0, le=2**53, strict=True)
 
 
 class Accepted(BaseModel):
@@ -129,7 +145,7 @@ class ErrorOut(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }
 
 
@@ -145,36 +161,11 @@ def _key(route: str, value: str | None) -> str | None:
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
-class _JsonBodies:
-    """The API speaks only JSON: every body is read as JSON, whatever the
-    client declared (`curl -d` says form-urlencoded). Plain ASGI: the
-    decorator form of a middleware runs each request in a task group of its
-    own, which leaves a cycle of garbage per request behind, and the
-    collector's pauses to clear them up were the slowest acknowledgements."""
-
-    def __init__(self, app: ASGIApp, skip: frozenset[str]) -> None:
-        self.app = app
-        self.skip = skip
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in ("POST", "PUT", "PATCH")
-            and scope["path"] not in self.skip
-        ):
-            headers = scope["headers"]
-            ctype = next((v for k, v in headers if k == b"content-type"), b"")
-            if b"json" not in ctype:
-                kept = [(k, v) for k, v in headers if k != b"content-type"]
-                scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
-
-
 def create_app(
     bot: ThreadBot, *, token: str | None = None, open_paths: tuple[str, ...] = ()
 ) -> FastAPI:
     """The API app. `open_paths` authenticate their requests themselves (Slack
-    signs its own) and take their bodies as sent."""
+    signs its own)."""
     unauthenticated = {"/healthz", *open_paths}
 
     async def authorize(
@@ -193,9 +184,9 @@ def create_app(
         summary="Threads of an agent that pauses for people and resumes where it stopped.",
         dependencies=[Depends(authorize)],
         responses=_ERRORS,
+        docs_url=None,
+        redoc_url=None,
     )
-
-    app.add_middleware(_JsonBodies, skip=frozenset(open_paths))
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
@@ -204,6 +195,13 @@ def create_app(
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own refusals (unknown route, wrong method, an unreadable
+        # or oversized body) in the API's shape rather than `{"detail"}`.
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ThreadNotFound)
     async def _not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -342,9 +340,9 @@ def create_app(
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
-    async def fork(thread_id: str, body: ForkIn) -> Forked:
+    async def fork(thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None) -> Forked:
         """A new thread with a copy of events 0..at; it goes on from there."""
-        new_id = await bot.fork(thread_id, body.at)
+        new_id = await bot.fork(thread_id, body.at, key=_key(f"{thread_id}:fork", idempotency_key))
         return Forked(id=new_id, parent_id=thread_id, at=body.at)
 
     return app
