@@ -17,7 +17,7 @@ from store import DuplicateKey, EventStore, SeqConflict, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
 from .engine import Engine
-from .errors import AlreadyAnswered, NotAllowed, NotWaiting, UsageError
+from .errors import AlreadyAnswered, NotAllowed, NotWaiting, Refused, UsageError
 from .events import (
     Approval,
     Event,
@@ -29,7 +29,7 @@ from .events import (
 )
 from .log import ThreadLog
 from .model import Model
-from .people import People, may_settle
+from .people import People, may_settle, takes_part
 from .render import thread_json, thread_markdown
 from .runner import Outbound, Runner
 from .thread import OpenCall, ThreadState, derive, waiting_summary
@@ -268,6 +268,28 @@ class ThreadBot:
         opens a form.)"""
         thread = self.log.load(thread_id)
         self._allowed(thread_id, thread.state, thread.events, kind, call_id, source)
+
+    def may_settle(self, thread_id: str, source: Source, *, view: ThreadView | None = None) -> bool:
+        """Whether `source` may settle what the thread waits for now."""
+        view = view or self.get(thread_id)
+        pending = view.state.pending
+        if pending is None:
+            return False
+        try:
+            self._allowed(thread_id, view.state, view.events, pending.kind, None, source)
+        except Refused:
+            return False
+        return True
+
+    def may_see(self, thread_id: str, source: Source) -> bool:
+        """Whether `source` may read the thread: an operator, someone who
+        takes part in it, or someone who may settle what it waits for."""
+        if source.admin:
+            return True
+        view = self.get(thread_id)
+        return takes_part(self.people, view.events, source) or self.may_settle(
+            thread_id, source, view=view
+        )
 
     def add_channel(self, name: str, channel: Outbound) -> None:
         """Deliver questions and answers of threads that started in `name` through `channel`."""

@@ -108,14 +108,14 @@ def _outbox_beside(db: str) -> str:
 async def serve(settings: Settings) -> None:
     import uvicorn
 
-    from channels import guard, web
+    from channels import web
     from channels.email import EmailChannel, EmailSettings
-    from channels.http import create_app
+    from channels.http import create_app, protect
     from channels.slack import SlackChannel, SlackSettings
 
-    settings.check_exposure()
     host, port = settings.host_port()
     bot = build_bot(settings)
+    settings.check_exposure(bot.people)
     slack_settings = SlackSettings.from_env()
     slack: SlackChannel | None = None
     if slack_settings is not None:
@@ -132,16 +132,21 @@ async def serve(settings: Settings) -> None:
         mail = EmailChannel(bot, email_settings)
         bot.add_channel("email", mail)
     http_slack = slack is not None and not slack.settings.socket_mode
-    open_paths = web.OPEN_PATHS + (("/slack/events",) if http_slack else ())
-    app = create_app(bot, token=settings.api_token, open_paths=open_paths)
+    app = create_app(bot)
     web.mount(app)
     if slack is not None and http_slack:
         slack.mount(app)
-    # Slack posts form bodies; it is exempt from the JSON rule, not the size cap.
-    inner = guard.BodyRules(app, max_bytes=settings.http_max_bytes, exempt=("/slack/events",))
-    outer = guard.Guard(inner, hosts=settings.hosts(), origins=settings.origins())
+    stack = protect(
+        app,
+        bot,
+        hosts=settings.hosts(),
+        origins=settings.origins(),
+        max_bytes=settings.http_max_bytes,
+        admin_token=settings.api_token,
+        local_operator=settings.local_operator(bot.people),
+    )
     server = uvicorn.Server(
-        uvicorn.Config(outer, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(stack, host=host, port=port, log_level="warning", lifespan="off")
     )
     if slack is not None:
         await slack.start()

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import getpass
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -20,8 +21,10 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from store.credentials import SCOPES
+
 from .config import Settings
-from .errors import ThreadbotError
+from .errors import ThreadbotError, UsageError
 
 __all__ = ["main"]
 
@@ -38,7 +41,9 @@ class Remote:
         host, port = settings.host_port()
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        remote = cls(f"http://{host}:{port}", settings.api_token)
+        remote = cls(
+            f"http://{host}:{port}", os.environ.get("THREADBOT_TOKEN") or settings.api_token
+        )
         try:
             answer = remote.call("GET", "/healthz", timeout=0.5)
         except (OSError, ThreadbotError):
@@ -130,6 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=50)
     sub.add_parser("reindex", help="rebuild the thread list from the events")
+    tokens = sub.add_parser("tokens", help="API tokens of people: create, list, revoke")
+    tsub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    s = tsub.add_parser("create", help="print a new token for a person (shown once)")
+    s.add_argument("--person", required=True, help="who the token acts as (the people file's id)")
+    s.add_argument("--scope", choices=SCOPES, default="approve")
+    s.add_argument("--expires", help="lifetime: 3600, 90m, 12h, 90d; never if unset")
+    tsub.add_parser("list", help="every token: id, person, scope, expiry, revoked")
+    s = tsub.add_parser("revoke", help="revoke a token by its id")
+    s.add_argument("id")
     s = sub.add_parser("fork", help="copy a thread up to an event into a new thread")
     s.add_argument("id")
     s.add_argument("--at", type=int, required=True)
@@ -146,7 +160,9 @@ def _output(raw: str) -> Any:
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     """The HTTP call a command makes."""
     c = args.command
-    user = {"user": "cli"}
+    # The local operator and the admin token act for the shell's user, and
+    # the thread records both; a person's own token is that person.
+    user = {} if os.environ.get("THREADBOT_TOKEN") else {"user": getpass.getuser()}
     if c == "launch":
         return "POST", "/threads", {"text": args.text, **user}
     if c == "reply":
@@ -262,6 +278,50 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
         bot.store.close()
 
 
+def _tokens(settings: Settings, args: argparse.Namespace) -> None:
+    """Tokens are kept in the database: whoever can open it is the operator."""
+    from store import Credentials, EventStore
+
+    from .app import build_people
+    from .durations import seconds
+
+    store = EventStore(settings.db)
+    try:
+        credentials = Credentials(store)
+        if args.tokens_command == "create":
+            people = build_people(settings)
+            if people.persons and people.find(args.person) is None:
+                raise UsageError(
+                    f"{args.person!r} is not in the people file {settings.people_file}"
+                )
+            found = people.find(args.person)
+            expires = time.time() + seconds(args.expires) if args.expires else None
+            token_id, token = credentials.create_token(
+                found.id if found else args.person, args.scope, expires
+            )
+            print(token)
+            print(
+                f"token {token_id} for {args.person} ({args.scope}): shown once, keep it safe",
+                file=sys.stderr,
+            )
+        elif args.tokens_command == "list":
+            now = time.time()
+            for t in credentials.tokens():
+                state = "revoked" if t.revoked_at else ("valid" if t.valid(now) else "expired")
+                until = _iso(t.expires_at) if t.expires_at else "never"
+                print(f"{t.id}  {t.person:<16} {t.scope:<8} expires {until:<20} {state}")
+        elif not credentials.revoke(args.id):
+            raise UsageError(f"no valid token {args.id!r}")
+        else:
+            print(f"token {args.id} revoked")
+    finally:
+        store.close()
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -270,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import run_serve
 
             run_serve(settings)
+            return 0
+        if args.command == "tokens":
+            _tokens(settings, args)
             return 0
         local_only = args.local or args.command == "reindex"
         remote = None if local_only else Remote.find(settings)

@@ -6,10 +6,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .people import People
 
 __all__ = ["DEFAULT_TOOLS", "Settings"]
 
@@ -135,19 +138,29 @@ class Settings:
             )
         return parts
 
-    def check_exposure(self) -> None:
-        """Refuse to serve beyond this machine without a token."""
+    def local_operator(self, people: People) -> bool:
+        """Whether a request with no credentials acts as the local operator:
+        on loopback, with no token and nobody in the people file (the first
+        run). Anywhere else, everyone signs in or sends a token."""
+        return self.api_token is None and not people.persons and self._loopback()
+
+    def _loopback(self) -> bool:
         host, _ = self.host_port()
-        if self.api_token:
-            return
         if host == "localhost":
-            return
+            return True
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            return ipaddress.ip_address(host).is_loopback
         except ValueError:
-            loopback = False
-        if not loopback:
-            raise UsageError(
-                f"refusing to serve on {host} without THREADBOT_API_TOKEN: anyone who can "
-                "reach it could answer and approve. Set a token, or serve on 127.0.0.1."
-            )
+            return False
+
+    def check_exposure(self, people: People) -> None:
+        """Refuse to serve beyond this machine with nobody to sign in: no
+        token and no people."""
+        if self.api_token or people.persons or self._loopback():
+            return
+        host, _ = self.host_port()
+        raise UsageError(
+            f"refusing to serve on {host} without THREADBOT_API_TOKEN or THREADBOT_PEOPLE: "
+            "anyone who can reach it could answer and approve. Set a token or a people "
+            "file, or serve on 127.0.0.1."
+        )

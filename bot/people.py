@@ -28,7 +28,7 @@ from typing import Any, Literal
 from .errors import UsageError
 from .events import Event, HumanResponse, Source, UserMessage
 
-__all__ = ["ADMINS", "People", "Person", "may_settle"]
+__all__ = ["ADMINS", "People", "Person", "may_settle", "takes_part"]
 
 ADMINS = "admins"
 """The group that decides what no approver was named for."""
@@ -78,7 +78,7 @@ def _person(pid: str, raw: Mapping[str, Any]) -> Person:
 class People:
     """The directory. Lookups are by person id, Slack id or address."""
 
-    persons: Sequence[Person] = ()
+    persons: list[Person] = field(default_factory=list)
     approvers: tuple[str, ...] = ()
     """THREADBOT_APPROVERS (and the per-channel aliases): who decides calls
     whose tool names nobody."""
@@ -88,7 +88,7 @@ class People:
     _index: dict[str, Person] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.persons = list(self.persons)
+        self.persons = list(self.persons)  # a caller may hand in any sequence
         for p in self.persons:
             self._add(p)
 
@@ -220,6 +220,13 @@ class People:
 Kind = Literal["question", "approval", "result"]
 
 
+def takes_part(people: People, events: Sequence[Event], source: Source) -> bool:
+    """Whether the person behind `source` has written in the thread."""
+    return any(
+        people.same(source, e.source) for e in events if isinstance(e, UserMessage | HumanResponse)
+    )
+
+
 def may_settle(
     people: People,
     events: Sequence[Event],
@@ -270,8 +277,7 @@ def may_settle(
                 "an admin must decide it"
             )
         return "only the person who started the thread (if known) or an admin may decide"
-    everyone = [e.source for e in events if isinstance(e, UserMessage | HumanResponse)]
-    if is_admin or any(people.same(source, h) for h in everyone):
+    if is_admin or takes_part(people, events, source):
         return None
     if specs and people.named(source, specs):
         return None

@@ -11,15 +11,16 @@ nothing and returns the original result.
 
 from __future__ import annotations
 
-import hmac
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from bot import (
     AlreadyAnswered,
@@ -32,8 +33,13 @@ from bot import (
     UsageError,
 )
 from bot.render import pending_json
+from store import Credentials
 
-__all__ = ["create_app"]
+from .auth import Authenticate, identity_of
+from .guard import BodyRules, Guard
+from .web import OPEN_PATHS
+
+__all__ = ["create_app", "protect"]
 
 TEXT_MAX = 65_536
 """Characters in a message or an answer: a long paste fits, a flood does not
@@ -149,11 +155,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _source(user: str | None) -> Source:
-    # Whoever holds the API token (or reaches loopback) acts as the operator.
-    return Source(channel="http", user=user, name=user or "http API", auth="operator", admin=True)
-
-
 def _key(route: str, value: str | None) -> str | None:
     return f"http:{route}:{value}" if value else None
 
@@ -161,40 +162,36 @@ def _key(route: str, value: str | None) -> str | None:
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
-def create_app(
-    bot: ThreadBot, *, token: str | None = None, open_paths: tuple[str, ...] = ()
-) -> FastAPI:
-    """The API app. `open_paths` authenticate their requests themselves (Slack
-    signs its own)."""
-    unauthenticated = {"/healthz", *open_paths}
+def create_app(bot: ThreadBot) -> FastAPI:
+    """The API app. Requests reach it authenticated (`channels.auth`): each
+    route records who that was."""
 
-    async def authorize(
-        request: Request, authorization: Annotated[str | None, Header()] = None
-    ) -> None:
-        path = request.url.path
-        if token is None or path in unauthenticated or path.startswith("/ui/"):
-            return
-        expected = f"Bearer {token}".encode()
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
-            raise _Unauthorized
+    def who(request: Request, claimed: str | None) -> Source:
+        """The authenticated person as the events' source. A body naming
+        someone else is refused unless an admin sent it (then both are kept)."""
+        identity = identity_of(request.scope)
+        if not identity.may_claim(bot.people, claimed):
+            raise NotAllowed(
+                f'"user" says {claimed!r}, but this request was authenticated as '
+                f"{identity.name} ({identity.auth}); only an admin acts for someone else"
+            )
+        return identity.source(bot.people, claimed)
+
+    def visible(request: Request, thread_id: str) -> None:
+        """Threads are shown to admins, and to people who take part in them
+        or may settle what they wait for."""
+        identity = identity_of(request.scope)
+        if not identity.admin and not bot.may_see(thread_id, identity.source(bot.people, None)):
+            raise NotAllowed(f"{identity.name} takes no part in thread {thread_id}")
 
     app = FastAPI(
         title="threadbot",
         version="0.1.0",
         summary="Threads of an agent that pauses for people and resumes where it stopped.",
-        dependencies=[Depends(authorize)],
         responses=_ERRORS,
         docs_url=None,
         redoc_url=None,
     )
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"error": "missing or wrong bearer token"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -238,19 +235,29 @@ def create_app(
         return {"status": "ok", "app": "threadbot"}
 
     @app.post("/threads", status_code=201, response_model=Created)
-    async def launch(body: LaunchIn, idempotency_key: IdempotencyKey = None) -> Created:
+    async def launch(
+        request: Request, body: LaunchIn, idempotency_key: IdempotencyKey = None
+    ) -> Created:
         """Start a thread. The agent runs in the background: poll the thread or list by status."""
         thread_id = await bot.launch(
-            body.text, source=_source(body.user), key=_key("threads", idempotency_key)
+            body.text, source=who(request, body.user), key=_key("threads", idempotency_key)
         )
         row = bot.store.thread(thread_id)
         return Created(id=thread_id, status=row.status if row else "running")
 
     @app.get("/threads", response_model=list[Summary])
     async def list_threads(
-        status: StatusName | None = None, limit: Annotated[int, Field(ge=1, le=1000)] = 100
+        request: Request,
+        status: StatusName | None = None,
+        limit: Annotated[int, Field(ge=1, le=1000)] = 100,
     ) -> list[Summary]:
-        """Threads by most recent activity, optionally of one status."""
+        """Threads by most recent activity, optionally of one status: all of
+        them for an admin, else those the caller takes part in or may settle."""
+        identity = identity_of(request.scope)
+        rows = bot.threads(status=status, limit=limit if identity.admin else 1000)
+        if not identity.admin:
+            me = identity.source(bot.people, None)
+            rows = [r for r in rows if bot.may_see(r.id, me)][:limit]
         return [
             Summary(
                 id=r.id,
@@ -262,27 +269,35 @@ def create_app(
                 waiting=r.waiting,
                 parent_id=r.parent_id,
             )
-            for r in bot.threads(status=status, limit=limit)
+            for r in rows
         ]
 
     @app.get("/threads/{thread_id}", response_model=ThreadOut)
-    async def get_thread(thread_id: str) -> JSONResponse:
-        """The thread: its status, what it waits for, and every event with its seq."""
-        return JSONResponse(bot.get(thread_id).json())
+    async def get_thread(request: Request, thread_id: str) -> JSONResponse:
+        """The thread: its status, what it waits for, and every event with its seq.
+        `pending.allowed` says whether the caller may settle it."""
+        visible(request, thread_id)
+        view = bot.get(thread_id)
+        body = view.json()
+        if body["pending"] is not None:
+            body["pending"]["allowed"] = bot.may_settle(thread_id, who(request, None), view=view)
+        return JSONResponse(body)
 
     @app.get("/threads/{thread_id}/pending", response_model=Pending | None)
-    async def get_pending(thread_id: str) -> JSONResponse:
+    async def get_pending(request: Request, thread_id: str) -> JSONResponse:
         """What the thread waits for, or null."""
+        visible(request, thread_id)
         return JSONResponse(pending_json(bot.get(thread_id).state.pending))
 
     @app.get("/threads/{thread_id}/markdown", response_class=PlainTextResponse)
-    async def get_markdown(thread_id: str) -> PlainTextResponse:
+    async def get_markdown(request: Request, thread_id: str) -> PlainTextResponse:
         """The thread rendered for people."""
+        visible(request, thread_id)
         return PlainTextResponse(bot.get(thread_id).markdown(), media_type="text/markdown")
 
     @app.post("/threads/{thread_id}/responses", status_code=202, response_model=Accepted)
     async def respond(
-        thread_id: str, body: RespondIn, idempotency_key: IdempotencyKey = None
+        request: Request, thread_id: str, body: RespondIn, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
         """Answer the question the agent asked."""
         receipt = await bot.respond(
@@ -290,14 +305,14 @@ def create_app(
             body.text,
             call_id=body.call_id,
             option=body.option,
-            source=_source(body.user),
+            source=who(request, body.user),
             key=_key(f"{thread_id}:responses", idempotency_key),
         )
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/approvals", status_code=202, response_model=Accepted)
     async def approve(
-        thread_id: str, body: ApprovalIn, idempotency_key: IdempotencyKey = None
+        request: Request, thread_id: str, body: ApprovalIn, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
         """Approve or reject the call waiting for approval."""
         receipt = await bot.decide(
@@ -306,14 +321,14 @@ def create_app(
             comment=body.comment,
             call_id=body.call_id,
             arguments=body.arguments,
-            source=_source(body.user),
+            source=who(request, body.user),
             key=_key(f"{thread_id}:approvals", idempotency_key),
         )
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/results", status_code=202, response_model=Accepted)
     async def post_result(
-        thread_id: str, body: ResultIn, idempotency_key: IdempotencyKey = None
+        request: Request, thread_id: str, body: ResultIn, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
         """Post the outcome of a deferred tool call."""
         receipt = await bot.post_result(
@@ -321,26 +336,29 @@ def create_app(
             body.call_id,
             body.output,
             is_error=body.is_error,
-            source=_source(body.user),
+            source=who(request, body.user),
             key=_key(f"{thread_id}:results", idempotency_key),
         )
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/messages", status_code=202, response_model=Accepted)
     async def send(
-        thread_id: str, body: MessageIn, idempotency_key: IdempotencyKey = None
+        request: Request, thread_id: str, body: MessageIn, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
         """Continue the thread with a new message."""
+        visible(request, thread_id)
         receipt = await bot.send(
             thread_id,
             body.text,
-            source=_source(body.user),
+            source=who(request, body.user),
             key=_key(f"{thread_id}:messages", idempotency_key),
         )
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
-    async def fork(thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None) -> Forked:
+    async def fork(
+        request: Request, thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None
+    ) -> Forked:
         """A new thread with a copy of events 0..at; it goes on from there."""
         new_id = await bot.fork(thread_id, body.at, key=_key(f"{thread_id}:fork", idempotency_key))
         return Forked(id=new_id, parent_id=thread_id, at=body.at)
@@ -348,5 +366,29 @@ def create_app(
     return app
 
 
-class _Unauthorized(Exception):
-    pass
+def protect(
+    app: ASGIApp,
+    bot: ThreadBot,
+    *,
+    hosts: Iterable[str],
+    origins: Iterable[str] = (),
+    max_bytes: int = 1 << 20,
+    admin_token: str | None = None,
+    local_operator: bool = False,
+) -> ASGIApp:
+    """The server's layers around the app, outermost first: the Host and
+    cross-site checks, authentication (before any body is read), then the
+    body's size and type."""
+    # Slack posts form bodies; it is exempt from the JSON rule, not the size cap.
+    inner = BodyRules(app, max_bytes=max_bytes, exempt=("/slack/events",))
+    authenticated = Authenticate(
+        inner,
+        credentials=Credentials(bot.store),
+        people=bot.people,
+        admin_token=admin_token,
+        local_operator=local_operator,
+        # These authenticate themselves (Slack signs its requests) or hold no data.
+        open_paths=("/healthz", "/openapi.json", "/slack/events", *OPEN_PATHS),
+        open_prefixes=("/ui/", "/auth/"),
+    )
+    return Guard(authenticated, hosts=hosts, origins=origins)

@@ -1,14 +1,18 @@
 """The durable event log: threads of `(seq, type, JSON)` rows in SQLite."""
 
+from .credentials import Credentials, Session, Token
 from .errors import DuplicateKey, SeqConflict, StoreError, UnknownThread
 from .sqlite import EventStore, NewRow, ThreadRow
 
 __all__ = [
+    "Credentials",
     "DuplicateKey",
     "EventStore",
     "NewRow",
     "SeqConflict",
+    "Session",
     "StoreError",
     "ThreadRow",
+    "Token",
     "UnknownThread",
 ]

@@ -98,3 +98,34 @@ def m006_partial_indexes(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX events_key ON events (key) WHERE key IS NOT NULL")
     db.execute("DROP INDEX threads_undelivered")
     db.execute("CREATE INDEX threads_undelivered ON threads (undelivered) WHERE undelivered = 1")
+
+
+@migrations()
+def m007_credentials(db: Database) -> None:
+    # Who may use the HTTP API and the web page. Mutable by nature (a token is
+    # revoked, a session ends, a sign-in link is used once), and not part of
+    # any thread. Only hashes of the secrets are kept: a copy of the database
+    # signs nobody in.
+    db.table("tokens").create(
+        {
+            "id": str,
+            "person": str,
+            "scope": str,
+            "hash": str,
+            "created_at": float,
+            "expires_at": float,
+            "revoked_at": float,
+        },
+        pk="id",
+        not_null={"id", "person", "scope", "hash", "created_at"},
+    )
+    db.table("sessions").create(
+        {"hash": str, "person": str, "auth": str, "csrf": str, "expires_at": float},
+        pk="hash",
+        not_null={"hash", "person", "auth", "csrf", "expires_at"},
+    )
+    db.table("sign_in_links").create(
+        {"hash": str, "person": str, "expires_at": float, "used_at": float},
+        pk="hash",
+        not_null={"hash", "person", "expires_at"},
+    )

@@ -330,14 +330,13 @@ async def test_requests_leave_no_garbage_for_the_cycle_collector(db_path: Path) 
     garbage is cleared by the collector, which stops the whole process (the
     slowest acknowledgements were those pauses)."""
     from bot import ScriptedModel, ThreadBot
-    from channels.guard import BodyRules, Guard
-    from channels.http import create_app
+    from channels.http import create_app, protect
     from store import EventStore
 
     store = EventStore(db_path)
     bot = ThreadBot(store, ScriptedModel())
     # As `serve` stacks it: the guards are part of every request.
-    app = Guard(BodyRules(create_app(bot), max_bytes=1 << 20), hosts=["127.0.0.1"])
+    app = protect(create_app(bot), bot, hosts=["127.0.0.1"], local_operator=True)
     launch = b'{"text": "hello"}'
     json_type = b"application/json"
     assert await _asgi(app, "POST", "/threads", launch, json_type) == 201  # warm up
