@@ -78,7 +78,7 @@ def _banner(
         lines.append(f"  model:  {bot.model.name}")
     tools = ", ".join(t.name for t in bot.tools)
     lines.append(f"  tools:  {tools}  (from {settings.tools or DEFAULT_TOOLS})")
-    lines.append(f"  auth:   {'bearer token' if settings.api_token else 'none (loopback only)'}")
+    lines.append(f"  auth:   {_auth_line(settings, bot.people)}")
     if slack is None:
         lines.append("  slack:  off (set SLACK_BOT_TOKEN to turn it on)")
     elif slack.settings.socket_mode:
@@ -98,6 +98,15 @@ def _banner(
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
     return "\n".join(lines)
+
+
+def _auth_line(settings: Settings, people: People) -> str:
+    if settings.local_operator(people):
+        return "none: requests act as the local operator (loopback, no people configured)"
+    ways = ["people's tokens and sign-in"]
+    if settings.api_token:
+        ways.insert(0, "the admin token")
+    return ", ".join(ways) + (f"; {len(people.persons)} people" if people.persons else "")
 
 
 def _outbox_beside(db: str) -> str:
