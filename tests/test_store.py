@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from store import DuplicateKey, EventStore, NewRow, SeqConflict, UnknownThread
+from store import Credentials, DuplicateKey, EventStore, NewRow, SeqConflict, UnknownThread
 
 
 def row(n: int, key: str | None = None) -> NewRow:
@@ -55,8 +55,20 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "m004_undelivered",
         "m005_waiting",
         "m006_partial_indexes",
+        "m007_credentials",
     ]
     assert db.table("meta").pks == ["key"]
+    # Credentials keep hashes of their secrets, never the secrets.
+    assert set(db.table("tokens").columns_dict) == {
+        "id",
+        "person",
+        "scope",
+        "hash",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    }
+    assert db.table("sessions").pks == ["hash"] and db.table("sign_in_links").pks == ["hash"]
 
 
 def test_an_append_writes_four_pages_and_lookups_use_the_partial_indexes(
@@ -315,3 +327,24 @@ def test_renewing_every_lease_of_an_owner_at_once(tmp_path: Path) -> None:
     time.sleep(0.02)  # past the first expiry: the renewal holds them
     assert not other.acquire("a", "them", 30.0)
     assert other.lease_owner("b") == "me"
+
+
+def test_credentials_keep_only_hashes_and_links_work_once(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "t.db")
+    credentials = Credentials(store)
+    token_id, token = credentials.create_token("ann", "approve", None)
+    link = credentials.create_link("ann", 900)
+    cookie, session = credentials.create_session("ann", "session:email", 60)
+    dump = "\n".join(store.db.iterdump())
+    for secret in (token.split("_", 2)[2], link, cookie):
+        assert secret not in dump
+    found = credentials.check_token(token)
+    assert found is not None and (found.id, found.person) == (token_id, "ann")
+    assert credentials.check_token(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert credentials.check_token(f"tb_{token_id}_") is None
+    assert credentials.use_link(link) == "ann" and credentials.use_link(link) is None
+    assert credentials.use_link(credentials.create_link("ann", -1)) is None  # expired
+    assert credentials.session(cookie) == session
+    credentials.end_session(cookie)
+    assert credentials.session(cookie) is None
+    assert credentials.session(credentials.create_session("ann", "x", -1)[0]) is None
