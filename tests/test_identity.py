@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from .fakes import REPO, FakeOpenAI, ServerProcess, calls, clean_environ, text
+from .test_cli import cli
 from .test_http import env_for, wait_status
 
 PEOPLE = """
@@ -34,17 +35,6 @@ name = "Root"
 groups = ["admins"]
 """
 ADMIN = "admin-secret-token"
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env={**clean_environ(), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.fixture
