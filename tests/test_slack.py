@@ -591,3 +591,34 @@ async def test_web_clients_keep_one_session_per_event_loop() -> None:
     assert mine.session.closed
     assert web() is not mine  # a closed one is replaced
     await web.close()
+
+
+@pytest.mark.anyio
+async def test_slack_directory_caches_and_never_blocks(slack: FakeSlack) -> None:
+    """users.info is asked once per user; an unknown user, or an address the
+    people file gives to someone with another Slack id, leaves the id alone."""
+    from bot.people import People, Person
+    from channels.slack import SlackSettings
+    from channels.slack.people import SlackDirectory
+    from channels.slack.web import WebClients
+
+    slack.users.update({"UDIR": ("Dee Dir", "dee@example.com"), "UFAKE": ("Eve", "bob@x.org")})
+    people = People([Person(id="bob", slack="UBOB", emails=("bob@x.org",))])
+    web = WebClients(SlackSettings(bot_token="xoxb-test", api_url=slack.api_url))
+    directory = SlackDirectory(people, web)
+    asked = len(slack.called("users.info"))
+    first = await directory.source("UDIR", refs={})
+    again = await directory.source("UDIR", refs={})
+    assert first == again and (first.person, first.name) == ("UDIR", "Dee Dir")
+    assert len(slack.called("users.info")) == asked + 1
+    assert people.find("dee@example.com") is not None  # learned: approvers by address match
+    unknown = await directory.source("UNOSUCH", refs={}, name="nosuch")
+    assert (unknown.user, unknown.person, unknown.name, unknown.auth) == (
+        "UNOSUCH",
+        None,
+        "nosuch",
+        "slack",
+    )
+    impostor = await directory.source("UFAKE", refs={})
+    assert impostor.person != "bob" and people.find("bob@x.org") == people.find("UBOB")
+    await web.close()
