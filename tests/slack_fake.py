@@ -35,6 +35,9 @@ class FakeSlack:
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """The workspace's directory, as the test sets it: user id → (real
+    name, email). Users not in it are unknown to users.info."""
 
     @property
     def api_url(self) -> str:
@@ -101,9 +104,34 @@ class FakeSlack:
                 for p in posted
             ]
             return 200, {"ok": True, "messages": messages, "has_more": False}, {}
+        if method in ("users.info", "users.lookupByEmail"):
+            return self._directory(method, args)
         if method == "apps.connections.open":
             return 200, {"ok": True, "url": self.socket_url}, {}
         return 200, {"ok": True}, {}
+
+    def _directory(
+        self, method: str, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if method == "users.info":
+            uid = args.get("user")
+            found = self.users.get(uid) if isinstance(uid, str) else None
+            error = "user_not_found"
+        else:
+            email = str(args.get("email", "")).lower()
+            uid = next((u for u, (_, e) in self.users.items() if e.lower() == email), None)
+            found = self.users.get(uid) if uid else None
+            error = "users_not_found"
+        if found is None:
+            return 200, {"ok": False, "error": error}, {}
+        name, email = found
+        user = {
+            "id": uid,
+            "name": name.split()[0].lower(),
+            "real_name": name,
+            "profile": {"real_name": name, "email": email},
+        }
+        return 200, {"ok": True, "user": user}, {}
 
     socket_url: str = ""
     on_post: Any = None

@@ -103,14 +103,18 @@ def message(channel: str, text_: str, user: str = "U1", **extra: Any) -> dict[st
     }
 
 
-def thread_of(server: ServerProcess, status: str | None = None) -> dict[str, Any]:
+def thread_of(
+    server: ServerProcess, status: str | None = None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The newest thread (optionally once it is `status` and what it posted
     is recorded as delivered: the post reaches Slack a moment before)."""
     deadline = time.monotonic() + 10
     while True:
-        listed = httpx.get(server.url + "/threads").json()
+        listed = httpx.get(server.url + "/threads", headers=headers).json()
         if listed:
-            body: dict[str, Any] = httpx.get(server.url + f"/threads/{listed[0]['id']}").json()
+            body: dict[str, Any] = httpx.get(
+                server.url + f"/threads/{listed[0]['id']}", headers=headers
+            ).json()
             if status is None or (
                 body["status"] == status and body["events"][-1]["type"] == "delivered"
             ):
@@ -179,14 +183,21 @@ def test_dm_launches_and_options_are_buttons(
 
 
 def approval_thread(
-    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI, channel: str
+    server: ServerProcess,
+    sender: SlackSender,
+    slack: FakeSlack,
+    model: FakeOpenAI,
+    channel: str,
+    *,
+    user: str = "U1",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     model.add(calls(("deploy", {"service": "api", "version": "2"})))
-    sender.event(mention(channel, "deploy api 2"))
+    sender.event(mention(channel, "deploy api 2", user=user))
     post = posts(slack, channel, 1)[0]
     assert "Approval needed" in post["blocks"][0]["text"]["text"]
     assert "*version:* `2`" in post["blocks"][0]["text"]["text"]
-    thread = thread_of(server, "waiting_for_approval")
+    thread = thread_of(server, "waiting_for_approval", headers)
     return {"ts": thread["events"][2]["refs"]["ts"], "blocks": post["blocks"], "thread": thread}
 
 
@@ -377,6 +388,141 @@ def test_a_reply_after_the_answer_continues_and_strangers_cannot_answer(
     assert thread_of(server, "done")["events"][-2]["text"] == "web is fine too."
 
 
+# -- people from Slack's directory ----------------------------------------------
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+
+
+@pytest.fixture(scope="module")
+def lead_server(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Approvers listed by address only, as THREADBOT_APPROVERS; Slack's
+    directory knows who has which address."""
+    slack.users.update(
+        {"ULEAD": ("Lee Lead", "lead@example.com"), "UANN": ("Ann Other", "ann@example.com")}
+    )
+    d = tmp_path_factory.mktemp("slack-lead")
+    env = env_for(d / "threadbot.db", model, d / "ledger.txt")
+    env.update(
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=slack.api_url,
+        THREADBOT_APPROVERS="lead@example.com",
+        THREADBOT_API_TOKEN="admin-secret",
+    )
+    s = ServerProcess(env).start()
+    yield s
+    s.stop()
+
+
+def update_of(slack: FakeSlack, ts: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while not (found := [u for u in slack.called("chat.update") if u["ts"] == ts]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the message {ts} was never updated")
+        time.sleep(0.02)
+    return found[-1]
+
+
+def test_an_approver_listed_by_address_approves_with_a_button(
+    lead_server: ServerProcess, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    sender = SlackSender(lead_server.url)
+    msg = approval_thread(lead_server, sender, slack, model, "C_BYMAIL", headers=ADMIN)
+    # The request mentions the approver, found by their address.
+    assert "Approvers: <@ULEAD>" in json.dumps(msg["blocks"])
+    assert {"email": "lead@example.com"}.items() <= slack.called("users.lookupByEmail")[-1].items()
+    model.add(text("Deployed api 2."))
+    assert sender.click("ULEAD", msg, "C_BYMAIL", "tb_approve").status_code == 200
+    body = thread_of(lead_server, "done", ADMIN)
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert approval["approved"] is True
+    source = approval["source"]
+    assert (source["user"], source["auth"], source["name"]) == ("ULEAD", "slack", "Lee Lead")
+    assert "Approved by <@ULEAD>" in json.dumps(update_of(slack, msg["ts"])["blocks"])
+
+
+def test_a_slack_user_not_among_the_approvers_is_refused_privately(
+    lead_server: ServerProcess, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    sender = SlackSender(lead_server.url)
+    msg = approval_thread(lead_server, sender, slack, model, "C_NOTAPP", headers=ADMIN)
+    before = len(msg["thread"]["events"])
+    n = len(slack.called("chat.postEphemeral"))
+    # Ann is in Slack's directory, with an address, but not an approver;
+    # nor is the person who asked.
+    for user in ("UANN", "U1"):
+        sender.click(user, msg, "C_NOTAPP", "tb_approve")
+        n += 1
+        refusal = slack.wait_for("chat.postEphemeral", n)[-1]
+        assert refusal["user"] == user and "may not" in refusal["text"]
+    body = thread_of(lead_server, None, ADMIN)
+    assert (body["status"], len(body["events"])) == ("waiting_for_approval", before)
+    assert not [u for u in slack.called("chat.update") if u["ts"] == msg["ts"]]
+    # Tidy up: the approver decides.
+    model.add(text("Not deployed."))
+    opened = len(slack.called("views.open"))
+    sender.click("ULEAD", msg, "C_NOTAPP", "tb_reject")
+    view = slack.wait_for("views.open", opened + 1)[-1]
+    sender.submit_reject("ULEAD", view["view"], "not now")
+    thread_of(lead_server, "done", ADMIN)
+
+
+def test_an_api_decision_shows_in_slack_who_and_how(
+    lead_server: ServerProcess, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    """An admin token naming ULEAD is not ULEAD's click: the message says so."""
+    sender = SlackSender(lead_server.url)
+    msg = approval_thread(lead_server, sender, slack, model, "C_VIAAPI", headers=ADMIN)
+    model.add(text("Deployed."))
+    r = httpx.post(
+        lead_server.url + f"/threads/{msg['thread']['id']}/approvals",
+        json={"approved": True, "user": "ULEAD"},
+        headers=ADMIN,
+    )
+    assert r.status_code == 202, r.text
+    posts(slack, "C_VIAAPI", 2)
+    update = json.dumps(update_of(slack, msg["ts"])["blocks"])
+    assert "through the API" in update and "(by admin token for them)" in update
+    assert "Approved by <@ULEAD>" not in update
+    assert not any(b["type"] == "actions" for b in update_of(slack, msg["ts"])["blocks"])
+
+
+@pytest.fixture(scope="module")
+def open_server(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Nobody named as an approver."""
+    d = tmp_path_factory.mktemp("slack-open")
+    env = env_for(d / "threadbot.db", model, d / "ledger.txt")
+    env.update(
+        SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack.api_url
+    )
+    s = ServerProcess(env).start()
+    yield s
+    s.stop()
+
+
+def test_with_no_approvers_the_starter_decides(
+    open_server: ServerProcess, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    """Every signed Slack user is a member of the workspace: known, so the
+    person who started the thread decides."""
+    sender = SlackSender(open_server.url)
+    msg = approval_thread(open_server, sender, slack, model, "C_OPEN", user="USTART")
+    assert "<@USTART> started this, so they decide." in json.dumps(msg["blocks"])
+    n = len(slack.called("chat.postEphemeral"))
+    sender.click("UOTHER", msg, "C_OPEN", "tb_approve")
+    assert "may not" in slack.wait_for("chat.postEphemeral", n + 1)[-1]["text"]
+    model.add(text("Deployed."))
+    sender.click("USTART", msg, "C_OPEN", "tb_approve")
+    body = thread_of(open_server, "done")
+    approval = next(e for e in body["events"] if e["type"] == "approval")
+    assert (approval["approved"], approval["source"]["user"]) == (True, "USTART")
+    assert "Approved by <@USTART>" in json.dumps(update_of(slack, msg["ts"])["blocks"])
+
+
 @pytest.mark.anyio
 async def test_bolt_acknowledges_after_the_listener_stored_the_event(
     tmp_path: Path, slack: FakeSlack
@@ -444,4 +590,35 @@ async def test_web_clients_keep_one_session_per_event_loop() -> None:
     await web.close()
     assert mine.session.closed
     assert web() is not mine  # a closed one is replaced
+    await web.close()
+
+
+@pytest.mark.anyio
+async def test_slack_directory_caches_and_never_blocks(slack: FakeSlack) -> None:
+    """users.info is asked once per user; an unknown user, or an address the
+    people file gives to someone with another Slack id, leaves the id alone."""
+    from bot.people import People, Person
+    from channels.slack import SlackSettings
+    from channels.slack.people import SlackDirectory
+    from channels.slack.web import WebClients
+
+    slack.users.update({"UDIR": ("Dee Dir", "dee@example.com"), "UFAKE": ("Eve", "bob@x.org")})
+    people = People([Person(id="bob", slack="UBOB", emails=("bob@x.org",))])
+    web = WebClients(SlackSettings(bot_token="xoxb-test", api_url=slack.api_url))
+    directory = SlackDirectory(people, web)
+    asked = len(slack.called("users.info"))
+    first = await directory.source("UDIR", refs={})
+    again = await directory.source("UDIR", refs={})
+    assert first == again and (first.person, first.name) == ("UDIR", "Dee Dir")
+    assert len(slack.called("users.info")) == asked + 1
+    assert people.find("dee@example.com") is not None  # learned: approvers by address match
+    unknown = await directory.source("UNOSUCH", refs={}, name="nosuch")
+    assert (unknown.user, unknown.person, unknown.name, unknown.auth) == (
+        "UNOSUCH",
+        None,
+        "nosuch",
+        "slack",
+    )
+    impostor = await directory.source("UFAKE", refs={})
+    assert impostor.person != "bob" and people.find("bob@x.org") == people.find("UBOB")
     await web.close()

@@ -37,6 +37,7 @@ from bot.events import (
 from . import format as fmt
 from .outbound import SlackPoster
 from .payloads import shape_problem
+from .people import SlackDirectory
 from .settings import WORKING, SlackSettings, mention, route_key
 from .web import WebClients, base_url
 
@@ -71,7 +72,9 @@ class SlackChannel:
             # updates) run after the acknowledgement (`_later`).
             process_before_response=True,
         )
-        self.poster = SlackPoster(bot, self.web, settings)
+        self.directory = SlackDirectory(bot.people, self.web)
+        """Who a Slack user is in the people directory (`users.info`)."""
+        self.poster = SlackPoster(bot, self.web, settings, self.directory)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -148,17 +151,12 @@ class SlackChannel:
         root = event.get("thread_ts") or ts
         text = _MENTION.sub("", event.get("text") or "").strip()
         key = f"slack:msg:{channel}:{ts}"
-        source = Source(
-            channel="slack",
-            auth="slack",
-            user=user,
-            refs={
-                "channel": channel,
-                "ts": ts,
-                "thread_ts": root,
-                "team": str(body.get("team_id", "")),
-            },
-        )
+        refs = {
+            "channel": channel,
+            "ts": ts,
+            "thread_ts": root,
+            "team": str(body.get("team_id", "")),
+        }
         thread_id = self.bot.store.route(route_key(channel, root))
         if thread_id is None:
             if not (mentioned or event.get("channel_type") == "im"):
@@ -172,6 +170,7 @@ class SlackChannel:
                     )
                 return
             if self.bot.store.find_key(key) is None:
+                source = await self.directory.source(user, refs=refs)
                 await self.bot.launch(
                     text, source=source, key=key, routes=[route_key(channel, root)]
                 )
@@ -179,7 +178,7 @@ class SlackChannel:
             return
         if not text or self.bot.store.find_key(key) is not None:
             return
-        await self._continue(thread_id, text, source, key)
+        await self._continue(thread_id, text, await self.directory.source(user, refs=refs), key)
 
     async def _continue(self, thread_id: str, text: str, source: Source, key: str) -> None:
         refs = source.refs
@@ -213,24 +212,23 @@ class SlackChannel:
 
     # -- inbound: buttons and the reject modal ---------------------------------
 
-    @staticmethod
-    def _clicked(body: dict[str, Any], action: dict[str, Any]) -> tuple[dict[str, Any], Source]:
+    async def _clicked(
+        self, body: dict[str, Any], action: dict[str, Any]
+    ) -> tuple[dict[str, Any], Source]:
         value = json.loads(action["value"])
         container = body.get("container") or {}
         channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
         ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
         value.update(ch=channel, ts=ts)
-        source = Source(
-            channel="slack",
-            auth="slack",
-            user=body["user"]["id"],
-            name=body["user"].get("username") or None,
+        source = await self.directory.source(
+            body["user"]["id"],
             refs={"channel": channel, "ts": ts},
+            name=body["user"].get("username") or None,
         )
         return value, source
 
     async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        v, source = self._clicked(body, action)
+        v, source = await self._clicked(body, action)
         call = self.poster.call(v["t"], v["c"])
         options = call.arguments.get("options") if call else None
         if not isinstance(options, list) or not 0 <= v.get("i", -1) < len(options):
@@ -245,7 +243,7 @@ class SlackChannel:
         )
 
     async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        v, source = self._clicked(body, action)
+        v, source = await self._clicked(body, action)
         await self._settle_click(
             ack, v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
         )
@@ -268,7 +266,7 @@ class SlackChannel:
 
     async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()  # nothing is stored yet: the reason comes with the modal
-        v, source = self._clicked(body, action)
+        v, source = await self._clicked(body, action)
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
@@ -287,10 +285,8 @@ class SlackChannel:
     async def _on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         meta = json.loads(view["private_metadata"])
         reason = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
-        source = Source(
-            channel="slack",
-            auth="slack",
-            user=body["user"]["id"],
+        source = await self.directory.source(
+            body["user"]["id"],
             refs={"channel": meta["ch"], "ts": meta["ts"], "view": view.get("id", "")},
         )
         try:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from slack_sdk.errors import SlackApiError
 
-from bot import Delivery, ThreadBot
+from bot import Delivery, Source, ThreadBot
 from bot.events import (
     Approval,
     AssistantMessage,
@@ -24,6 +24,7 @@ from bot.events import (
 from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
+from .people import SlackDirectory
 from .settings import WORKING, SlackSettings, mention
 from .web import WebClients
 
@@ -32,13 +33,27 @@ __all__ = ["SlackPoster"]
 log = logging.getLogger("threadbot.slack")
 
 
+_HOW = {
+    "email:signed": "by email",
+    "email:thread": "by email",
+    "admin-token": "through the API",
+    "operator": "by the operator",
+    "cli": "by the operator",
+    "python": "by the operator",
+}
+_HOW_PREFIX = (("session:", "on the web page"), ("token:", "through the API"))
+
+
 class SlackPoster:
     name = "slack"
 
-    def __init__(self, bot: ThreadBot, web: WebClients, settings: SlackSettings) -> None:
+    def __init__(
+        self, bot: ThreadBot, web: WebClients, settings: SlackSettings, directory: SlackDirectory
+    ) -> None:
         self.bot = bot
         self.web = web
         self.settings = settings
+        self.directory = directory
 
     async def deliver(
         self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
@@ -53,7 +68,7 @@ class SlackPoster:
             options = [str(o) for o in event.arguments.get("options") or []]
             posts = [(question, fmt.question_blocks(thread_id, event.call_id, question, options))]
         elif isinstance(event, ToolCall):
-            who = self._who_may_approve(events, event)
+            who = await self._who_may_approve(events, event)
             blocks = fmt.approval_blocks(thread_id, event.call_id, event.name, event.arguments, who)
             posts = [(f"Approval needed: {event.name}", blocks)]
         elif isinstance(event, AssistantMessage):
@@ -101,12 +116,37 @@ class SlackPoster:
             if not cursor:
                 return found
 
-    def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
-        people = list(call.approvers) or list(self.settings.approvers)
-        if people:
-            return "Approvers: " + ", ".join(mention(p) for p in people)
+    async def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
+        """The rule of `bot.people.may_settle`, for people to read."""
+        specs = call.approvers or self.bot.people.approvers
+        if specs:
+            return "Approvers: " + ", ".join(await self.directory.describe(specs))
         origin = next(e for e in events if isinstance(e, UserMessage)).source
-        return f"{mention(origin.user)} started this, so they decide."
+        if self.bot.people.known(origin):
+            return f"{mention(origin.user)} started this, so they decide."
+        admins = self.directory.admins()
+        return "Waiting for an admin (group admins) to decide" + (
+            ": " + ", ".join(admins) if admins else "."
+        )
+
+    def _by(self, source: Source | None) -> str:
+        """Who settled, and how they were authenticated: a click in Slack
+        names the clicker; anything else says where it came from, so that a
+        body naming someone is never shown as that person's own click."""
+        if source is None:
+            return "threadbot"
+        if source.channel == self.name and source.auth == "slack":
+            return mention(source.user or source.who())
+        if source.auth in ("operator", "python") and not source.user and not source.by:
+            return "the operator"  # the local operator, or code in the process
+        person = self.bot.people.identify(source)
+        who = mention(person.display if person else source.who())
+        how = _HOW.get(source.auth or "") or next(
+            (label for prefix, label in _HOW_PREFIX if (source.auth or "").startswith(prefix)),
+            f"through {source.channel}",
+        )
+        by = f" (by {fmt.escape(source.by)} for them)" if source.by else ""
+        return f"{who} {how}{by}"
 
     async def _close_settled_elsewhere(self, thread_id: str, events: Sequence[Event]) -> None:
         """Buttons of questions and approvals settled since the last post by
@@ -136,11 +176,7 @@ class SlackPoster:
         if resolution is None or call is None or not ts:
             return
         settled = view.events[resolution.seq]
-        by = (
-            mention(resolution.source.user or resolution.source.who())
-            if resolution.source
-            else "threadbot"
-        )
+        by = self._by(resolution.source)
         if isinstance(settled, HumanResponse):
             outcome = f"✅ {by} answered: {fmt.escape(settled.text)}"
             head = fmt.to_mrkdwn(str(call.arguments.get("question", "")))

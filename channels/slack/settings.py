@@ -36,7 +36,6 @@ class SlackSettings:
     """An xapp- token: Socket Mode, no public URL needed."""
     api_url: str | None = None
     """The Web API's base URL (tests, proxies)."""
-    approvers: tuple[str, ...] = ()
 
     @property
     def socket_mode(self) -> bool:
@@ -48,11 +47,9 @@ class SlackSettings:
         token = env.get("SLACK_BOT_TOKEN")
         if not token:
             return None
-        approvers = env.get("THREADBOT_SLACK_APPROVERS", "")
         return cls(
             bot_token=token,
             signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
             app_token=env.get("SLACK_APP_TOKEN") or None,
             api_url=env.get("SLACK_API_URL") or None,
-            approvers=tuple(a.strip() for a in approvers.split(",") if a.strip()),
         )
