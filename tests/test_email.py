@@ -452,6 +452,7 @@ def test_a_reply_to_the_plain_address_is_routed_by_its_headers(
     follow = new_mail("Re: headers", "thanks, and tag it")
     follow["In-Reply-To"] = answer["Message-ID"]
     send(server, follow, to=BOT)
+    replies_to(relay, str(follow["Message-ID"]))
     body = thread(server, thread_id, "done")
     message = [e for e in body["events"] if e["type"] == "user_message"][-1]
     assert message["text"] == "thanks, and tag it"
@@ -513,3 +514,114 @@ def test_a_late_answer_is_told_who_answered(
     assert b"already settled" in late.value.smtp_error
     assert b"ops-console" in late.value.smtp_error
     assert len(thread(server, thread_id)["events"]) == n  # not taken as a new message
+
+
+def _refused(server: ServerProcess, msg: EmailMessage, to: str, sender: str) -> tuple[int, bytes]:
+    """The code and text of a refusal, at RCPT or at DATA."""
+    try:
+        send(server, msg, to=to, sender=sender)
+    except smtplib.SMTPRecipientsRefused as e:
+        return e.recipients[to]
+    except smtplib.SMTPDataError as e:
+        return e.smtp_code, e.smtp_error
+    raise AssertionError(f"accepted: mail from {sender} to {to}")
+
+
+def _still_waiting(server: ServerProcess, thread_id: str, n: int) -> None:
+    time.sleep(0.3)  # time for a wrongly accepted approval to run the tool
+    body = thread(server, thread_id, "waiting_for_approval")
+    assert len(body["events"]) == n
+    assert not any(e["type"] in ("approval", "tool_result") for e in body["events"])
+
+
+def test_a_forged_from_on_a_reply_to_the_plain_address_does_not_approve(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    """Anyone who saw the request's Message-ID could once approve as the
+    approver by mailing the plain address with In-Reply-To and a forged From."""
+    thread_id, request, _ = approval_mail(server, relay, model, "10.0")
+    n = len(thread(server, thread_id)["events"])
+    forged = new_mail("Re: deploy", "approve", sender=LEAD)
+    forged["In-Reply-To"] = request["Message-ID"]
+    forged["References"] = request["Message-ID"]
+    code, why = _refused(server, forged, BOT, LEAD)
+    assert code == 550 and b"Reply-To" in why
+    _still_waiting(server, thread_id, n)
+    model.add(text("Deployed."))
+    reply(server, request, "approve", sender=LEAD)  # the approver's own address still works
+    thread(server, thread_id, "done")
+
+
+def test_the_requester_cannot_approve_through_their_own_address_as_the_approver(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, _, notice = approval_mail(server, relay, model, "11.0")
+    n = len(thread(server, thread_id)["events"])
+    with pytest.raises(smtplib.SMTPDataError) as denied:
+        reply(server, notice, "approve", sender=LEAD)  # ANN's address, LEAD's From
+    assert denied.value.smtp_code == 550
+    assert b"5.7.1" in denied.value.smtp_error
+    assert b"made for someone else" in denied.value.smtp_error
+    _still_waiting(server, thread_id, n)
+    model.add(text("Not deployed."))
+    reply(server, thread_request(relay, notice), "no", sender=LEAD)
+    thread(server, thread_id, "done")
+
+
+def thread_request(relay: CaptureRelay, notice: EmailMessage) -> EmailMessage:
+    """The request LEAD got for the call `notice` told ANN about."""
+    with relay.lock:
+        return next(
+            c.message
+            for c in relay.messages
+            if c.rcpt_tos == [LEAD] and c.message["In-Reply-To"] == notice["In-Reply-To"]
+        )
+
+
+def test_a_reply_to_the_approvers_address_from_someone_else_is_refused(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, request, _ = approval_mail(server, relay, model, "12.0")
+    n = len(thread(server, thread_id)["events"])
+    for sender in (ANN, "eve@example.com"):
+        with pytest.raises(smtplib.SMTPDataError) as denied:
+            reply(server, request, "approve", sender=sender)
+        assert denied.value.smtp_code == 550
+        assert b"made for someone else" in denied.value.smtp_error
+    _still_waiting(server, thread_id, n)
+    model.add(text("ok"))
+    reply(server, request, "approve", sender=LEAD)
+    thread(server, thread_id, "done")
+
+
+def test_a_line_break_in_the_subject_does_not_stop_the_threads_mail(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("ok"))
+    raw = (
+        f"From: Ann <{ANN}>\r\nTo: {BOT}\r\n"
+        "Subject: =?utf-8?q?deploy=0D=0ABcc=3A_eve=40example.com?=\r\n"
+        "Message-ID: <crlf-subject@client.example>\r\n\r\ndeploy with a broken subject\r\n"
+    ).encode()
+    send(server, raw)
+    question = replies_to(relay, "<crlf-subject@client.example>")[0]
+    assert question["Subject"] == "Re: deploy Bcc: eve@example.com"
+    assert question["Bcc"] is None
+    answer = reply(server, question, "1.0")
+    replies_to(relay, str(answer["Message-ID"]))  # the thread's next mail went out too
+    thread_id = next(t["id"] for t in threads(server) if t["title"].startswith("deploy with a"))
+    thread(server, thread_id, "done")
+
+
+@pytest.mark.parametrize(
+    "address", ["zoë@example.com", "bot+abc.1.ü@example.com", "böt@example.com"]
+)
+def test_a_non_ascii_recipient_is_refused_cleanly(server: ServerProcess, address: str) -> None:
+    port = server.smtp_port  # type: ignore[attr-defined]
+    with (
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp,
+        pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
+    ):
+        smtp.sendmail(ANN, [address], b"Subject: x\r\n\r\nx", mail_options=["SMTPUTF8"])
+    code, why = refused.value.recipients[address]
+    assert code == 550, why
