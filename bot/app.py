@@ -97,6 +97,11 @@ def _banner(
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
+    if mail is not None and not mail.settings.loopback_only and not bot.people.senders:
+        lines.append(
+            f"  WARNING: mail is accepted on {mail.settings.listen} from anyone: set "
+            "THREADBOT_EMAIL_SENDERS (addresses, @domains) to say who may start threads"
+        )
     return "\n".join(lines)
 
 

@@ -59,7 +59,8 @@ class Source(BaseModel):
     """How the person was authenticated, never what a request claimed:
     `slack` (a signed request or the Socket Mode connection), `email:signed`
     (a reply to the signed address sent to them), `email:thread` (a mail
-    routed by its headers: a message, never a decision), `session:email` or
+    routed by its headers: a message, never a decision), `email:from` (a new
+    mail, known only by its From header), `session:email` or
     `session:slack` (the web page after sign-in), `token:ID` (an API token),
     `admin-token`, `operator` (loopback with no people configured), `cli`."""
     person: str | None = None

@@ -143,7 +143,7 @@ class People:
         found = self.find(slack) or self.find(email)
         if found is None:
             found = Person(id=slack or email or "?", name=name or "")
-            self.persons.append(found)
+            self.persons = [*self.persons, found]
         updated = replace(
             found,
             slack=found.slack or slack,

@@ -15,10 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from channels.email import ReplyTokens
+
 from .fakes import FakeOpenAI, ServerProcess, ask, calls, free_port, text
 from .mail_fake import CaptureRelay, reply_bytes, text_of
 from .test_http import env_for
 
+SECRET = "test-secret"
 BOT = "bot@example.com"
 ANN = "ann@example.com"
 LEAD = "lead@example.com"
@@ -49,7 +52,7 @@ def server(
         THREADBOT_SMTP=f"127.0.0.1:{free_port()}",
         THREADBOT_EMAIL=BOT,
         THREADBOT_SMTP_RELAY=f"127.0.0.1:{relay.port}",
-        THREADBOT_SECRET="test-secret",
+        THREADBOT_SECRET=SECRET,
         THREADBOT_SMTP_MAX_BYTES=str(MAX_BYTES),
         THREADBOT_EMAIL_APPROVERS=LEAD,
     )
@@ -90,7 +93,7 @@ def threads(server: ServerProcess) -> list[dict[str, Any]]:
 
 
 def thread(server: ServerProcess, thread_id: str, status: str | None = None) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:
         body: dict[str, Any] = httpx.get(server.url + f"/threads/{thread_id}").json()
         if status is None or body["status"] == status:
@@ -99,14 +102,28 @@ def thread(server: ServerProcess, thread_id: str, status: str | None = None) -> 
         time.sleep(0.02)
 
 
+def replies_to(
+    relay: CaptureRelay, message_id: str, count: int = 1, timeout: float = 20
+) -> list[EmailMessage]:
+    """The bot's mails in reply to `message_id`, once there are `count` (a
+    slow run may still be delivering an earlier test's mail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with relay.lock:
+            found = [c.message for c in relay.messages if c.message["In-Reply-To"] == message_id]
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{len(found)} replies to {message_id}"
+        time.sleep(0.02)
+
+
 def launch(
     server: ServerProcess, relay: CaptureRelay, subject: str, body: str
 ) -> tuple[str, EmailMessage, EmailMessage]:
     """Mail the bot; return the thread id, the mail sent and the bot's first mail."""
-    before = len(relay.messages)
     mail = new_mail(subject, body)
     send(server, mail)
-    bot_mail = relay.wait_for(before + 1)[before].message
+    bot_mail = replies_to(relay, str(mail["Message-ID"]))[0]
     thread_id = next(t["id"] for t in threads(server) if t["title"] == body.splitlines()[0])
     return thread_id, mail, bot_mail
 
@@ -139,8 +156,9 @@ def test_question_reply_answer_in_every_client_style(
     assert question["Subject"] == f"Re: deploy the api ({style})"
     assert question["To"] == ANN
     assert question["From"] == f"threadbot <{BOT}>"
-    assert question["Reply-To"].startswith(f"threadbot <bot+{thread_id}.")
-    assert question["Message-ID"] == f"<tb.{thread_id}.1@example.com>"
+    tokens = ReplyTokens(SECRET, BOT)
+    assert question["Reply-To"] == f"threadbot <{tokens.reply_address(thread_id, 1, ANN)}>"
+    assert question["Message-ID"] == tokens.message_id(thread_id, 1, ANN)
     assert question["Auto-Submitted"] == "auto-replied"
     assert "Which version?" in text_of(question)
     assert question.get_body(preferencelist=("html",)) is not None
@@ -148,7 +166,6 @@ def test_question_reply_answer_in_every_client_style(
 
     reply_to = question["Reply-To"].addresses[0].addr_spec
     reply_id = f"<r{next(_n)}@client.example>"
-    before = len(relay.messages)
     send(
         server,
         reply_bytes(
@@ -156,7 +173,7 @@ def test_question_reply_answer_in_every_client_style(
         ),
         to=reply_to,
     )
-    final = relay.wait_for(before + 1)[before].message
+    final = replies_to(relay, reply_id)[0]
     body = thread(server, thread_id, "done")
     response = next(e for e in body["events"] if e["type"] == "human_response")
     assert response["text"] == answer  # quotes, signatures and footers gone
@@ -173,32 +190,47 @@ def test_question_reply_answer_in_every_client_style(
 
 def approval_mail(
     server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI, tag: str
-) -> tuple[str, EmailMessage]:
+) -> tuple[str, EmailMessage, EmailMessage]:
+    """A thread waiting for LEAD's approval: its id, the request LEAD got and
+    the notice ANN (who asked) got."""
     model.add(calls(("deploy", {"service": "api", "version": tag})))
-    thread_id, _, request = launch(server, relay, f"deploy {tag}", f"deploy api {tag}")
+    start = new_mail(f"deploy {tag}", f"deploy api {tag}")
+    send(server, start)
+    sent = replies_to(relay, str(start["Message-ID"]), 2)
+    thread_id = next(t["id"] for t in threads(server) if t["title"] == f"deploy api {tag}")
+    # Each gets a mail of their own, with a reply address of their own.
+    assert sorted(str(m["To"]) for m in sent) == [ANN, LEAD]
+    request = next(m for m in sent if m["To"] == LEAD)
+    notice = next(m for m in sent if m["To"] == ANN)
+    assert request["Reply-To"] != notice["Reply-To"]
+    assert request["Message-ID"] != notice["Message-ID"]
     assert "Approval needed before I run deploy" in text_of(request)
     assert "version: " + tag in text_of(request)
     assert 'reply with "approve"' in text_of(request)
-    assert set(request["To"].split(", ")) == {ANN, LEAD}  # the approvers get it too
+    assert "needs approval by lead@example.com" in text_of(notice)
+    assert "approve" not in text_of(notice)
     thread(server, thread_id, "waiting_for_approval")
-    return thread_id, request
+    return thread_id, request, notice
 
 
-def reply(server: ServerProcess, request: EmailMessage, body: str, *, sender: str = ANN) -> bytes:
+def reply(
+    server: ServerProcess, request: EmailMessage, body: str, *, sender: str = ANN
+) -> EmailMessage:
     address = request["Reply-To"].addresses[0].addr_spec
     msg = new_mail("Re: " + str(request["Subject"]), body, sender=sender)
     msg["In-Reply-To"] = request["Message-ID"]
     send(server, msg, to=address, sender=sender)
-    return msg.as_bytes()
+    return msg
 
 
 def test_approve_by_mail(server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI) -> None:
-    thread_id, request = approval_mail(server, relay, model, "7.0")
+    thread_id, request, _ = approval_mail(server, relay, model, "7.0")
     model.add(text("Deployed 7.0."))
     reply(server, request, "Yes\n\nOn Monday threadbot wrote:\n> Approval needed", sender=LEAD)
     body = thread(server, thread_id, "done")
     approval = next(e for e in body["events"] if e["type"] == "approval")
     assert (approval["approved"], approval["source"]["user"]) == (True, LEAD)
+    assert approval["source"]["auth"] == "email:signed"
     assert any(
         e["type"] == "tool_result" and e["output"] == "deployed api 7.0" for e in body["events"]
     )
@@ -207,7 +239,7 @@ def test_approve_by_mail(server: ServerProcess, relay: CaptureRelay, model: Fake
 def test_reject_by_mail_with_a_reason(
     server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
 ) -> None:
-    thread_id, request = approval_mail(server, relay, model, "8.0")
+    thread_id, request, _ = approval_mail(server, relay, model, "8.0")
     model.add(text("Not deployed."))
     reply(server, request, "reject - the database migration has not run yet\n\nLee", sender=LEAD)
     body = thread(server, thread_id, "done")
@@ -220,17 +252,16 @@ def test_reject_by_mail_with_a_reason(
 def test_an_unclear_decision_gets_the_choices_and_changes_nothing(
     server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
 ) -> None:
-    thread_id, request = approval_mail(server, relay, model, "9.0")
+    thread_id, request, notice = approval_mail(server, relay, model, "9.0")
     n = len(thread(server, thread_id)["events"])
-    before = len(relay.messages)
-    reply(server, request, "hmm, what does this do?", sender=LEAD)
-    help_mail = relay.wait_for(before + 1)[before].message
+    unclear = reply(server, request, "hmm, what does this do?", sender=LEAD)
+    help_mail = replies_to(relay, str(unclear["Message-ID"]))[0]
     assert 'Reply with "approve"' in text_of(help_mail)
     assert help_mail["To"] == LEAD
     assert len(thread(server, thread_id, "waiting_for_approval")["events"]) == n
     # The person who asked is not an approver here: refused, nothing written.
     with pytest.raises(smtplib.SMTPDataError) as denied:
-        reply(server, request, "approve")
+        reply(server, notice, "approve")
     assert denied.value.smtp_code == 550
     assert len(thread(server, thread_id)["events"]) == n
     model.add(text("Fine."))
@@ -257,17 +288,27 @@ def test_forged_and_foreign_replies_are_refused(
     n = len(thread(server, thread_id)["events"])
     good = question["Reply-To"].addresses[0].addr_spec
     local, domain = good.split("@")
-    forged = local[:-1] + ("0" if local[-1] != "0" else "1") + "@" + domain
-    other_thread = f"bot+{'f' * 16}.{local.split('.')[1]}@{domain}"
-    for address in (forged, other_thread, "someone@example.com", "bot+@example.com"):
+    forged = local[:-1] + ("a" if local[-1] != "a" else "b") + "@" + domain
+    _, seq, sig = local.split(".")
+    other_thread = f"bot+{'f' * 16}.{seq}.{sig}@{domain}"
+    other_call = f"bot+{thread_id}.0.{sig}@{domain}"
+    old_style = f"bot+{thread_id}.{sig}@{domain}"  # the thread alone
+    for address in (
+        forged,
+        other_thread,
+        other_call,
+        old_style,
+        "someone@example.com",
+        "bot+@example.com",
+    ):
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             send(server, new_mail("Re: x", "1.4.2"), to=address)
         assert refused.value.recipients[address][0] == 550
-    # A real reply address, but from someone who is not in the conversation.
+    # A real reply address, but from someone it was not sent to.
     with pytest.raises(smtplib.SMTPDataError) as denied:
         reply(server, question, "9.9.9", sender="eve@example.com")
     assert denied.value.smtp_code == 550
-    assert b"may not" in denied.value.smtp_error
+    assert b"5.7.1" in denied.value.smtp_error and b"may not" in denied.value.smtp_error
     assert len(thread(server, thread_id)["events"]) == n
     model.add(text("ok"))
     reply(server, question, "1.4.2")  # the real sender still can
@@ -313,11 +354,10 @@ def test_a_redelivered_mail_is_a_no_op(
     mail = new_mail("dup", "deploy dup")
     send(server, mail)
     send(server, mail)
-    relay.wait_for(1)
+    question = replies_to(relay, str(mail["Message-ID"]))[0]
     time.sleep(0.3)
     assert len(threads(server)) == count + 1
     thread_id = threads(server)[0]["id"]
-    question = relay.to(ANN)[-1]
     raw = reply(server, question, "1.0")
     send(server, raw, to=question["Reply-To"].addresses[0].addr_spec)
     body = thread(server, thread_id, "done")
@@ -390,20 +430,42 @@ def test_a_new_mail_from_a_non_utf8_client(
 def test_a_reply_to_the_plain_address_is_routed_by_its_headers(
     server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
 ) -> None:
-    """Some clients drop Reply-To; In-Reply-To/References still find the thread."""
+    """Some clients drop Reply-To; In-Reply-To/References still find the
+    thread, but such a mail proves nothing about its sender: it may add a
+    message, never answer."""
     model.add(ask("Which version?"), text("ok"))
     thread_id, _, question = launch(server, relay, "headers", "deploy by headers")
     count = len(threads(server))
+    n = len(thread(server, thread_id, "waiting_for_human")["events"])
     msg = new_mail("Re: headers", "3.1")
     msg["In-Reply-To"] = question["Message-ID"]
     msg["References"] = question["References"] + " " + question["Message-ID"]
-    send(server, msg, to=BOT)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, msg, to=BOT)
+    assert refused.value.smtp_code == 550
+    assert b"Reply-To" in refused.value.smtp_error
+    assert len(thread(server, thread_id, "waiting_for_human")["events"]) == n
+    answer = replies_to(relay, str(reply(server, question, "3.1")["Message-ID"]))[0]
+    thread(server, thread_id, "done")
+    # After the answer, a follow-up found by its headers is a message in the thread.
+    model.add(text("noted"))
+    follow = new_mail("Re: headers", "thanks, and tag it")
+    follow["In-Reply-To"] = answer["Message-ID"]
+    send(server, follow, to=BOT)
+    replies_to(relay, str(follow["Message-ID"]))
     body = thread(server, thread_id, "done")
-    answers = [e for e in body["events"] if e["type"] == "human_response"]
-    assert [a["text"] for a in answers] == ["3.1"], [
-        (e["type"], e.get("text")) for e in body["events"]
-    ]
+    message = [e for e in body["events"] if e["type"] == "user_message"][-1]
+    assert message["text"] == "thanks, and tag it"
+    assert (message["source"]["user"], message["source"]["auth"]) == (ANN, "email:thread")
     assert len(threads(server)) == count
+    # Someone who is not in the thread cannot write in it that way.
+    n = len(body["events"])
+    stranger = new_mail("Re: headers", "me too", sender="eve@example.com")
+    stranger["In-Reply-To"] = answer["Message-ID"]
+    with pytest.raises(smtplib.SMTPDataError) as denied:
+        send(server, stranger, to=BOT, sender="eve@example.com")
+    assert denied.value.smtp_code == 550
+    assert len(thread(server, thread_id)["events"]) == n
 
 
 # The test relay takes AUTH without TLS (no certificate here); aiosmtpd warns.
@@ -452,3 +514,114 @@ def test_a_late_answer_is_told_who_answered(
     assert b"already settled" in late.value.smtp_error
     assert b"ops-console" in late.value.smtp_error
     assert len(thread(server, thread_id)["events"]) == n  # not taken as a new message
+
+
+def _refused(server: ServerProcess, msg: EmailMessage, to: str, sender: str) -> tuple[int, bytes]:
+    """The code and text of a refusal, at RCPT or at DATA."""
+    try:
+        send(server, msg, to=to, sender=sender)
+    except smtplib.SMTPRecipientsRefused as e:
+        return e.recipients[to]
+    except smtplib.SMTPDataError as e:
+        return e.smtp_code, e.smtp_error
+    raise AssertionError(f"accepted: mail from {sender} to {to}")
+
+
+def _still_waiting(server: ServerProcess, thread_id: str, n: int) -> None:
+    time.sleep(0.3)  # time for a wrongly accepted approval to run the tool
+    body = thread(server, thread_id, "waiting_for_approval")
+    assert len(body["events"]) == n
+    assert not any(e["type"] in ("approval", "tool_result") for e in body["events"])
+
+
+def test_a_forged_from_on_a_reply_to_the_plain_address_does_not_approve(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    """Anyone who saw the request's Message-ID could once approve as the
+    approver by mailing the plain address with In-Reply-To and a forged From."""
+    thread_id, request, _ = approval_mail(server, relay, model, "10.0")
+    n = len(thread(server, thread_id)["events"])
+    forged = new_mail("Re: deploy", "approve", sender=LEAD)
+    forged["In-Reply-To"] = request["Message-ID"]
+    forged["References"] = request["Message-ID"]
+    code, why = _refused(server, forged, BOT, LEAD)
+    assert code == 550 and b"Reply-To" in why
+    _still_waiting(server, thread_id, n)
+    model.add(text("Deployed."))
+    reply(server, request, "approve", sender=LEAD)  # the approver's own address still works
+    thread(server, thread_id, "done")
+
+
+def test_the_requester_cannot_approve_through_their_own_address_as_the_approver(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, _, notice = approval_mail(server, relay, model, "11.0")
+    n = len(thread(server, thread_id)["events"])
+    with pytest.raises(smtplib.SMTPDataError) as denied:
+        reply(server, notice, "approve", sender=LEAD)  # ANN's address, LEAD's From
+    assert denied.value.smtp_code == 550
+    assert b"5.7.1" in denied.value.smtp_error
+    assert b"made for someone else" in denied.value.smtp_error
+    _still_waiting(server, thread_id, n)
+    model.add(text("Not deployed."))
+    reply(server, thread_request(relay, notice), "no", sender=LEAD)
+    thread(server, thread_id, "done")
+
+
+def thread_request(relay: CaptureRelay, notice: EmailMessage) -> EmailMessage:
+    """The request LEAD got for the call `notice` told ANN about."""
+    with relay.lock:
+        return next(
+            c.message
+            for c in relay.messages
+            if c.rcpt_tos == [LEAD] and c.message["In-Reply-To"] == notice["In-Reply-To"]
+        )
+
+
+def test_a_reply_to_the_approvers_address_from_someone_else_is_refused(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    thread_id, request, _ = approval_mail(server, relay, model, "12.0")
+    n = len(thread(server, thread_id)["events"])
+    for sender in (ANN, "eve@example.com"):
+        with pytest.raises(smtplib.SMTPDataError) as denied:
+            reply(server, request, "approve", sender=sender)
+        assert denied.value.smtp_code == 550
+        assert b"made for someone else" in denied.value.smtp_error
+    _still_waiting(server, thread_id, n)
+    model.add(text("ok"))
+    reply(server, request, "approve", sender=LEAD)
+    thread(server, thread_id, "done")
+
+
+def test_a_line_break_in_the_subject_does_not_stop_the_threads_mail(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    model.add(ask("Which version?"), text("ok"))
+    raw = (
+        f"From: Ann <{ANN}>\r\nTo: {BOT}\r\n"
+        "Subject: =?utf-8?q?deploy=0D=0ABcc=3A_eve=40example.com?=\r\n"
+        "Message-ID: <crlf-subject@client.example>\r\n\r\ndeploy with a broken subject\r\n"
+    ).encode()
+    send(server, raw)
+    question = replies_to(relay, "<crlf-subject@client.example>")[0]
+    assert question["Subject"] == "Re: deploy Bcc: eve@example.com"
+    assert question["Bcc"] is None
+    answer = reply(server, question, "1.0")
+    replies_to(relay, str(answer["Message-ID"]))  # the thread's next mail went out too
+    thread_id = next(t["id"] for t in threads(server) if t["title"].startswith("deploy with a"))
+    thread(server, thread_id, "done")
+
+
+@pytest.mark.parametrize(
+    "address", ["zoë@example.com", "bot+abc.1.ü@example.com", "böt@example.com"]
+)
+def test_a_non_ascii_recipient_is_refused_cleanly(server: ServerProcess, address: str) -> None:
+    port = server.smtp_port  # type: ignore[attr-defined]
+    with (
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp,
+        pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
+    ):
+        smtp.sendmail(ANN, [address], b"Subject: x\r\n\r\nx", mail_options=["SMTPUTF8"])
+    code, why = refused.value.recipients[address]
+    assert code == 550, why

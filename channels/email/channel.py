@@ -1,46 +1,36 @@
 """The email channel: an SMTP server in, an SMTP relay out.
 
-Inbound, the bot's address launches threads; replies come back to a signed
-reply address (`bot+<thread>.<signature>@domain`) or quote a Message-ID the bot
-sent. A mail is parsed, checked and appended before the server answers 250,
-so an accepted mail is never lost; the agent runs after. Refusals write
-nothing: an unknown or forged address at RCPT, a sender who may not answer at
-DATA. Automatic mail (out-of-office, bounces, reports) is accepted and dropped
-without a reply, so two machines never talk in a loop.
+Inbound, a mail to the bot's address starts a thread (from the senders
+THREADBOT_EMAIL_SENDERS allows). Answers and decisions come only to the
+signed reply address the question was sent with, from the person it was sent
+to (see `tokens`); a mail found only by its In-Reply-To/References adds a
+message from one of the thread's people, never an answer. A mail is parsed,
+checked and appended before the server answers 250, so an accepted mail is
+never lost; the agent runs after. Refusals write nothing. Automatic mail
+(out-of-office, bounces, reports) is accepted and dropped without a reply, so
+two machines never talk in a loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import secrets
-import smtplib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from email.message import EmailMessage
-from pathlib import Path
+from collections.abc import Sequence
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bot import Delivery, Refused, Source, ThreadBot
-from bot.events import (
-    AssistantMessage,
-    Delivered,
-    Error,
-    Event,
-    HumanResponse,
-    ToolCall,
-    UserMessage,
-)
-from bot.thread import HUMAN_INPUT, Pending
-from store import EventStore
+from bot.events import AssistantMessage, Delivered, Error, Event, ToolCall
+from bot.thread import HUMAN_INPUT
 
-from .compose import ReplyTokens, approval_text, build_mail, question_text, reply_subject
-from .parse import InboundMail, parse_mail
+from .outbound import Postman, route_key, sent_ids
+from .parse import InboundMail, dmarc_failed, parse_mail
+from .recipients import email_source, is_participant
+from .settings import EmailSettings, hostport
+from .tokens import ReplyAddress, ReplyTokens
 
-__all__ = ["EmailChannel", "EmailSettings"]
+__all__ = ["EmailChannel"]
 
 log = logging.getLogger("threadbot.email")
 
@@ -48,61 +38,10 @@ _APPROVE = {"approve", "approved", "yes", "y", "ok", "lgtm"}
 _REJECT = {"reject", "rejected", "no", "n", "deny", "denied"}
 _FIRST_WORD = re.compile(r"^\s*([A-Za-z]+)[\s.,:;!-]*(.*)$", re.DOTALL)
 
-
-def _hostport(value: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return value, default_port
-    return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class EmailSettings:
-    address: str = "bot@localhost"
-    """THREADBOT_EMAIL: the bot's address; replies go to address+token."""
-    listen: str = "127.0.0.1:8025"
-    """THREADBOT_SMTP: where the SMTP server listens."""
-    max_bytes: int = 10 * 1024 * 1024
-    relay: str | None = None
-    """THREADBOT_SMTP_RELAY host:port; unset, outbound mail is written to `outbox`."""
-    relay_user: str | None = None
-    relay_password: str | None = None
-    relay_starttls: bool = False
-    secret: str | None = None
-    """THREADBOT_SECRET: keys the reply tokens; generated and kept in the database if unset."""
-    approvers: tuple[str, ...] = ()
-    outbox: str = "./outbox"
-    """THREADBOT_OUTBOX: where outbound mail is written when there is no relay."""
-
-    @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, *, outbox: str | None = None
-    ) -> EmailSettings | None:
-        """None when THREADBOT_SMTP is `off`."""
-        env = os.environ if env is None else env
-        if (env.get("THREADBOT_SMTP") or "").lower() == "off":
-            return None
-        approvers = env.get("THREADBOT_EMAIL_APPROVERS", "")
-        return cls(
-            address=(env.get("THREADBOT_EMAIL") or cls.address).lower(),
-            listen=env.get("THREADBOT_SMTP") or cls.listen,
-            max_bytes=int(env.get("THREADBOT_SMTP_MAX_BYTES") or cls.max_bytes),
-            relay=env.get("THREADBOT_SMTP_RELAY") or None,
-            relay_user=env.get("THREADBOT_SMTP_USER") or None,
-            relay_password=env.get("THREADBOT_SMTP_PASSWORD") or None,
-            relay_starttls=(env.get("THREADBOT_SMTP_STARTTLS") or "").lower()
-            in ("1", "true", "yes"),
-            secret=env.get("THREADBOT_SECRET") or None,
-            approvers=tuple(a.strip().lower() for a in approvers.split(",") if a.strip()),
-            outbox=env.get("THREADBOT_OUTBOX") or outbox or cls.outbox,
-        )
-
-    def secret_from(self, store: EventStore) -> str:
-        return self.secret or store.meta("email_secret", secrets.token_hex(32))
-
-
-def route_key(message_id: str) -> str:
-    return f"email:{message_id.lower()}"
+_USE_REPLY_TO = (
+    "550 5.7.1 Answers and decisions are taken only as a reply to the address "
+    "the request came from (its Reply-To); nothing was recorded"
+)
 
 
 class EmailChannel:
@@ -112,12 +51,13 @@ class EmailChannel:
         self.bot = bot
         self.settings = settings
         self.tokens = ReplyTokens(settings.secret_from(bot.store), settings.address)
+        self.postman = Postman(bot, settings, self.tokens)
         self._server: asyncio.AbstractServer | None = None
 
     # -- the SMTP server ----------------------------------------------------
 
     async def start(self) -> None:
-        host, port = _hostport(self.settings.listen, 8025)
+        host, port = hostport(self.settings.listen, 8025)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: SMTP(
@@ -145,10 +85,35 @@ class EmailChannel:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if not self.tokens.is_ours(address):
+        # Ours are ASCII: anything else is simply not a mailbox here.
+        if not address.isascii() or "@" not in address:
             return "550 5.1.1 No such mailbox here"
+        if not self.tokens.is_plain(address):
+            reply = self.tokens.read(address)
+            if reply is None or not self._may_be_ours(reply):
+                return "550 5.1.1 No such mailbox here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    def _may_be_ours(self, reply: ReplyAddress) -> bool:
+        """Whether a reply address was made for someone the bot mailed. Who
+        is replying is only known at DATA (the From header); this refuses a
+        made-up or altered address early."""
+        if self.bot.store.thread(reply.thread_id) is None:
+            return False
+        events = self.bot.get(reply.thread_id).events
+        if reply.seq >= len(events) or not isinstance(
+            events[reply.seq], ToolCall | AssistantMessage | Error
+        ):
+            return False  # nothing the bot mails
+        sent_to = [
+            r
+            for e in events
+            if isinstance(e, Delivered) and e.channel == self.name and e.of_seq == reply.seq
+            for r in e.refs.get("to", "").split()
+        ]
+        # Not recorded yet (sent just before a crash): DATA decides.
+        return not sent_to or any(self.tokens.signed_for(reply, r) for r in sent_to)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
@@ -168,15 +133,6 @@ class EmailChannel:
 
     # -- routing --------------------------------------------------------------
 
-    def _thread_of(self, mail: InboundMail, rcpts: Sequence[str]) -> str | None:
-        for address in rcpts:
-            if (thread_id := self.tokens.thread_of(address)) is not None:
-                return thread_id
-        for message_id in (*mail.in_reply_to, *reversed(mail.references)):
-            if (thread_id := self.bot.store.route(route_key(message_id))) is not None:
-                return thread_id
-        return None
-
     async def _receive(self, mail: InboundMail, rcpts: list[str]) -> str:
         if mail.auto:
             log.info(
@@ -185,37 +141,78 @@ class EmailChannel:
             return "250 2.0.0 Accepted (automatic mail: no reply)"
         if not mail.sender:
             return "550 5.1.7 The message has no sender address"
+        servid = self.settings.auth_servid
+        if servid and dmarc_failed(mail, servid):
+            return f"550 5.7.1 {servid} found this mail fails DMARC for its From domain"
         key = route_key(mail.message_id)
         if self.bot.store.find_key(key) is not None:
             return "250 2.0.0 Already received"
-        source = Source(
-            channel=self.name,
-            user=mail.sender,
-            name=mail.sender_name or None,
-            refs={"message_id": mail.message_id, "subject": mail.subject},
-        )
-        thread_id = self._thread_of(mail, rcpts)
-        if thread_id is None:
-            if not mail.text:
-                return "550 5.6.0 The message has no text"
-            await self.bot.launch(mail.text, source=source, key=key, routes=[key])
-            return "250 2.0.0 Accepted"
+        for address in rcpts:
+            if (reply := self.tokens.read(address)) is not None:
+                return await self._signed_reply(mail, reply, key)
+        for message_id in (*mail.in_reply_to, *reversed(mail.references)):
+            if (thread_id := self.bot.store.route(route_key(message_id))) is not None:
+                return await self._thread_message(mail, thread_id, key)
+        return await self._launch(mail, key)
+
+    async def _launch(self, mail: InboundMail, key: str) -> str:
+        # The From header, not the envelope sender: forwarders rewrite the latter.
+        if not self.bot.people.sender_allowed(mail.sender):
+            return f"550 5.7.1 {mail.sender} may not start conversations with this bot"
+        if not mail.text:
+            return "550 5.6.0 The message has no text"
+        source = self._source(mail, "email:from")
+        await self.bot.launch(mail.text, source=source, key=key, routes=[key])
+        return "250 2.0.0 Accepted"
+
+    async def _thread_message(self, mail: InboundMail, thread_id: str, key: str) -> str:
+        """A mail found by its headers only: a message from one of the
+        thread's people, never an answer or a decision."""
+        events = self.bot.get(thread_id).events
+        source = self._source(mail, "email:thread")
+        if (why := is_participant(self.bot.people, events, source)) is not None:
+            return f"550 5.7.1 {mail.sender} may not write in this conversation: {_one_line(why)}"
+        if _replied_call(events, mail) is not None:
+            return _USE_REPLY_TO
+        if not mail.text:
+            return "550 5.6.0 The message has no text"
+        try:
+            await self.bot.send(thread_id, mail.text, source=source, key=key)
+        except Refused:
+            return _USE_REPLY_TO  # the thread waits for an answer or a decision
+        return "250 2.0.0 Accepted"
+
+    async def _signed_reply(self, mail: InboundMail, reply: ReplyAddress, key: str) -> str:
+        """A reply to the address made for one recipient and one event: the
+        recipient's answer or decision on that call, or a message."""
+        if not self.tokens.signed_for(reply, mail.sender):
+            return (
+                "550 5.7.1 This reply address was made for someone else: "
+                f"{mail.sender} may not use it"
+            )
+        thread_id = reply.thread_id
         if self.bot.store.thread(thread_id) is None:
             return "550 5.1.1 No such conversation"
-        view = self.bot.get(thread_id)
-        target = _replied_call(view.events, mail) or _open_call(view.state.pending)
+        events = self.bot.get(thread_id).events
+        if reply.seq >= len(events):
+            return "550 5.1.1 No such conversation"
+        target = events[reply.seq]
+        source = self._source(mail, "email:signed")
         try:
-            if target is not None and target.name == HUMAN_INPUT:
+            if isinstance(target, ToolCall) and target.name == HUMAN_INPUT:
                 options = [str(o) for o in target.arguments.get("options") or []]
                 text, option = _answer(mail.text, options)
                 await self.bot.respond(
                     thread_id, text, call_id=target.call_id, option=option, source=source, key=key
                 )
-            elif target is not None:
+            elif isinstance(target, ToolCall):
                 decision = _decision(mail.text)
                 if decision is None:
                     self.bot.check(thread_id, "approval", call_id=target.call_id, source=source)
-                    await self._explain_choices(thread_id, mail, target.name)
+                    reply_to = self.tokens.reply_address(thread_id, reply.seq, mail.sender)
+                    await self.postman.explain_choices(
+                        events, mail.sender, reply_to, mail.message_id, target.name
+                    )
                     return "250 2.0.0 Accepted (not a decision: the choices were sent)"
                 approved, comment = decision
                 await self.bot.decide(
@@ -227,6 +224,9 @@ class EmailChannel:
                     key=key,
                 )
             else:
+                why = is_participant(self.bot.people, events, source)
+                if why is not None:
+                    return f"550 5.7.1 {mail.sender} may not write here: {_one_line(why)}"
                 if not mail.text:
                     return "550 5.6.0 The message has no text"
                 await self.bot.send(thread_id, mail.text, source=source, key=key)
@@ -234,104 +234,22 @@ class EmailChannel:
             return f"550 5.7.1 {_one_line(str(e))}"
         return "250 2.0.0 Accepted"
 
+    def _source(self, mail: InboundMail, auth: str) -> Source:
+        return email_source(
+            self.bot.people,
+            mail.sender,
+            auth=auth,
+            name=mail.sender_name,
+            message_id=mail.message_id,
+            subject=mail.subject,
+        )
+
     # -- outbound ---------------------------------------------------------------
 
     async def deliver(
         self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
     ) -> Delivery:
-        # SMTP cannot be asked what it delivered: a resend after a crash
-        # carries the same Message-ID, which mail clients take as one mail.
-        origin = next(e for e in events if isinstance(e, UserMessage)).source
-        event = events[seq]
-        to = [origin.user or ""]
-        if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
-            options = [str(o) for o in event.arguments.get("options") or []]
-            text = question_text(str(event.arguments.get("question", "")), options)
-        elif isinstance(event, ToolCall):
-            text = approval_text(event.name, event.arguments)
-            to += [a for a in (event.approvers or self.settings.approvers) if "@" in a]
-        elif isinstance(event, AssistantMessage):
-            text = event.text
-        elif isinstance(event, Error):
-            text = f"I had to stop: {event.message}"
-        else:
-            raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
-        message_id = f"<tb.{thread_id}.{seq}@{self.tokens.domain or 'threadbot'}>"
-        msg = self._mail(thread_id, events, origin, list(dict.fromkeys(to)), text, message_id)
-        await self._send(msg)
-        return Delivery(refs={"message_id": message_id}, routes=(route_key(message_id),))
-
-    def _mail(
-        self,
-        thread_id: str,
-        events: Sequence[Event],
-        origin: Source,
-        to: list[str],
-        text: str,
-        message_id: str,
-        in_reply_to: str | None = None,
-    ) -> EmailMessage:
-        ids: list[str] = []
-        last_inbound: str | None = None
-        for e in events:
-            if isinstance(e, UserMessage | HumanResponse) and e.source.channel == self.name:
-                mid = e.source.refs.get("message_id")
-                if mid:
-                    ids.append(mid)
-                    last_inbound = mid
-            elif isinstance(e, Delivered) and e.channel == self.name and "message_id" in e.refs:
-                ids.append(e.refs["message_id"])
-        # The first message and the latest ones: clients thread on either.
-        references = ids[:1] + ids[1:][-9:]
-        return build_mail(
-            sender=self.tokens.address,
-            reply_to=self.tokens.reply_address(thread_id),
-            to=to,
-            subject=reply_subject(origin.refs.get("subject", "")),
-            text=text,
-            message_id=message_id,
-            in_reply_to=in_reply_to or last_inbound,
-            references=references,
-        )
-
-    async def _explain_choices(self, thread_id: str, mail: InboundMail, tool: str) -> None:
-        text = (
-            f"I could not read a decision in your reply: {tool} is waiting for "
-            'approval.\n\nReply with "approve" (or "yes") on the first line to run it, '
-            'or "reject" (or "no") followed by your reason.'
-        )
-        events = self.bot.get(thread_id).events
-        origin = next(e for e in events if isinstance(e, UserMessage)).source
-        message_id = (
-            f"<tb.{thread_id}.help.{secrets.token_hex(6)}@{self.tokens.domain or 'threadbot'}>"
-        )
-        msg = self._mail(thread_id, events, origin, [mail.sender], text, message_id)
-        msg.replace_header("In-Reply-To", mail.message_id) if msg[
-            "In-Reply-To"
-        ] else msg.add_header("In-Reply-To", mail.message_id)
-        await self._send(msg)
-
-    async def _send(self, msg: EmailMessage) -> None:
-        if self.settings.relay is None:
-            await asyncio.to_thread(self._write_outbox, msg)
-        else:
-            await asyncio.to_thread(self._relay, msg)
-
-    def _relay(self, msg: EmailMessage) -> None:
-        assert self.settings.relay is not None
-        host, port = _hostport(self.settings.relay, 25)
-        with smtplib.SMTP(host, port, timeout=30) as smtp:
-            if self.settings.relay_starttls:
-                smtp.starttls()
-            if self.settings.relay_user:
-                smtp.login(self.settings.relay_user, self.settings.relay_password or "")
-            smtp.send_message(msg, from_addr=self.tokens.address)
-
-    def _write_outbox(self, msg: EmailMessage) -> None:
-        folder = Path(self.settings.outbox)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9.@-]", "_", str(msg["Message-ID"]).strip("<>"))
-        (folder / f"{name}.eml").write_bytes(msg.as_bytes())
+        return await self.postman.deliver(thread_id, events, seq)
 
 
 def _one_line(text: str) -> str:
@@ -340,12 +258,13 @@ def _one_line(text: str) -> str:
 
 def _replied_call(events: Sequence[Event], mail: InboundMail) -> ToolCall | None:
     """The question or approval request this mail replies to, if it replies
-    to one the bot sent (so a late answer is told it is late, and never
-    becomes a new message)."""
+    to one the bot sent (an answer sent that way is refused, never taken as
+    a new message)."""
     sent: dict[str, int] = {
-        e.refs["message_id"]: e.of_seq
+        message_id: e.of_seq
         for e in events
-        if isinstance(e, Delivered) and e.channel == "email" and "message_id" in e.refs
+        if isinstance(e, Delivered) and e.channel == "email"
+        for message_id in sent_ids(e)
     }
     for message_id in (*mail.in_reply_to, *reversed(mail.references)):
         seq = sent.get(message_id)
@@ -355,17 +274,6 @@ def _replied_call(events: Sequence[Event], mail: InboundMail) -> ToolCall | None
                 return event
             return None  # a reply to an answer: a new message
     return None
-
-
-def _open_call(pending: Pending | None) -> ToolCall | None:
-    if pending is None or pending.kind == "result":
-        return None
-    return ToolCall(
-        call_id=pending.call_id,
-        name=pending.name,
-        arguments=pending.arguments,
-        requires_approval=pending.kind == "approval",
-    )
 
 
 def _answer(text: str, options: Sequence[str]) -> tuple[str, str | None]:

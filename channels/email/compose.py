@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
 import json
 import re
@@ -12,46 +10,16 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Any
 
-__all__ = ["ReplyTokens", "approval_text", "build_mail", "question_text"]
+from .parse import one_line
+
+__all__ = ["approval_text", "build_mail", "question_text", "reply_subject", "waiting_text"]
 
 _RE = re.compile(r"^\s*(re|aw|sv|antw)\s*:\s*", re.IGNORECASE)
 
 
-class ReplyTokens:
-    """`bot+<thread>.<signature>@domain`: a reply address that names its
-    thread and cannot be made up or altered without the secret."""
-
-    def __init__(self, secret: str, address: str) -> None:
-        self._key = secret.encode()
-        self.address = address.lower()
-        self.local, _, self.domain = self.address.partition("@")
-
-    def _sign(self, thread_id: str) -> str:
-        digest = hmac.new(self._key, f"reply:{thread_id}".encode(), hashlib.sha256).hexdigest()
-        return digest[:20]
-
-    def reply_address(self, thread_id: str) -> str:
-        return f"{self.local}+{thread_id}.{self._sign(thread_id)}@{self.domain}"
-
-    def thread_of(self, address: str) -> str | None:
-        """The thread a reply address names; None if it is not one of ours
-        or its signature does not match."""
-        local, _, domain = address.lower().partition("@")
-        if domain != self.domain or not local.startswith(self.local + "+"):
-            return None
-        token = local[len(self.local) + 1 :]
-        thread_id, _, signature = token.partition(".")
-        if not thread_id or not hmac.compare_digest(signature, self._sign(thread_id)):
-            return None
-        return thread_id
-
-    def is_ours(self, address: str) -> bool:
-        a = address.lower()
-        return a == self.address or self.thread_of(a) is not None
-
-
 def reply_subject(subject: str) -> str:
-    bare = subject
+    # Subjects stored before they were cleaned on the way in are cleaned here.
+    bare = one_line(subject)
     while _RE.match(bare):
         bare = _RE.sub("", bare, count=1)
     return f"Re: {bare.strip() or 'threadbot'}"
@@ -67,15 +35,27 @@ def question_text(question: str, options: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _arguments(arguments: dict[str, Any]) -> list[str]:
+    return [
+        f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+        for k, v in arguments.items()
+    ]
+
+
 def approval_text(tool: str, arguments: dict[str, Any]) -> str:
-    lines = [f"Approval needed before I run {tool}:", ""]
-    for k, v in arguments.items():
-        lines.append(f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}")
+    lines = [f"Approval needed before I run {tool}:", "", *_arguments(arguments)]
     lines += [
         "",
         'To run it, reply with "approve" (or "yes") on the first line.',
         'To stop it, reply with "reject" (or "no") and your reason; I will read it.',
     ]
+    return "\n".join(lines)
+
+
+def waiting_text(tool: str, arguments: dict[str, Any], deciders: str) -> str:
+    """For someone who sees the request but may not decide it."""
+    lines = [f"Before I run {tool}, it needs approval by {deciders}:", "", *_arguments(arguments)]
+    lines += ["", "I asked them, and will write here when it is decided."]
     return "\n".join(lines)
 
 

@@ -18,10 +18,11 @@ from email.utils import getaddresses, parseaddr
 import html2text
 from mailparser_reply.parser import EmailMessage as ReplyText
 
-__all__ = ["InboundMail", "auto_reply_reason", "new_text", "parse_mail"]
+__all__ = ["InboundMail", "auto_reply_reason", "dmarc_failed", "new_text", "one_line", "parse_mail"]
 
 _MSGID = re.compile(r"<[^<>\s]+>")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\]\\,;:\"]+@[^@\s<>()\[\]\\,;:\"]+\.[^@\s<>()\[\]\\,;:\"]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _MOBILE_FOOTERS = re.compile(
     r"^\s*(sent from my \w+.*|get outlook for \w+.*|sent from (mail|outlook) for \w+.*)\s*$",
     re.IGNORECASE | re.MULTILINE,
@@ -42,6 +43,14 @@ class InboundMail:
     """The new text: quoted history, signatures and footers removed."""
     auto: str | None
     """Why this is automatic mail (auto-reply, bounce...), or None."""
+    auth_results: tuple[str, ...] = ()
+    """The Authentication-Results headers, as they came (anyone may add one)."""
+
+
+def one_line(text: str) -> str:
+    """A header value as one line: a CR or LF in a Subject would make every
+    mail that quotes it impossible to write."""
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def _header(msg: Message, name: str) -> str:
@@ -50,6 +59,35 @@ def _header(msg: Message, name: str) -> str:
     except Exception:  # a header the parser could not make sense of
         return ""
     return str(value or "").strip()
+
+
+def _headers(msg: Message, name: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(v) for v in msg.get_all(name) or ())
+    except Exception:
+        return ()
+
+
+def dmarc_failed(mail: InboundMail, servid: str) -> bool:
+    """Whether the mail server named `servid` (RFC 8601 authserv-id) found
+    that this mail fails DMARC for its From domain. Results stamped by any
+    other server are ignored: the sender may have written them."""
+    domain = mail.sender.rpartition("@")[2]
+    for value in mail.auth_results:
+        head, _, results = value.partition(";")
+        words = head.split()
+        if not words or words[0].lower() != servid.lower():
+            continue
+        for result in results.split(";"):
+            found = re.search(r"\bdmarc\s*=\s*(\w+)", result, re.IGNORECASE)
+            if found is None or found.group(1).lower() == "pass":
+                continue
+            if found.group(1).lower() not in ("fail", "permerror"):
+                continue
+            of = re.search(r"\bheader\.from\s*=\s*([^\s;()]+)", result, re.IGNORECASE)
+            if of is None or of.group(1).lower().lstrip("@") == domain:
+                return True
+    return False
 
 
 def _ids(value: str) -> tuple[str, ...]:
@@ -161,12 +199,13 @@ def parse_mail(raw: bytes, *, return_path: str | None = None) -> InboundMail:
     return InboundMail(
         message_id=message_id,
         sender=sender.lower(),
-        sender_name=name,
-        subject=_header(msg, "Subject"),
+        sender_name=one_line(name),
+        subject=one_line(_header(msg, "Subject")),
         in_reply_to=_ids(_header(msg, "In-Reply-To")),
         references=_ids(_header(msg, "References")),
         text=new_text(body),
         auto=auto_reply_reason(msg, return_path),
+        auth_results=_headers(msg, "Authentication-Results"),
     )
 
 

@@ -329,14 +329,14 @@ class Harness:
             duplicates += sum(n - 1 for n in per_call.values() if n > 1)
             event_keys = [e["key"] for e in events if e.get("key")]
             duplicates += len(event_keys) - len(set(event_keys))
-        # Notifications: one per pause (per delivered item), by Message-ID.
-        by_item: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+        # Notifications: one per pause and recipient (per delivered item), by Message-ID.
+        by_item: dict[tuple[str, str, str], set[str]] = collections.defaultdict(set)
         sends = collections.Counter[str]()
         for c in self.relay.messages:
             mid = str(c.message["Message-ID"])
-            found = re.match(r"<tb\.([0-9a-f]+)\.(\d+)@", mid)
+            found = re.match(r"<tb\.([0-9a-f]+)\.(\d+)\.[0-9a-f]+@", mid)
             if found:
-                by_item[(found.group(1), found.group(2))].add(mid)
+                by_item[(found.group(1), found.group(2), " ".join(c.rcpt_tos))].add(mid)
                 sends[mid] += 1
         double_delivered = sum(1 for mids in by_item.values() if len(mids) > 1)
         posts = collections.Counter(
