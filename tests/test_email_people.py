@@ -23,6 +23,8 @@ from .test_http import env_for
 BOT = "bot@example.com"
 BOSS = "boss@example.com"
 EVE = "eve@example.net"
+ADMIN_TOKEN = "admin-token-for-reading"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 _n = iter(range(1, 10**6))
 
 
@@ -35,6 +37,7 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[ServerProcess, Capture
             THREADBOT_EMAIL=BOT,
             THREADBOT_SMTP_RELAY=f"127.0.0.1:{relay.port}",
             THREADBOT_SECRET="people-secret",
+            THREADBOT_API_TOKEN=ADMIN_TOKEN,
         )
         e.update(env)
         (tmp_path / "ledger.txt").touch()
@@ -70,9 +73,11 @@ def reply(server: ServerProcess, to_mail: EmailMessage, sender: str, body: str, 
 def wait_thread(server: ServerProcess, status: str | None = None) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while True:
-        rows = httpx.get(server.url + "/threads").json()
+        rows = httpx.get(server.url + "/threads", headers=ADMIN).json()
         if rows:
-            body: dict[str, Any] = httpx.get(server.url + f"/threads/{rows[0]['id']}").json()
+            body: dict[str, Any] = httpx.get(
+                server.url + f"/threads/{rows[0]['id']}", headers=ADMIN
+            ).json()
             if status is None or body["status"] == status:
                 return body
         assert time.monotonic() < deadline, rows
@@ -123,7 +128,7 @@ def test_a_listed_sender_starts_threads_and_approves_their_own_others_are_refuse
                 send(server, mail(sender, "deploy"))
             assert refused.value.smtp_code == 550
             assert b"may not start" in refused.value.smtp_error
-        assert httpx.get(server.url + "/threads").json() == []
+        assert httpx.get(server.url + "/threads", headers=ADMIN).json() == []
         model.add(calls(("deploy", {"service": "api", "version": "1"})), text("Deployed."))
         send(server, mail("Ann <ann@example.com>", "deploy the api"))
         request = relay.wait_for(1)[0].message
