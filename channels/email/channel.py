@@ -12,6 +12,7 @@ without a reply, so two machines never talk in a loop.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import re
@@ -309,6 +310,24 @@ class EmailChannel:
         msg.replace_header("In-Reply-To", mail.message_id) if msg[
             "In-Reply-To"
         ] else msg.add_header("In-Reply-To", mail.message_id)
+        await self._send(msg)
+
+    async def send_sign_in(self, address: str, link: str) -> None:
+        """A web page sign-in link, on its own: no thread, no reply address."""
+        msg = EmailMessage()
+        msg["From"] = self.tokens.address
+        msg["To"] = address
+        msg["Subject"] = "Sign in to threadbot"
+        msg["Date"] = email.utils.formatdate(usegmt=True)
+        msg["Message-ID"] = (
+            f"<tb.sign-in.{secrets.token_hex(8)}@{self.tokens.domain or 'threadbot'}>"
+        )
+        # Nobody should answer it, least of all an out-of-office responder.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(
+            f"Open this link to sign in to threadbot:\n\n{link}\n\n"
+            "It works once, within 15 minutes. If you did not ask to sign in, ignore this mail."
+        )
         await self._send(msg)
 
     async def _send(self, msg: EmailMessage) -> None:
