@@ -55,6 +55,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "m004_undelivered",
         "m005_waiting",
         "m006_partial_indexes",
+        "m007_credentials",
     ]
     assert db.table("meta").pks == ["key"]
 
