@@ -126,6 +126,8 @@ async def serve(settings: Settings) -> None:
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app, protect
     from channels.slack import SlackChannel, SlackSettings
+    from channels.web.sign_in import SignInSettings, mount_sign_in
+    from store import Credentials
 
     host, port = settings.host_port()
     bot = build_bot(settings)
@@ -148,6 +150,13 @@ async def serve(settings: Settings) -> None:
     http_slack = slack is not None and not slack.settings.socket_mode
     app = create_app(bot)
     web.mount(app)
+    mount_sign_in(
+        app,
+        credentials=Credentials(bot.store),
+        people=bot.people,
+        settings=SignInSettings.from_env(),
+        send_link=mail.send_sign_in if mail is not None else None,
+    )
     if slack is not None and http_slack:
         slack.mount(app)
     stack = protect(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import UsageError
-from .events import Event, HumanResponse, Source, UserMessage
+from .events import Approval, Event, HumanResponse, Source, UserMessage
 
 __all__ = ["ADMINS", "People", "Person", "may_settle", "takes_part"]
 
@@ -221,9 +221,12 @@ Kind = Literal["question", "approval", "result"]
 
 
 def takes_part(people: People, events: Sequence[Event], source: Source) -> bool:
-    """Whether the person behind `source` has written in the thread."""
+    """Whether the person behind `source` has written in the thread or decided
+    one of its calls (a decider keeps seeing what their decision led to)."""
     return any(
-        people.same(source, e.source) for e in events if isinstance(e, UserMessage | HumanResponse)
+        people.same(source, e.source)
+        for e in events
+        if isinstance(e, UserMessage | HumanResponse | Approval)
     )
 
 

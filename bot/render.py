@@ -84,13 +84,13 @@ def _line(e: Event) -> str | None:
         case ToolResult():
             mark = "✗ error" if e.is_error else "✓ result"
             out = e.output if isinstance(e.output, str) else json.dumps(e.output)
-            by = f" (posted by {e.source.who()})" if e.source else ""
+            by = f" (posted by {e.source.how()})" if e.source else ""
             return f"{mark} `{e.call_id}`{by}: {out}"
         case HumanResponse():
-            return f"**{e.source.who()}** answered (`{e.call_id}`):\n\n{_quote(e.text)}"
+            return f"**{e.source.how()}** answered (`{e.call_id}`):\n\n{_quote(e.text)}"
         case Approval():
             verdict = "✅ approved" if e.approved else "❌ rejected"
-            line = f"{verdict} `{e.call_id}` by **{e.source.who()}**"
+            line = f"{verdict} `{e.call_id}` by **{e.source.how()}**"
             if e.comment:
                 line += f": {e.comment}"
             if e.arguments is not None:

@@ -275,12 +275,18 @@ def create_app(bot: ThreadBot) -> FastAPI:
     @app.get("/threads/{thread_id}", response_model=ThreadOut)
     async def get_thread(request: Request, thread_id: str) -> JSONResponse:
         """The thread: its status, what it waits for, and every event with its seq.
-        `pending.allowed` says whether the caller may settle it."""
+        `pending.allowed` says whether the caller may settle it, and an
+        approval's `pending.deciders` who may."""
         visible(request, thread_id)
         view = bot.get(thread_id)
         body = view.json()
-        if body["pending"] is not None:
+        pending = view.state.pending
+        if pending is not None:
             body["pending"]["allowed"] = bot.may_settle(thread_id, who(request, None), view=view)
+            if pending.kind == "approval":
+                # For the page to say who may decide, by name.
+                specs = pending.approvers or bot.people.approvers
+                body["pending"]["deciders"] = bot.people.describe(specs)
         return JSONResponse(body)
 
     @app.get("/threads/{thread_id}/pending", response_model=Pending | None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import secrets
 import sys
 import threading
 import time
@@ -108,6 +110,14 @@ class FakeSlack:
             return self._directory(method, args)
         if method == "apps.connections.open":
             return 200, {"ok": True, "url": self.socket_url}, {}
+        if method == "openid.connect.token":
+            return 200, self._oidc_token(args), {}
+        if method == "openid.connect.userInfo":
+            with self.lock:
+                user = self.oidc_tokens.get(str(args.get("_token", "")))
+            if user is None:
+                return 200, {"ok": False, "error": "invalid_auth"}, {}
+            return 200, {"ok": True, **user}, {}
         return 200, {"ok": True}, {}
 
     def _directory(
@@ -133,6 +143,46 @@ class FakeSlack:
         }
         return 200, {"ok": True, "user": user}, {}
 
+    # -- Sign in with Slack (OpenID Connect) ---------------------------------------
+
+    oidc_users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Slack user id → what openid.connect.userInfo says about them."""
+    oidc_user: str = ""
+    """Who signs in at the authorize page next (Slack asks the browser's user)."""
+    oidc_codes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    oidc_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def authorize_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/openid/connect/authorize"
+
+    def issue_code(self, user: str, nonce: str = "") -> str:
+        """A code as Slack's authorize page hands out after the user consents."""
+        code = "code-" + secrets.token_hex(8)
+        with self.lock:
+            self.oidc_codes[code] = (user, nonce)
+        return code
+
+    def _oidc_token(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            found = self.oidc_codes.pop(str(args.get("code", "")), None)  # single use
+            if found is None or not str(args.get("_auth", "")).startswith("Basic "):
+                return {"ok": False, "error": "invalid_code"}
+            user, nonce = found
+            token = "xoxp-" + secrets.token_hex(8)
+            info = {"https://slack.com/user_id": user, **self.oidc_users.get(user, {})}
+            self.oidc_tokens[token] = info
+        claims = {"sub": user, "nonce": nonce, "email": info.get("email")}
+        return {
+            "ok": True,
+            "access_token": token,
+            "token_type": "Bearer",
+            "id_token": ".".join(
+                base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                for part in ({"alg": "none"}, claims, "")
+            ),
+        }
+
     socket_url: str = ""
     on_post: Any = None
     """Called with each chat.postMessage before it is answered."""
@@ -149,6 +199,21 @@ class FakeSlack:
                 pass
 
             def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                if url.path.endswith("/openid/connect/authorize"):
+                    # The user consents at once; Slack sends the browser back.
+                    q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                    code = fake.issue_code(fake.oidc_user, q.get("nonce", ""))
+                    back = (
+                        q["redirect_uri"]
+                        + "?"
+                        + urllib.parse.urlencode({"code": code, "state": q.get("state", "")})
+                    )
+                    self.send_response(302)
+                    self.send_header("Location", back)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.do_POST()
 
             def do_POST(self) -> None:
@@ -164,6 +229,10 @@ class FakeSlack:
                 url = urllib.parse.urlparse(self.path)
                 method = url.path.rsplit("/", 1)[-1]
                 args.update({k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()})
+                if method.startswith("openid."):
+                    auth = self.headers.get("Authorization", "")
+                    args["_auth"] = auth
+                    args["_token"] = args.get("token") or auth.removeprefix("Bearer ")
                 status, body, headers = fake.answer(method, args)
                 data = json.dumps(body).encode()
                 self.send_response(status)

@@ -81,16 +81,16 @@ def test_inbox_to_answer_to_done(page: Page, server: ServerProcess, model: FakeO
 
     row.get_by_role("link", name="deploy the api from the web").click()
     expect(page.get_by_role("heading", name="The agent asks")).to_be_visible()
-    page.get_by_label("Answering as").fill("Ann")
-    page.get_by_label("Answering as").dispatch_event("change")
+    # No people file, on loopback: whoever opens the page is the local operator.
+    expect(page.locator("#me")).to_have_text("local operator (loopback, no sign-in)")
     page.get_by_role("group", name="Options").get_by_role("button", name="1.4.2").click()
     expect(page.locator("#state")).to_have_text("Done")
-    expect(page.locator("#timeline")).to_contain_text("Ann via http answered")
+    expect(page.locator("#timeline")).to_contain_text("local operator via operator answered")
     expect(page.locator("#timeline")).to_contain_text("Deployed **1.4.2**.")
     page.screenshot(path=str(OUTPUT / "thread.png"), full_page=True)
     body = httpx.get(server.url + f"/threads/{thread['id']}").json()
     answer = next(e for e in body["events"] if e["type"] == "human_response")
-    assert (answer["text"], answer["source"]["name"]) == ("1.4.2", "Ann")
+    assert (answer["text"], answer["source"]["auth"]) == ("1.4.2", "operator")
 
 
 def test_approve_and_reject(page: Page, server: ServerProcess, model: FakeOpenAI) -> None:
@@ -100,7 +100,7 @@ def test_approve_and_reject(page: Page, server: ServerProcess, model: FakeOpenAI
     expect(page.get_by_role("heading", name="Approve deploy?")).to_be_visible()
     page.get_by_role("button", name="Approve").click()
     expect(page.locator("#state")).to_have_text("Done")
-    expect(page.locator("#timeline")).to_contain_text("approved by web via http")
+    expect(page.locator("#timeline")).to_contain_text("approved by local operator via operator")
 
     model.add(calls(("deploy", {"service": "api", "version": "3"})), text("Not deployed."))
     thread = launch(server, "deploy 3 from the web", "waiting_for_approval")
@@ -111,7 +111,7 @@ def test_approve_and_reject(page: Page, server: ServerProcess, model: FakeOpenAI
     page.get_by_label("Why reject? The agent reads this.").fill("version 3 is not signed")
     page.get_by_role("button", name="Reject with this reason").click()
     expect(page.locator("#state")).to_have_text("Done")
-    expect(page.locator("#timeline")).to_contain_text("rejected by web via http")
+    expect(page.locator("#timeline")).to_contain_text("rejected by local operator via operator")
     assert "version 3 is not signed" in model.requests[-1]["messages"][-1]["content"]
 
 
@@ -130,14 +130,12 @@ def test_a_second_tab_is_told_who_answered(
         # The second tab goes to the background and stops refreshing: stale.
         second.evaluate("Object.defineProperty(document, 'hidden', {value: true})")
         second.get_by_label("Your answer").fill("red")
-        first.get_by_label("Answering as").fill("Bea")
-        first.get_by_label("Answering as").dispatch_event("change")
         first.get_by_label("Your answer").fill("blue")
         first.get_by_role("button", name="Send answer").click()
         expect(first.locator("#state")).to_have_text("Done")
         second.get_by_role("button", name="Send answer").click()
         expect(second.get_by_role("alert")).to_contain_text("already settled")
-        expect(second.get_by_role("alert")).to_contain_text("Bea")
+        expect(second.get_by_role("alert")).to_contain_text("local operator")
     finally:
         context.close()
     body = httpx.get(server.url + f"/threads/{thread['id']}").json()

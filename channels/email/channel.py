@@ -14,9 +14,12 @@ two machines never talk in a loop.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import re
+import secrets
 from collections.abc import Sequence
+from email.message import EmailMessage
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -250,6 +253,24 @@ class EmailChannel:
         self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
     ) -> Delivery:
         return await self.postman.deliver(thread_id, events, seq)
+
+    async def send_sign_in(self, address: str, link: str) -> None:
+        """A web page sign-in link, on its own: no thread, no reply address."""
+        msg = EmailMessage()
+        msg["From"] = self.tokens.address
+        msg["To"] = address
+        msg["Subject"] = "Sign in to threadbot"
+        msg["Date"] = email.utils.formatdate(usegmt=True)
+        msg["Message-ID"] = (
+            f"<tb.sign-in.{secrets.token_hex(8)}@{self.tokens.domain or 'threadbot'}>"
+        )
+        # Nobody should answer it, least of all an out-of-office responder.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(
+            f"Open this link to sign in to threadbot:\n\n{link}\n\n"
+            "It works once, within 15 minutes. If you did not ask to sign in, ignore this mail."
+        )
+        await self.postman.send(msg)
 
 
 def _one_line(text: str) -> str:

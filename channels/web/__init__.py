@@ -17,8 +17,8 @@ from fastapi.responses import HTMLResponse, Response
 __all__ = ["OPEN_PATHS", "mount"]
 
 OPEN_PATHS = ("/", "/ui/app.css", "/ui/app.js")
-"""Served without the API token: they hold no data, and the page asks for the
-token before it reads any."""
+"""Served without the API token: they hold no data, and the page asks who
+you are (sign-in or token) before it reads any."""
 
 _STATIC = files(__package__) / "static"
 
@@ -35,9 +35,19 @@ def _page(title: str, body: str, script_data: str = "") -> str:
 <body{script_data}>
 <header class="top">
   <a class="brand" href="/">threadbot</a>
-  <label class="who">Answering as
-    <input id="who" name="who" autocomplete="name" placeholder="your name"></label>
+  <p id="me" class="who" aria-live="polite"></p>
 </header>
+<section id="sign-in" class="sign-in" hidden aria-labelledby="sign-in-title">
+  <h1 id="sign-in-title">Sign in</h1>
+  <form id="email-form" hidden>
+    <label for="email">Your email address</label>
+    <input id="email" type="email" autocomplete="email" required>
+    <button type="submit" class="primary">Email me a sign-in link</button>
+  </form>
+  <p id="email-sent" role="status" hidden></p>
+  <p><a id="slack-sign-in" href="/auth/slack" hidden>Sign in with Slack</a></p>
+  <p><button id="use-token" type="button">I have an API token</button></p>
+</section>
 <main id="main">{body}</main>
 <div id="token-dialog" class="token" hidden>
   <form id="token-form">

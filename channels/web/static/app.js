@@ -44,7 +44,100 @@ function ago(iso) {
   return `${Math.floor(s / 86400)} d ago`;
 }
 
-// -- the API, with the token when the server wants one -------------------------
+// -- who is signed in ---------------------------------------------------------------
+
+let me = null; // /auth/me: name, person, auth, admin, csrf (sessions only)
+let offer = null; // when nobody is signed in: which sign-ins the server offers
+
+function tokenHeaders() {
+  const token = sessionStorage.getItem("threadbot-token");
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function loadMe() {
+  const response = await fetch("/auth/me", { headers: tokenHeaders() });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  me = response.ok ? body : null;
+  offer = response.ok ? null : body || {};
+  if (!response.ok) sessionStorage.removeItem("threadbot-token");
+  showMe();
+}
+
+function offersSignIn() {
+  return Boolean(offer && (offer.email || offer.slack));
+}
+
+const HOW = {
+  "session:email": "signed in by email link",
+  "session:slack": "signed in with Slack",
+  "admin-token": "admin token",
+};
+
+function showMe() {
+  const box = document.getElementById("me");
+  const signIn = document.getElementById("sign-in");
+  const main = document.getElementById("main");
+  signIn.hidden = true;
+  main.hidden = false;
+  if (me && me.auth === "operator") {
+    box.replaceChildren("local operator (loopback, no sign-in)");
+  } else if (me && me.csrf) {
+    box.replaceChildren(`${me.name} · ${HOW[me.auth] || me.auth} · `,
+      el("button", { type: "button", class: "link", onclick: signOut }, "Sign out"));
+  } else if (me) {
+    box.replaceChildren(`${me.name} · ${HOW[me.auth] || "API token"} · `,
+      el("button", { type: "button", class: "link", onclick: forgetToken }, "Forget token"));
+  } else if (offersSignIn()) {
+    box.replaceChildren("not signed in");
+    signIn.hidden = false;
+    main.hidden = true;
+    document.getElementById("email-form").hidden = !offer.email;
+    document.getElementById("slack-sign-in").hidden = !offer.slack;
+  } else {
+    box.replaceChildren();
+  }
+}
+
+async function signOut() {
+  await fetch("/auth/logout", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": me.csrf },
+    body: "{}",
+  });
+  location.reload();
+}
+
+function forgetToken() {
+  sessionStorage.removeItem("threadbot-token");
+  location.reload();
+}
+
+document.getElementById("email-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const address = document.getElementById("email").value.trim();
+  const response = await fetch("/auth/email", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ email: address }),
+  });
+  const sent = document.getElementById("email-sent");
+  sent.hidden = false;
+  sent.textContent = response.ok
+    ? `If ${address} belongs to someone here, a sign-in link is on its way. It works once, within 15 minutes.`
+    : `Could not ask for a link (${response.status}).`;
+});
+
+document.getElementById("use-token").addEventListener("click", async () => {
+  await askForToken();
+  location.reload();
+});
+
+// -- the API, with the session's CSRF token or the bearer token ----------------------
 
 let tokenWaiters = [];
 
@@ -66,13 +159,17 @@ document.getElementById("token-form").addEventListener("submit", (e) => {
 
 async function api(path, options = {}) {
   for (;;) {
-    const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
-    const token = sessionStorage.getItem("threadbot-token");
-    if (token) headers.Authorization = `Bearer ${token}`;
+    const headers = { "Content-Type": "application/json", ...tokenHeaders(), ...(options.headers || {}) };
+    if (me && me.csrf) headers["X-CSRF-Token"] = me.csrf;
     const response = await fetch(path, { ...options, headers });
     if (response.status === 401) {
-      sessionStorage.removeItem("threadbot-token");
+      // The session ended or the token is wrong: sign in again if the
+      // server offers it, else ask for the token.
+      await loadMe();
+      if (me) continue;
+      if (offersSignIn()) return { ok: false, status: 401, body: { error: "Sign in first." } };
       await askForToken();
+      await loadMe();
       continue;
     }
     let body = null;
@@ -83,13 +180,6 @@ async function api(path, options = {}) {
     }
     return { ok: response.ok, status: response.status, body };
   }
-}
-
-const whoInput = document.getElementById("who");
-whoInput.value = localStorage.getItem("threadbot-who") || "";
-whoInput.addEventListener("change", () => localStorage.setItem("threadbot-who", whoInput.value.trim()));
-function who() {
-  return whoInput.value.trim() || "web";
 }
 
 // -- the inbox -------------------------------------------------------------------
@@ -137,9 +227,12 @@ async function loadInbox() {
 
 // -- one thread ------------------------------------------------------------------
 
+// Who, and how they were authenticated (bot/events.py Source.how).
 function who_of(source) {
   if (!source) return "threadbot";
-  return `${source.name || source.user || "someone"} via ${source.channel}`;
+  let who = source.name || source.user || source.channel;
+  if (source.by) who = `${who} (by ${source.by})`;
+  return `${who} via ${source.auth || source.channel}`;
 }
 
 function pretty(value) {
@@ -206,11 +299,13 @@ function renderTimeline(threadId, events) {
         el("div", { class: "ev-head" }, el("span", {}, `#${e.seq}`), el("strong", {}, head), el("time", { datetime: e.ts }, when(e.ts))),
         ...body,
         el("details", {}, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(e, null, 2))),
-        el(
-          "div",
-          { class: "ev-actions" },
-          el("button", { type: "button", onclick: () => fork(threadId, e.seq), "aria-label": `Fork a new thread from event ${e.seq}` }, "Fork from here"),
-        ),
+        me && me.admin
+          ? el(
+              "div",
+              { class: "ev-actions" },
+              el("button", { type: "button", onclick: () => fork(threadId, e.seq), "aria-label": `Fork a new thread from event ${e.seq}` }, "Fork from here"),
+            )
+          : null,
       ),
     );
   }
@@ -228,7 +323,7 @@ function errorBox(card, text) {
 
 async function send(card, path, payload) {
   card.querySelectorAll("button").forEach((b) => (b.disabled = true));
-  const res = await api(path, { method: "POST", body: JSON.stringify({ ...payload, user: who() }) });
+  const res = await api(path, { method: "POST", body: JSON.stringify(payload) });
   card.querySelectorAll("button").forEach((b) => (b.disabled = false));
   if (!res.ok) {
     errorBox(card, (res.body && res.body.error) || `Refused (${res.status})`);
@@ -249,7 +344,16 @@ function renderPending(threadId, pending) {
   }
   const base = `/threads/${encodeURIComponent(threadId)}`;
   let card;
-  if (pending.kind === "question") {
+  if (!pending.allowed) {
+    // Offer only what this person may do; say who may.
+    const deciders = (pending.deciders || []).join(", ");
+    const what = pending.kind === "question" ? "The agent asks" : pending.kind === "approval" ? `Approve ${pending.tool}?` : `Waiting for the result of ${pending.tool}`;
+    card = el("div", { class: "card" }, el("h2", {}, what),
+      pending.kind === "question" ? el("p", { class: "ev-body" }, pending.question || "") : el("pre", {}, pretty(pending.arguments)),
+      el("p", { class: "not-yours" }, deciders
+        ? `Only ${deciders} may decide this; you may not.`
+        : "You may not settle this: it waits for the people in this thread or an approver."));
+  } else if (pending.kind === "question") {
     const area = el("textarea", { id: "answer", name: "answer", required: true });
     card = el(
       "form",
@@ -334,7 +438,14 @@ function every(ms, fn) {
   setInterval(tick, ms);
 }
 
-if (document.body.dataset.page === "inbox") {
+async function start() {
+  await loadMe();
+  if (!me && offersSignIn()) return; // the sign-in form is showing
+  if (document.body.dataset.page === "inbox") startInbox();
+  else if (document.body.dataset.page === "thread") every(1500, loadThread);
+}
+
+function startInbox() {
   const filter = document.getElementById("filter");
   filter.value = new URLSearchParams(location.search).get("status") || "";
   filter.addEventListener("change", () => {
@@ -345,6 +456,6 @@ if (document.body.dataset.page === "inbox") {
     loadInbox();
   });
   every(2000, loadInbox);
-} else if (document.body.dataset.page === "thread") {
-  every(1500, loadThread);
 }
+
+start();
