@@ -23,12 +23,12 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .errors import UsageError
 from .events import Approval, Event, HumanResponse, Source, UserMessage
 
-__all__ = ["ADMINS", "People", "Person", "may_settle", "takes_part"]
+__all__ = ["ADMINS", "Deciders", "People", "Person", "deciders", "may_settle", "takes_part"]
 
 ADMINS = "admins"
 """The group that decides what no approver was named for."""
@@ -230,6 +230,28 @@ def takes_part(people: People, events: Sequence[Event], source: Source) -> bool:
     )
 
 
+class Deciders(NamedTuple):
+    """Who decides a call, as `may_settle` applies it: for notices and pages
+    to say so, and to reach those people."""
+
+    by: Literal["approvers", "starter", "admins"]
+    specs: tuple[str, ...]
+    """The approver entries; with nobody named, the starter's id, or the
+    admins' group."""
+
+
+def deciders(people: People, approvers: Sequence[str], origin: Source | None) -> Deciders:
+    """The call's approvers, else the deployment's; with nobody named, the
+    person who started the thread if the deployment knows them, else the
+    admins."""
+    specs = tuple(approvers) or people.approvers
+    if specs:
+        return Deciders("approvers", specs)
+    if origin is not None and people.known(origin):
+        return Deciders("starter", (origin.person or origin.user or "",))
+    return Deciders("admins", (f"group:{ADMINS}",))
+
+
 def may_settle(
     people: People,
     events: Sequence[Event],
@@ -261,7 +283,8 @@ def may_settle(
     is_admin = who is not None and ADMINS in who.groups
     humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
     origin = humans[0] if humans else None
-    specs = tuple(approvers) or people.approvers
+    decide = deciders(people, approvers, origin)
+    specs = decide.specs if decide.by == "approvers" else ()
     if kind == "approval":
         if specs:
             if not people.named(source, specs):
@@ -272,7 +295,7 @@ def may_settle(
             return None
         if is_admin:
             return None
-        if people.same(source, origin) and people.known(origin):
+        if decide.by == "starter" and people.same(source, origin):
             return None
         if people.same(source, origin):
             return (

@@ -32,6 +32,7 @@ from bot import (
     ThreadNotFound,
     UsageError,
 )
+from bot.people import deciders
 from bot.render import pending_json
 from store import Credentials
 
@@ -285,8 +286,9 @@ def create_app(bot: ThreadBot) -> FastAPI:
             body["pending"]["allowed"] = bot.may_settle(thread_id, who(request, None), view=view)
             if pending.kind == "approval":
                 # For the page to say who may decide, by name.
-                specs = pending.approvers or bot.people.approvers
-                body["pending"]["deciders"] = bot.people.describe(specs)
+                decide = deciders(bot.people, pending.approvers, view.state.origin)
+                named = decide.specs if decide.by == "approvers" else ()
+                body["pending"]["deciders"] = bot.people.describe(named)
         return JSONResponse(body)
 
     @app.get("/threads/{thread_id}/pending", response_model=Pending | None)
@@ -362,9 +364,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
-    async def fork(
-        request: Request, thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None
-    ) -> Forked:
+    async def fork(thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None) -> Forked:
         """A new thread with a copy of events 0..at; it goes on from there."""
         new_id = await bot.fork(thread_id, body.at, key=_key(f"{thread_id}:fork", idempotency_key))
         return Forked(id=new_id, parent_id=thread_id, at=body.at)

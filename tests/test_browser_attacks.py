@@ -17,38 +17,26 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from .fakes import FakeOpenAI, ServerProcess, calls
 from .test_http import env_for, wait_status
-from .test_web import CHROMIUM
+from .test_web import chromium
 
 EDITED = {"approved": True, "arguments": {"service": "api", "version": "666"}}
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM, "the browser tests need Chromium: apt-get install chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                # The attacker's name now resolves to this machine.
-                "--host-resolver-rules=MAP evil.test 127.0.0.1",
-                # Chromium's own refusal of public pages reaching loopback would
-                # stop the rebinding test before threadbot is asked; other
-                # browsers have none, and the server must not rely on it.
-                "--disable-features=LocalNetworkAccessChecks",
-            ],
-        )
+    with chromium(
+        # The attacker's name now resolves to this machine.
+        "--host-resolver-rules=MAP evil.test 127.0.0.1",
+        # Chromium's own refusal of public pages reaching loopback would
+        # stop the rebinding test before threadbot is asked; other
+        # browsers have none, and the server must not rely on it.
+        "--disable-features=LocalNetworkAccessChecks",
+    ) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from .fakes import FakeOpenAI, ServerProcess, calls, free_port, text
 from .mail_fake import CaptureRelay
 from .slack_fake import FakeSlack
 from .test_http import env_for, wait_status
-from .test_web import CHROMIUM
+from .test_web import chromium
 
 ADMIN = {"Authorization": "Bearer admin-s3cret"}
 PEOPLE = """
@@ -41,11 +41,8 @@ LINK = re.compile(r"http://\S+/auth/email/callback\?token=\S+")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM, "the browser tests need Chromium: apt-get install chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

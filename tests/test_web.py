@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ OUTPUT = REPO / "test-output"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextmanager
+def chromium(*extra_args: str) -> Iterator[Browser]:
+    """The system's Chromium, headless, quiet (nothing of its own goes out)."""
     assert CHROMIUM, "the browser tests need Chromium: apt-get install chromium"
     with sync_playwright() as p:
         b = p.chromium.launch(
@@ -32,10 +34,19 @@ def browser() -> Iterator[Browser]:
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                *extra_args,
             ],
         )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

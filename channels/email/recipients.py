@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bot import Source
 from bot.events import Event, ToolCall
-from bot.people import ADMINS, People, may_settle
+from bot.people import People, deciders, may_settle
 
 __all__ = ["Recipient", "approval_recipients", "email_source", "is_participant"]
 
@@ -57,16 +57,15 @@ def approval_recipients(
     people read them."""
     call = events[seq]
     assert isinstance(call, ToolCall)
-    specs = call.approvers or people.approvers
-    if specs:
-        candidates = [a for s in specs for a in _addresses(people, s)]
-        deciders = ", ".join(people.describe(specs))
-    elif people.known(origin):
-        candidates, deciders = [origin.user or ""], origin.who()
+    decide = deciders(people, call.approvers, origin)
+    if decide.by == "approvers":
+        candidates = [a for s in decide.specs for a in _addresses(people, s)]
+        names = ", ".join(people.describe(decide.specs))
+    elif decide.by == "starter":
+        candidates, names = [origin.user or ""], origin.who()
     else:
         # A stranger never approves their own request: the admins decide.
-        candidates = _addresses(people, f"group:{ADMINS}")
-        deciders = "an admin"
+        candidates, names = _addresses(people, decide.specs[0]), "an admin"
     out: dict[str, Recipient] = {}
     for address in [*candidates, origin.user or ""]:
         if not address or address in out:
@@ -82,7 +81,7 @@ def approval_recipients(
             source=source,
         )
         out[address] = Recipient(address, decides=why is None)
-    return list(out.values()), deciders
+    return list(out.values()), names
 
 
 def is_participant(people: People, events: Sequence[Event], source: Source) -> str | None:

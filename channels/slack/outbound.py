@@ -21,6 +21,7 @@ from bot.events import (
     ToolResult,
     UserMessage,
 )
+from bot.people import deciders
 from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
@@ -118,11 +119,11 @@ class SlackPoster:
 
     async def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
         """The rule of `bot.people.may_settle`, for people to read."""
-        specs = call.approvers or self.bot.people.approvers
-        if specs:
-            return "Approvers: " + ", ".join(await self.directory.describe(specs))
         origin = next(e for e in events if isinstance(e, UserMessage)).source
-        if self.bot.people.known(origin):
+        decide = deciders(self.bot.people, call.approvers, origin)
+        if decide.by == "approvers":
+            return "Approvers: " + ", ".join(await self.directory.describe(decide.specs))
+        if decide.by == "starter":
             return f"{mention(origin.user)} started this, so they decide."
         admins = self.directory.admins()
         return "Waiting for an admin (group admins) to decide" + (
