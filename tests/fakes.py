@@ -186,7 +186,7 @@ class ServerProcess:
         # Closed in close(): it outlives this method, holding the server's log.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve"],
+            [sys.executable, "-m", "threadbot", "serve"],
             cwd=REPO,
             env=self.env,
             stdout=self._out,

@@ -15,7 +15,7 @@ from .test_http import env_for
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
+        [sys.executable, "-m", "threadbot", *args],
         cwd=REPO,
         env={**clean_environ(), **env},
         capture_output=True,

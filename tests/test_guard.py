@@ -429,7 +429,7 @@ def test_a_malformed_public_url_is_refused_at_start(
         "THREADBOT_PUBLIC_URL": "bot.example.com",  # no scheme: not an origin
     }
     out = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
+        [sys.executable, "-m", "threadbot", "serve"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -280,7 +280,7 @@ def test_serving_beyond_loopback_needs_a_token(
         "THREADBOT_HTTP": "0.0.0.0:0",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
+        [sys.executable, "-m", "threadbot", "serve"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -249,7 +249,7 @@ def test_serving_beyond_loopback_needs_a_token_or_people(
     env.pop("THREADBOT_PEOPLE")
     env["THREADBOT_HTTP"] = "0.0.0.0:0"
     done = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
+        [sys.executable, "-m", "threadbot", "serve"],
         cwd=REPO,
         env={**clean_environ(), **env},
         capture_output=True,

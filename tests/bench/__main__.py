@@ -31,8 +31,8 @@ from typing import Any
 
 from bot import OpenAIModel, ThreadBot, Toolbox
 from bot.events import Delivered
-from bot.process import tune_for_serving
 from store import EventStore, NewRow
+from threadbot.process import tune_for_serving
 
 from .model_server import ANSWER, ModelServer
 

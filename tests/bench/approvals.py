@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bot import OpenAIModel, ThreadBot, Toolbox, tool
-from bot.process import tune_for_serving
 from store import EventStore
+from threadbot.process import tune_for_serving
 
 from .__main__ import _pct
 from .model_server import ModelServer

@@ -35,8 +35,8 @@ from bot.context import Context
 from bot.events import Source, ToolCall, UserMessage
 from bot.log import ThreadLog
 from bot.model import Model, ModelCall, ModelReply
-from bot.process import tune_for_serving
 from store import EventStore
+from threadbot.process import tune_for_serving
 
 from ..fakes import ServerProcess, free_port
 from ..slack_fake import BOT_USER, SECRET, SlackSender

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
-from .errors import UsageError
+from bot.errors import UsageError
 
 if TYPE_CHECKING:
-    from .people import People
+    from bot.people import People
 
 __all__ = ["DEFAULT_TOOLS", "Settings"]
 

@@ -21,10 +21,10 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from bot.errors import ThreadbotError, UsageError
 from store.credentials import SCOPES
 
 from .config import Settings
-from .errors import ThreadbotError, UsageError
 
 __all__ = ["main"]
 
@@ -71,7 +71,7 @@ class Remote:
 
 def _print_state(view: dict[str, Any], *, since: int = 0) -> None:
     """New events in brief, then what the thread waits for and how to answer."""
-    from .render import event_line
+    from bot.render import event_line
 
     for e in view["events"][since:]:
         line = event_line(e)
@@ -226,8 +226,9 @@ def _print_threads(rows: Sequence[dict[str, Any]]) -> None:
 
 
 async def _local(settings: Settings, args: argparse.Namespace) -> None:
-    from .app import build_bot
-    from .events import Source
+    from bot.events import Source
+
+    from .serve import build_bot
 
     bot = build_bot(settings)
     src = Source(channel="cli", user=getpass.getuser(), auth="cli", admin=True)
@@ -280,10 +281,10 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
 
 def _tokens(settings: Settings, args: argparse.Namespace) -> None:
     """Tokens are kept in the database: whoever can open it is the operator."""
+    from bot.durations import seconds
     from store import Credentials, EventStore
 
-    from .app import build_people
-    from .durations import seconds
+    from .serve import build_people
 
     store = EventStore(settings.db)
     try:
@@ -327,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(db=args.db, http=args.http, tools=args.tools, model=args.model)
         if args.command == "serve":
-            from .app import run_serve
+            from .serve import run_serve
 
             run_serve(settings)
             return 0

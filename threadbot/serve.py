@@ -1,7 +1,4 @@
-"""The composition root: settings → store → model → tools → bot → channels.
-
-The only module that sees `store`, `bot` and `channels` together.
-"""
+"""`threadbot serve`: settings → store → model → tools → bot → channels, and the server."""
 
 from __future__ import annotations
 
@@ -11,17 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.api import ThreadBot
+from bot.context import DEFAULT_SYSTEM_PROMPT
+from bot.demo import DemoModel
+from bot.errors import UsageError
+from bot.model import Model, OpenAIModel
+from bot.people import People
+from bot.tools import load_tools
 from store import EventStore
 
-from .api import ThreadBot
 from .config import DEFAULT_TOOLS, Settings
-from .context import DEFAULT_SYSTEM_PROMPT
-from .demo import DemoModel
-from .errors import UsageError
-from .model import Model, OpenAIModel
-from .people import People
 from .process import tune_for_serving
-from .tools import load_tools
 
 if TYPE_CHECKING:
     from channels.email import EmailChannel
