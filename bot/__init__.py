@@ -1,9 +1,15 @@
 """threadbot's agent: events, derived state, the runner, tools and the model.
 
-from bot import ThreadBot, tool
+    from bot import ThreadBot, tool
+
+What this package exports is what channels and the composition root use:
+nothing outside `bot` needs its modules' own names.
 """
 
-from .api import Receipt, ThreadBot, ThreadView
+from store import SCOPES, Credentials
+
+from .api import AwaitingDecision, Receipt, ThreadBot, ThreadView
+from .durations import seconds
 from .errors import (
     AlreadyAnswered,
     ModelError,
@@ -17,25 +23,50 @@ from .errors import (
 )
 from .events import Event, Source
 from .model import Model, ModelReply, OpenAIModel, ScriptedModel
-from .runner import Delivery, Outbound
+from .notices import (
+    Answer,
+    ApprovalRequest,
+    Delivery,
+    Failure,
+    Notice,
+    Outbound,
+    Outcome,
+    Question,
+    Said,
+)
+from .people import ADMINS, Deciders, People, Person
 from .step import next_step
 from .thread import ThreadState, derive
 from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
 
 __all__ = [
+    "ADMINS",
+    "SCOPES",
     "AlreadyAnswered",
+    "Answer",
+    "ApprovalRequest",
+    "AwaitingDecision",
+    "Credentials",
+    "Deciders",
     "Deferred",
     "Delivery",
     "Event",
+    "Failure",
     "Model",
     "ModelError",
     "ModelReply",
     "NotAllowed",
     "NotWaiting",
+    "Notice",
     "OpenAIModel",
     "Outbound",
+    "Outcome",
+    "People",
+    "Person",
+    "Question",
     "Receipt",
     "Refused",
+    "Said",
     "ScriptedModel",
     "Source",
     "ThreadBot",
@@ -51,5 +82,6 @@ __all__ = [
     "derive",
     "load_tools",
     "next_step",
+    "seconds",
     "tool",
 ]

@@ -3,39 +3,57 @@
 Every method that writes appends one event and wakes the thread's runner;
 none waits for the agent. A write that does not fit what the thread waits for
 raises a `Refused` error and writes nothing.
+
+Channels come in through the same methods (`reply` takes a person's free
+text and decides what it is) and go out through `Outbound.deliver`, which
+the runner hands a typed notice (`bot.notices`). A `ThreadBot` belongs to the
+thread (and event loop) that made it, and reads and writes through the store
+it was given; `run_in_thread` gives the agent a thread, a loop and a
+connection of its own, opened there and closed when the bot closes.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store import DuplicateKey, EventStore, SeqConflict, ThreadRow
+from store import Credentials, DuplicateKey, EventStore, SeqConflict, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
 from .engine import Engine
 from .errors import AlreadyAnswered, NotAllowed, NotWaiting, Refused, UsageError
 from .events import (
     Approval,
+    Delivered,
     Event,
     HumanResponse,
     Source,
+    ToolCall,
     ToolResult,
     UserMessage,
     load_events_json,
 )
 from .log import ThreadLog
 from .model import Model
-from .people import People, may_settle, takes_part
-from .render import thread_json, thread_markdown
-from .runner import Outbound, Runner
-from .thread import OpenCall, ThreadState, derive, waiting_summary
+from .notices import (
+    Notice,
+    Outbound,
+    build_notice,
+    find_call,
+    pick_option,
+    read_decision,
+)
+from .people import People, deciders, may_settle, takes_part
+from .render import pending_json, thread_json, thread_markdown
+from .runner import Runner
+from .thread import HUMAN_INPUT, OpenCall, ThreadState, derive, waiting_summary
 from .tools import Toolbox
 
-__all__ = ["IN_PROCESS", "Receipt", "ThreadBot", "ThreadView"]
+__all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
 
 IN_PROCESS = Source(channel="api", auth="python", admin=True)
 """Calls made by code in this process, without a source of their own: the
@@ -44,6 +62,16 @@ operator's."""
 Kind = Literal["question", "approval", "result"]
 
 _KIND_NOUN = {"question": "an answer", "approval": "a decision", "result": "a result"}
+
+
+class AwaitingDecision(NotWaiting):
+    """A reply that is no decision came while the thread waits for one: the
+    channel tells the person how to decide (buttons, a reply word)."""
+
+    def __init__(self, message: str, *, tool: str, call_id: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.call_id = call_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +110,8 @@ class ThreadBot:
         people: People | None = None,
     ) -> None:
         self._path = store.path
-        self._local = threading.local()
-        self._local.log = ThreadLog(store)
+        self._log = ThreadLog(store)
+        self._home = threading.get_ident()
         self.model = model
         self.tools = tools or Toolbox()
         self.people = people or People()
@@ -95,22 +123,30 @@ class ThreadBot:
             "retry_delay": retry_delay,
         }
         self.runner: Runner | Engine = Runner(
-            self.log, model, self.tools, outbound=outbound, **self._runner_settings
+            self._log,
+            model,
+            self.tools,
+            outbound=outbound,
+            people=self.people,
+            **self._runner_settings,
         )
+        self.credentials = Credentials(store)
+        """People's API tokens, web sessions and sign-in links."""
 
     @property
     def log(self) -> ThreadLog:
-        """This thread's view of the store: each thread of the process that
-        uses the bot gets a connection and a cache of its own."""
-        try:
-            log: ThreadLog = self._local.log
-        except AttributeError:
-            log = self._local.log = ThreadLog(EventStore(self._path))
-        return log
+        """The bot's view of the store, on the thread that made the bot."""
+        if threading.get_ident() != self._home:
+            raise UsageError(
+                "a ThreadBot is used on the thread that made it; the agent's own "
+                "thread (run_in_thread) has a connection of its own"
+            )
+        return self._log
 
     @property
     def store(self) -> EventStore:
-        return self.log.store
+        """The store the bot was given (its owner closes it)."""
+        return self._log.store
 
     def run_in_thread(self) -> None:
         """Run the agent on a thread and event loop of its own, so that
@@ -123,8 +159,15 @@ class ThreadBot:
             raise UsageError("an in-memory store cannot be shared with another thread")
         outbound = self.runner.outbound
         engine = Engine(
+            # Built on the engine's thread, with a connection of its own that
+            # the engine closes when it stops.
             lambda: Runner(
-                self.log, self.model, self.tools, outbound=outbound, **self._runner_settings
+                ThreadLog(EventStore(self._path)),
+                self.model,
+                self.tools,
+                outbound=outbound,
+                people=self.people,
+                **self._runner_settings,
             )
         )
         engine.start()
@@ -154,22 +197,91 @@ class ThreadBot:
         return thread_id
 
     async def send(
-        self, thread_id: str, text: str, *, source: Source | None = None, key: str | None = None
+        self,
+        thread_id: str,
+        text: str,
+        *,
+        source: Source | None = None,
+        key: str | None = None,
+        members_only: bool = True,
     ) -> Receipt:
         """Continue a thread with a new message: after an answer, after a
         failure, or while the agent is working. A thread waiting for a person
-        takes an answer or a decision instead."""
+        takes an answer or a decision instead. Only someone who may see the
+        thread may write in it, unless `members_only` is False (a channel
+        whose conversation anyone present may join, such as a Slack thread)."""
         if not text.strip():
             raise UsageError("a message cannot be empty")
-        event = UserMessage(text=text, source=source or IN_PROCESS, key=key)
+        src = source or IN_PROCESS
+        event = UserMessage(text=text, source=src, key=key)
 
         def build(state: ThreadState, events: list[Event]) -> Event:
-            if state.pending is not None and state.pending.kind != "result":
-                raise NotWaiting(
-                    f"thread {thread_id} is {state.status} (call {state.pending.call_id}); "
-                    f"send {_KIND_NOUN[state.pending.kind]} instead of a new message"
-                )
+            self._may_write(thread_id, state, events, src, members_only)
             return event
+
+        return await self._write(thread_id, key, build)
+
+    async def reply(
+        self,
+        thread_id: str,
+        text: str,
+        *,
+        source: Source,
+        key: str | None = None,
+        to: int | None = None,
+        members_only: bool = True,
+    ) -> Receipt:
+        """A person's free text in a thread, from a channel; the core decides
+        what it is, against the thread as it stands:
+
+        - to a question: the answer (a number or an option's text picks it);
+        - to an approval request: a decision if it starts with approve/yes or
+          reject/no (the rest is the reason), taken only from a reply to that
+          request (`to`); anything else raises `AwaitingDecision`;
+        - otherwise a new message (see `send`).
+
+        `to` is the seq of the post replied to, when the channel knows it (a
+        signed email reply address does); else what the thread waits for now."""
+        if not text.strip():
+            raise UsageError("a reply cannot be empty")
+
+        def build(state: ThreadState, events: list[Event]) -> Event:
+            call: ToolCall | None = None
+            if to is not None:
+                if not 0 <= to < len(events):
+                    raise NotWaiting(f"thread {thread_id} has no event {to}")
+                if isinstance(target := events[to], ToolCall):
+                    call = target
+            elif state.pending is not None and state.pending.kind != "result":
+                call = next(
+                    c.call for c in state.open_calls if c.call.call_id == state.pending.call_id
+                )
+            if call is None:
+                self._may_write(thread_id, state, events, source, members_only)
+                return UserMessage(text=text, source=source, key=key)
+            if call.name == HUMAN_INPUT:
+                c = self._allowed(thread_id, state, events, "question", call.call_id, source)
+                options = c.call.arguments.get("options")
+                answer, option = pick_option(
+                    text, [str(o) for o in options] if isinstance(options, list) else []
+                )
+                return HumanResponse(
+                    call_id=call.call_id, text=answer, option=option, source=source, key=key
+                )
+            decision = read_decision(text) if to is not None else None
+            if decision is None:
+                if to is not None:
+                    self._allowed(thread_id, state, events, "approval", call.call_id, source)
+                raise AwaitingDecision(
+                    f"thread {thread_id} is waiting for a decision on {call.name}, not a message",
+                    tool=call.name,
+                    call_id=call.call_id,
+                )
+            self._allowed(thread_id, state, events, "approval", call.call_id, source)
+            approved, comment = decision
+            return Approval(
+                call_id=call.call_id, approved=approved, comment=comment, source=source, key=key
+            )
 
         return await self._write(thread_id, key, build)
 
@@ -286,10 +398,108 @@ class ThreadBot:
         takes part in it, or someone who may settle what it waits for."""
         if source.admin:
             return True
+        thread = self.log.load(thread_id)
+        return self._sees(thread_id, thread.state, thread.events, source)
+
+    def _sees(
+        self, thread_id: str, state: ThreadState, events: list[Event], source: Source
+    ) -> bool:
+        if source.admin or takes_part(self.people, events, source):
+            return True
+        pending = state.pending
+        if pending is None:
+            return False
+        try:
+            self._allowed(thread_id, state, events, pending.kind, None, source)
+        except Refused:
+            return False
+        return True
+
+    def _may_write(
+        self,
+        thread_id: str,
+        state: ThreadState,
+        events: list[Event],
+        source: Source,
+        members_only: bool,
+    ) -> None:
+        """Refuse a new message that does not fit now, or comes from someone
+        who may not see the thread."""
+        if members_only and not self._sees(thread_id, state, events, source):
+            raise NotAllowed(f"{source.who()} takes no part in thread {thread_id}")
+        if state.pending is not None and state.pending.kind != "result":
+            raise NotWaiting(
+                f"thread {thread_id} is {state.status} (call {state.pending.call_id}); "
+                f"send {_KIND_NOUN[state.pending.kind]} instead of a new message"
+            )
+
+    def thread_json(self, thread_id: str, source: Source) -> dict[str, Any]:
+        """The thread as the HTTP API shows it to `source`: `pending.allowed`
+        says whether they may settle it, an approval's `pending.deciders` who
+        may, by name."""
         view = self.get(thread_id)
-        return takes_part(self.people, view.events, source) or self.may_settle(
-            thread_id, source, view=view
-        )
+        body = view.json()
+        body["pending"] = self.pending_json(thread_id, source, view=view)
+        return body
+
+    def pending_json(
+        self, thread_id: str, source: Source, *, view: ThreadView | None = None
+    ) -> dict[str, Any] | None:
+        """What the thread waits for, as the HTTP API shows it to `source`."""
+        view = view or self.get(thread_id)
+        pending = view.state.pending
+        body = pending_json(pending)
+        if pending is None or body is None:
+            return None
+        body["allowed"] = self.may_settle(thread_id, source, view=view)
+        if pending.kind == "approval":
+            decide = deciders(self.people, pending.approvers, view.state.origin)
+            named = decide.specs if decide.by == "approvers" else ()
+            body["deciders"] = self.people.describe(named)
+        return body
+
+    # -- what channels look up -------------------------------------------------
+
+    def notice(self, thread_id: str, seq: int, channel: str) -> Notice | None:
+        """The notice that delivers the thread's event `seq` through
+        `channel` (whether or not it was delivered), or None."""
+        events = self.log.load(thread_id).events
+        return build_notice(thread_id, events, seq, channel, self.people)
+
+    def request(self, thread_id: str, call_id: str, channel: str) -> Notice | None:
+        """The question or approval request of call `call_id`, as a notice."""
+        events = self.log.load(thread_id).events
+        seq = find_call(events, call_id)
+        if seq is None:
+            return None
+        return build_notice(thread_id, events, seq, channel, self.people)
+
+    def find_post(
+        self, thread_id: str, channel: str, match: Callable[[Mapping[str, str]], bool]
+    ) -> Notice | None:
+        """What `channel` delivered where `match` finds its references (a
+        mail's Message-ID, a post's ts), as a notice; None if nothing."""
+        thread = self.log.load(thread_id)
+        for e in thread.events:
+            if isinstance(e, Delivered) and e.channel == channel and match(e.refs):
+                return build_notice(thread_id, thread.events, e.of_seq, channel, self.people)
+        return None
+
+    def routed(self, route: str) -> str | None:
+        """The thread a channel's reference (a Slack thread, a Message-ID) leads to."""
+        return self.store.route(route)
+
+    def received(self, key: str) -> bool:
+        """Whether something with this delivery key was stored already."""
+        return self.store.find_key(key) is not None
+
+    def exists(self, thread_id: str) -> bool:
+        return self.store.thread(thread_id) is not None
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the store under `name` (made on first use):
+        the same for every process on this database."""
+        return self.store.meta(f"{name}_secret", secrets.token_hex(32))
 
     def add_channel(self, name: str, channel: Outbound) -> None:
         """Deliver questions and answers of threads that started in `name` through `channel`."""
@@ -371,13 +581,16 @@ class ThreadBot:
     ) -> Receipt:
         """Check against the thread as it is and append; on a race, check
         again against what the other writer left."""
-        # A redelivery is answered before any check: the thread has moved on
-        # since the original, and the original's result is what the caller wants.
-        if key is not None and (found := self.store.find_key(key)) is not None:
-            return Receipt(found[0], found[1], duplicate=True)
         thread = self.log.load(thread_id)
         while True:
-            new = build(thread.state, thread.events)
+            try:
+                new = build(thread.state, thread.events)
+            except Refused:
+                # A redelivery meets a thread that has moved on since the
+                # original; the original's result is what the caller wants.
+                if key is not None and (found := self.store.find_key(key)) is not None:
+                    return Receipt(found[0], found[1], duplicate=True)
+                raise
             try:
                 thread = await self.log.append(thread, [new])
             except DuplicateKey as e:

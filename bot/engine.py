@@ -17,7 +17,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from .runner import Outbound, Runner
+from .notices import Outbound
+from .runner import Runner
 
 __all__ = ["Engine"]
 

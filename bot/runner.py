@@ -20,8 +20,6 @@ import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from store import SeqConflict
 
@@ -39,6 +37,8 @@ from .events import (
 )
 from .log import Thread, ThreadLog
 from .model import Model, ModelReply
+from .notices import Delivery, Outbound, Outcome, build_notice
+from .people import People
 from .step import (
     CallModel,
     Deliver,
@@ -54,7 +54,7 @@ from .step import (
 from .thread import HUMAN_INPUT, OpenCall, ThreadState
 from .tools import Toolbox, ToolContext
 
-__all__ = ["Delivery", "Outbound", "Runner"]
+__all__ = ["Runner"]
 
 log = logging.getLogger("threadbot.runner")
 
@@ -62,27 +62,6 @@ INTERRUPTED = (
     "interrupted, outcome unknown: the tool started but threadbot stopped before it "
     "reported; it was not run again. Check its effect before retrying."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """Where a channel posted something: recorded in `delivered`."""
-
-    refs: dict[str, str] = field(default_factory=dict)
-    routes: tuple[str, ...] = ()
-    """References that should route replies to this thread."""
-
-
-class Outbound(Protocol):
-    """A channel that delivers questions, approval requests and answers."""
-
-    async def deliver(
-        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool
-    ) -> Delivery:
-        """Post `events[seq]` where the thread's people are. `fresh` is False
-        when an earlier process may have posted it already and crashed before
-        recording it: a channel that can look, looks first."""
-        ...
 
 
 def _is_dead(owner: str, me: str) -> bool:
@@ -116,9 +95,11 @@ class Runner:
         max_errors: int = 3,
         retry_delay: float = 1.0,
         outbound: Mapping[str, Outbound] | None = None,
+        people: People | None = None,
         lease_ttl: float = 30.0,
     ) -> None:
         self.log = log_
+        self.people = people or People()
         self.lease_ttl = lease_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This process, as a lease holder."""
@@ -462,22 +443,23 @@ class Runner:
 
     async def _deliver(self, thread: Thread, step: Deliver, *, fresh: bool) -> Thread | None:
         channel = self.outbound[step.channel]
+        notice = build_notice(
+            thread.id, thread.events, step.seq, step.channel, self.people, fresh=fresh
+        )
         try:
-            delivery = await channel.deliver(thread.id, thread.events, step.seq, fresh=fresh)
-        except Exception:
-            # The platform is down or refused: try again later, backing off.
-            attempt = self._delivery_failures.get(thread.id, 0)
-            self._delivery_failures[thread.id] = attempt + 1
-            delay = min(300.0, max(0.05, self.retry_delay) * 2**attempt)
-            log.exception(
-                "thread %s: delivering #%d to %s failed; retrying in %.1f s",
-                thread.id,
-                step.seq,
-                step.channel,
-                delay,
-            )
-            asyncio.get_running_loop().call_later(delay, self.kick, thread.id)
-            return None
+            if notice is None:
+                raise ValueError(f"#{step.seq} is nothing a channel delivers")
+            delivery = await channel.deliver(notice)
+        except Exception as e:
+            if isinstance(notice, Outcome):
+                # Only tidies a post (its buttons go): never holds the thread up.
+                log.warning(
+                    "thread %s: updating the post of #%d failed: %s", thread.id, step.seq, e
+                )
+                delivery = Delivery(refs={"failed": str(e)[:200] or type(e).__name__})
+            else:
+                self._retry_delivery(thread, step)
+                return None
         self._delivery_failures.pop(thread.id, None)
         record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
         while True:
@@ -485,3 +467,17 @@ class Runner:
                 return await self.log.append(thread, [record], routes=delivery.routes)
             except SeqConflict:
                 thread = self.log.load(thread.id)
+
+    def _retry_delivery(self, thread: Thread, step: Deliver) -> None:
+        """The platform is down or refused: try again later, backing off."""
+        attempt = self._delivery_failures.get(thread.id, 0)
+        self._delivery_failures[thread.id] = attempt + 1
+        delay = min(300.0, max(0.05, self.retry_delay) * 2**attempt)
+        log.exception(
+            "thread %s: delivering #%d to %s failed; retrying in %.1f s",
+            thread.id,
+            step.seq,
+            step.channel,
+            delay,
+        )
+        asyncio.get_running_loop().call_later(delay, self.kick, thread.id)

@@ -135,8 +135,8 @@ class ThreadState(NamedTuple):
     origin: Source | None
     title: str
     undelivered: tuple[int, ...] = ()
-    """Seqs of questions, approval requests and answers not yet delivered to
-    the thread's origin channel."""
+    """Seqs of questions, approval requests, settlements of posted ones and
+    answers not yet delivered to the thread's origin channel."""
     last_error: str | None = None
 
 
@@ -166,6 +166,7 @@ class Fold:
         "_closing",
         "_delivered",
         "_delivered_shared",
+        "_due",
         "_ended",
         "_failed_batches",
         "_previous_was_call",
@@ -193,6 +194,9 @@ class Fold:
         # The closing answer or failure, for delivery; and what was delivered.
         self._closing: int | None = None
         self._delivered: set[int] = set()
+        # Settlements of posted questions and approvals, for the post to
+        # say so: due until delivered.
+        self._due: frozenset[int] = frozenset()
         # `resolved` and `_delivered` grow with the thread: a copy of the fold,
         # or a state taken from it, shares them until one side adds to them.
         self._resolved_shared = False
@@ -217,6 +221,7 @@ class Fold:
         other._ended = self._ended
         other._closing = self._closing
         other._delivered = self._delivered
+        other._due = self._due
         self._resolved_shared = other._resolved_shared = True
         self._delivered_shared = other._delivered_shared = True
         other._previous_was_call = self._previous_was_call
@@ -268,6 +273,8 @@ class Fold:
                     del self.open_calls[e.call_id]
                     self._batch_of.pop(e.call_id, None)
                     self._resolve(e.call_id, Resolution("rejected", seq, e.source))
+                if c is not None and c.seq in self._delivered:
+                    self._due |= {seq}
                 self.errors = self.turns = 0
             case ToolStarted():
                 if (c := self.open_calls.get(e.call_id)) is not None:
@@ -276,9 +283,13 @@ class Fold:
                 if self._delivered_shared:
                     self._delivered, self._delivered_shared = set(self._delivered), False
                 self._delivered.add(e.of_seq)
+                if e.of_seq in self._due:
+                    self._due -= {e.of_seq}
             case HumanResponse():
-                if self.open_calls.pop(e.call_id, None) is not None:
+                if (c := self.open_calls.pop(e.call_id, None)) is not None:
                     self._resolve(e.call_id, Resolution("answer", seq, e.source))
+                    if c.seq in self._delivered:
+                        self._due |= {seq}
                 self._batch_of.pop(e.call_id, None)
                 self.errors = self.turns = 0
             case UserMessage():
@@ -334,8 +345,11 @@ class Fold:
 
         self._resolved_shared = True  # the state holds it from now on
         # Only what is still relevant is delivered: open questions and
-        # approval requests, and the closing answer or failure.
+        # approval requests, the settlements of those that were posted, and
+        # the closing answer or failure.
         wanted = [c.seq for c in calls if c.call.name == HUMAN_INPUT or c.call.requires_approval]
+        if self._due:
+            wanted = sorted([*wanted, *self._due])
         if status in ("done", "failed") and self._closing is not None:
             wanted.append(self._closing)
         return ThreadState(

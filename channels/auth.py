@@ -27,10 +27,7 @@ from typing import Literal, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bot import Source
-from bot.people import People
-from store import Credentials
-from store.credentials import SCOPES
+from bot import SCOPES, Credentials, People, Source
 
 __all__ = ["SCOPES", "SESSION_COOKIE", "Authenticate", "Identity", "identity_of"]
 

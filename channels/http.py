@@ -32,9 +32,6 @@ from bot import (
     ThreadNotFound,
     UsageError,
 )
-from bot.people import deciders
-from bot.render import pending_json
-from store import Credentials
 
 from .auth import Authenticate, identity_of
 from .guard import BodyRules, Guard
@@ -243,8 +240,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
         thread_id = await bot.launch(
             body.text, source=who(request, body.user), key=_key("threads", idempotency_key)
         )
-        row = bot.store.thread(thread_id)
-        return Created(id=thread_id, status=row.status if row else "running")
+        return Created(id=thread_id, status=bot.get(thread_id).state.status)
 
     @app.get("/threads", response_model=list[Summary])
     async def list_threads(
@@ -279,23 +275,13 @@ def create_app(bot: ThreadBot) -> FastAPI:
         `pending.allowed` says whether the caller may settle it, and an
         approval's `pending.deciders` who may."""
         visible(request, thread_id)
-        view = bot.get(thread_id)
-        body = view.json()
-        pending = view.state.pending
-        if pending is not None:
-            body["pending"]["allowed"] = bot.may_settle(thread_id, who(request, None), view=view)
-            if pending.kind == "approval":
-                # For the page to say who may decide, by name.
-                decide = deciders(bot.people, pending.approvers, view.state.origin)
-                named = decide.specs if decide.by == "approvers" else ()
-                body["pending"]["deciders"] = bot.people.describe(named)
-        return JSONResponse(body)
+        return JSONResponse(bot.thread_json(thread_id, who(request, None)))
 
     @app.get("/threads/{thread_id}/pending", response_model=Pending | None)
     async def get_pending(request: Request, thread_id: str) -> JSONResponse:
         """What the thread waits for, or null."""
         visible(request, thread_id)
-        return JSONResponse(pending_json(bot.get(thread_id).state.pending))
+        return JSONResponse(bot.pending_json(thread_id, who(request, None)))
 
     @app.get("/threads/{thread_id}/markdown", response_class=PlainTextResponse)
     async def get_markdown(request: Request, thread_id: str) -> PlainTextResponse:
@@ -389,7 +375,7 @@ def protect(
     inner = BodyRules(app, max_bytes=max_bytes, exempt=("/slack/events",))
     authenticated = Authenticate(
         inner,
-        credentials=Credentials(bot.store),
+        credentials=bot.credentials,
         people=bot.people,
         admin_token=admin_token,
         local_operator=local_operator,

@@ -1,10 +1,11 @@
 """The durable event log: threads of `(seq, type, JSON)` rows in SQLite."""
 
-from .credentials import Credentials, Session, Token
+from .credentials import SCOPES, Credentials, Session, Token
 from .errors import DuplicateKey, SeqConflict, StoreError, UnknownThread
 from .sqlite import EventStore, NewRow, ThreadRow
 
 __all__ = [
+    "SCOPES",
     "Credentials",
     "DuplicateKey",
     "EventStore",

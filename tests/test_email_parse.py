@@ -8,8 +8,8 @@ import email.policy
 import pytest
 
 from bot import UsageError
+from bot.notices import read_decision
 from channels.email import ReplyTokens, parse_mail
-from channels.email.channel import _decision
 from channels.email.compose import build_mail, reply_subject
 from channels.email.parse import auto_reply_reason, dmarc_failed, new_text
 
@@ -157,7 +157,7 @@ def test_dmarc_failed(values: list[str], failed: bool) -> None:
     ],
 )
 def test_decisions(text: str, decision: tuple[bool, str | None] | None) -> None:
-    assert _decision(text) == decision
+    assert read_decision(text) == decision
 
 
 def test_a_sender_that_is_not_an_address_is_none() -> None:

@@ -13,6 +13,7 @@ from bot import (
     AlreadyAnswered,
     Delivery,
     NotAllowed,
+    Notice,
     NotWaiting,
     OpenAIModel,
     Source,
@@ -391,13 +392,13 @@ class RecordingChannel:
         self.sent: list[tuple[str, int, str]] = []
         self.fail = False
 
-    async def deliver(
-        self, thread_id: str, events: list[object], seq: int, *, fresh: bool
-    ) -> Delivery:
+    async def deliver(self, notice: Notice) -> Delivery:
         if self.fail:
             raise ConnectionError("platform down")
-        self.sent.append((thread_id, seq, events[seq].type))  # type: ignore[attr-defined]
-        return Delivery(refs={"ts": f"1.{seq}"}, routes=(f"fake:{thread_id}:{seq}",))
+        self.sent.append((notice.thread_id, notice.seq, type(notice).__name__))
+        return Delivery(
+            refs={"ts": f"1.{notice.seq}"}, routes=(f"fake:{notice.thread_id}:{notice.seq}",)
+        )
 
 
 async def test_questions_and_answers_are_delivered_once_to_the_origin(
@@ -412,7 +413,7 @@ async def test_questions_and_answers_are_delivered_once_to_the_origin(
     )
     thread_id = await b.launch("deploy", source=Source(channel="fake", user="U1"))
     await settled(b, thread_id)
-    assert channel.sent == [(thread_id, 1, "tool_call")]
+    assert channel.sent == [(thread_id, 1, "Question")]
     view = b.get(thread_id)
     assert view.events[-1].type == "delivered" and view.events[-1].refs == {"ts": "1.1"}
     assert b.store.route(f"fake:{thread_id}:1") == thread_id
@@ -423,6 +424,10 @@ async def test_questions_and_answers_are_delivered_once_to_the_origin(
     channel.fail = True
     await b.respond(thread_id, "1", source=Source(channel="fake", user="U1"))
     view = await settled(b, thread_id)
+    # The answer's update of the question's post failed: given up, it only
+    # tidies a post; the agent went on.
+    outcome = view.events[4]
+    assert outcome.type == "delivered" and outcome.of_seq == 3 and "failed" in outcome.refs
     assert view.state.status == "waiting_for_approval"
     assert view.events[-1].type == "tool_call"  # not recorded as delivered
     channel.fail = False
@@ -432,12 +437,13 @@ async def test_questions_and_answers_are_delivered_once_to_the_origin(
             break
         await asyncio.sleep(0.02)
     await settled(b, thread_id)
-    assert [s[2] for s in channel.sent] == ["tool_call", "tool_call"]
+    assert [s[2] for s in channel.sent] == ["Question", "ApprovalRequest"]
     assert b.get(thread_id).events[-1].type == "delivered"
     await b.decide(thread_id, True, source=Source(channel="fake", user="U1"))
     view = await settled(b, thread_id)
     assert view.state.status == "done"
-    assert [s[2] for s in channel.sent][-1] == "assistant_message"
+    # The approval's outcome updates the request's post before the tool runs.
+    assert [s[2] for s in channel.sent][-2:] == ["Outcome", "Answer"]
     assert view.events[-1].type == "delivered"
     await b.close()
 

@@ -151,10 +151,16 @@ def test_mention_question_reply_answer(
         "tool_call",
         "delivered",
         "human_response",
+        "delivered",  # the question's post now shows the answer
         "assistant_message",
         "delivered",
     ]
     assert body["events"][3]["source"]["user"] == "U1"
+    assert body["events"][4]["of_seq"] == 3
+    # Answered by a reply in the thread: the question's post says so.
+    update = slack.called("chat.update")[-1]
+    assert update["ts"] == body["events"][2]["refs"]["ts"]
+    assert "answered: 1.4.2" in update["text"] and "<@U1>" in update["text"]
 
 
 def test_dm_launches_and_options_are_buttons(

@@ -124,7 +124,6 @@ async def serve(settings: Settings) -> None:
     from channels.http import create_app, protect
     from channels.slack import SlackChannel, SlackSettings
     from channels.web.sign_in import SignInSettings, mount_sign_in
-    from store import Credentials
 
     host, port = settings.host_port()
     bot = build_bot(settings)
@@ -149,7 +148,7 @@ async def serve(settings: Settings) -> None:
     web.mount(app)
     mount_sign_in(
         app,
-        credentials=Credentials(bot.store),
+        credentials=bot.credentials,
         people=bot.people,
         settings=SignInSettings.from_env(),
         send_link=mail.send_sign_in if mail is not None else None,

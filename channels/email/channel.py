@@ -16,30 +16,34 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping
 from email.message import EmailMessage
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bot import Delivery, Refused, Source, ThreadBot
-from bot.events import AssistantMessage, Delivered, Error, Event, ToolCall
-from bot.thread import HUMAN_INPUT
+from bot import (
+    ApprovalRequest,
+    AwaitingDecision,
+    Delivery,
+    Notice,
+    NotWaiting,
+    Question,
+    Refused,
+    Source,
+    ThreadBot,
+    UsageError,
+)
 
 from .outbound import Postman, route_key, sent_ids
 from .parse import InboundMail, dmarc_failed, parse_mail
-from .recipients import email_source, is_participant
+from .recipients import email_source
 from .settings import EmailSettings, hostport
 from .tokens import ReplyAddress, ReplyTokens
 
 __all__ = ["EmailChannel"]
 
 log = logging.getLogger("threadbot.email")
-
-_APPROVE = {"approve", "approved", "yes", "y", "ok", "lgtm"}
-_REJECT = {"reject", "rejected", "no", "n", "deny", "denied"}
-_FIRST_WORD = re.compile(r"^\s*([A-Za-z]+)[\s.,:;!-]*(.*)$", re.DOTALL)
 
 _USE_REPLY_TO = (
     "550 5.7.1 Answers and decisions are taken only as a reply to the address "
@@ -53,8 +57,8 @@ class EmailChannel:
     def __init__(self, bot: ThreadBot, settings: EmailSettings) -> None:
         self.bot = bot
         self.settings = settings
-        self.tokens = ReplyTokens(settings.secret_from(bot.store), settings.address)
-        self.postman = Postman(bot, settings, self.tokens)
+        self.tokens = ReplyTokens(settings.secret or bot.secret("email"), settings.address)
+        self.postman = Postman(bot.people, settings, self.tokens)
         self._server: asyncio.AbstractServer | None = None
 
     # -- the SMTP server ----------------------------------------------------
@@ -102,19 +106,12 @@ class EmailChannel:
         """Whether a reply address was made for someone the bot mailed. Who
         is replying is only known at DATA (the From header); this refuses a
         made-up or altered address early."""
-        if self.bot.store.thread(reply.thread_id) is None:
+        if not self.bot.exists(reply.thread_id):
             return False
-        events = self.bot.get(reply.thread_id).events
-        if reply.seq >= len(events) or not isinstance(
-            events[reply.seq], ToolCall | AssistantMessage | Error
-        ):
+        notice = self.bot.notice(reply.thread_id, reply.seq, self.name)
+        if notice is None:
             return False  # nothing the bot mails
-        sent_to = [
-            r
-            for e in events
-            if isinstance(e, Delivered) and e.channel == self.name and e.of_seq == reply.seq
-            for r in e.refs.get("to", "").split()
-        ]
+        sent_to = (notice.delivered or {}).get("to", "").split()
         # Not recorded yet (sent just before a crash): DATA decides.
         return not sent_to or any(self.tokens.signed_for(reply, r) for r in sent_to)
 
@@ -148,13 +145,13 @@ class EmailChannel:
         if servid and dmarc_failed(mail, servid):
             return f"550 5.7.1 {servid} found this mail fails DMARC for its From domain"
         key = route_key(mail.message_id)
-        if self.bot.store.find_key(key) is not None:
+        if self.bot.received(key):
             return "250 2.0.0 Already received"
         for address in rcpts:
             if (reply := self.tokens.read(address)) is not None:
                 return await self._signed_reply(mail, reply, key)
         for message_id in (*mail.in_reply_to, *reversed(mail.references)):
-            if (thread_id := self.bot.store.route(route_key(message_id))) is not None:
+            if (thread_id := self.bot.routed(route_key(message_id))) is not None:
                 return await self._thread_message(mail, thread_id, key)
         return await self._launch(mail, key)
 
@@ -171,19 +168,31 @@ class EmailChannel:
     async def _thread_message(self, mail: InboundMail, thread_id: str, key: str) -> str:
         """A mail found by its headers only: a message from one of the
         thread's people, never an answer or a decision."""
-        events = self.bot.get(thread_id).events
         source = self._source(mail, "email:thread")
-        if (why := is_participant(self.bot.people, events, source)) is not None:
-            return f"550 5.7.1 {mail.sender} may not write in this conversation: {_one_line(why)}"
-        if _replied_call(events, mail) is not None:
+        if not self.bot.may_see(thread_id, source):
+            return f"550 5.7.1 {mail.sender} may not write in this conversation"
+        if isinstance(self._replied_post(thread_id, mail), Question | ApprovalRequest):
             return _USE_REPLY_TO
         if not mail.text:
             return "550 5.6.0 The message has no text"
         try:
             await self.bot.send(thread_id, mail.text, source=source, key=key)
-        except Refused:
+        except NotWaiting:
             return _USE_REPLY_TO  # the thread waits for an answer or a decision
+        except Refused as e:
+            return f"550 5.7.1 {_one_line(str(e))}"
         return "250 2.0.0 Accepted"
+
+    def _replied_post(self, thread_id: str, mail: InboundMail) -> Notice | None:
+        """What the bot mailed that this mail replies to, by its headers."""
+        for message_id in (*mail.in_reply_to, *reversed(mail.references)):
+
+            def sent_as(refs: Mapping[str, str], m: str = message_id) -> bool:
+                return m in sent_ids(refs)
+
+            if (found := self.bot.find_post(thread_id, self.name, sent_as)) is not None:
+                return found
+        return None
 
     async def _signed_reply(self, mail: InboundMail, reply: ReplyAddress, key: str) -> str:
         """A reply to the address made for one recipient and one event: the
@@ -194,46 +203,20 @@ class EmailChannel:
                 f"{mail.sender} may not use it"
             )
         thread_id = reply.thread_id
-        if self.bot.store.thread(thread_id) is None:
+        if not self.bot.exists(thread_id):
             return "550 5.1.1 No such conversation"
-        events = self.bot.get(thread_id).events
-        if reply.seq >= len(events):
-            return "550 5.1.1 No such conversation"
-        target = events[reply.seq]
+        if not mail.text:
+            return "550 5.6.0 The message has no text"
         source = self._source(mail, "email:signed")
         try:
-            if isinstance(target, ToolCall) and target.name == HUMAN_INPUT:
-                options = [str(o) for o in target.arguments.get("options") or []]
-                text, option = _answer(mail.text, options)
-                await self.bot.respond(
-                    thread_id, text, call_id=target.call_id, option=option, source=source, key=key
-                )
-            elif isinstance(target, ToolCall):
-                decision = _decision(mail.text)
-                if decision is None:
-                    self.bot.check(thread_id, "approval", call_id=target.call_id, source=source)
-                    reply_to = self.tokens.reply_address(thread_id, reply.seq, mail.sender)
-                    await self.postman.explain_choices(
-                        events, mail.sender, reply_to, mail.message_id, target.name
-                    )
-                    return "250 2.0.0 Accepted (not a decision: the choices were sent)"
-                approved, comment = decision
-                await self.bot.decide(
-                    thread_id,
-                    approved,
-                    comment=comment,
-                    call_id=target.call_id,
-                    source=source,
-                    key=key,
-                )
-            else:
-                why = is_participant(self.bot.people, events, source)
-                if why is not None:
-                    return f"550 5.7.1 {mail.sender} may not write here: {_one_line(why)}"
-                if not mail.text:
-                    return "550 5.6.0 The message has no text"
-                await self.bot.send(thread_id, mail.text, source=source, key=key)
-        except Refused as e:
+            await self.bot.reply(thread_id, mail.text, source=source, key=key, to=reply.seq)
+        except AwaitingDecision:
+            request = self.bot.notice(thread_id, reply.seq, self.name)
+            assert isinstance(request, ApprovalRequest)
+            reply_to = self.tokens.reply_address(thread_id, reply.seq, mail.sender)
+            await self.postman.explain_choices(request, mail.sender, reply_to, mail.message_id)
+            return "250 2.0.0 Accepted (not a decision: the choices were sent)"
+        except (Refused, UsageError) as e:
             return f"550 5.7.1 {_one_line(str(e))}"
         return "250 2.0.0 Accepted"
 
@@ -249,10 +232,8 @@ class EmailChannel:
 
     # -- outbound ---------------------------------------------------------------
 
-    async def deliver(
-        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
-    ) -> Delivery:
-        return await self.postman.deliver(thread_id, events, seq)
+    async def deliver(self, notice: Notice) -> Delivery:
+        return await self.postman.deliver(notice)
 
     async def send_sign_in(self, address: str, link: str) -> None:
         """A web page sign-in link, on its own: no thread, no reply address."""
@@ -275,49 +256,3 @@ class EmailChannel:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
-
-
-def _replied_call(events: Sequence[Event], mail: InboundMail) -> ToolCall | None:
-    """The question or approval request this mail replies to, if it replies
-    to one the bot sent (an answer sent that way is refused, never taken as
-    a new message)."""
-    sent: dict[str, int] = {
-        message_id: e.of_seq
-        for e in events
-        if isinstance(e, Delivered) and e.channel == "email"
-        for message_id in sent_ids(e)
-    }
-    for message_id in (*mail.in_reply_to, *reversed(mail.references)):
-        seq = sent.get(message_id)
-        if seq is not None:
-            event = events[seq]
-            if isinstance(event, ToolCall):
-                return event
-            return None  # a reply to an answer: a new message
-    return None
-
-
-def _answer(text: str, options: Sequence[str]) -> tuple[str, str | None]:
-    """An answer to a question; a number or the text of an option picks it."""
-    first = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if options and first.rstrip(".)").isdigit():
-        n = int(first.rstrip(".)"))
-        if 1 <= n <= len(options):
-            return options[n - 1], options[n - 1]
-    for option in options:
-        if first.lower() == option.lower():
-            return option, option
-    return text, None
-
-
-def _decision(text: str) -> tuple[bool, str | None] | None:
-    """approve/yes → (True, rest); reject/no → (False, the reason); else None."""
-    found = _FIRST_WORD.match(text.strip())
-    if not found:
-        return None
-    word, rest = found.group(1).lower(), found.group(2).strip()
-    if word in _APPROVE:
-        return True, rest or None
-    if word in _REJECT:
-        return False, rest or None
-    return None

@@ -11,21 +11,20 @@ import asyncio
 import re
 import secrets
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Mapping
 from email.message import EmailMessage
 from pathlib import Path
 
-from bot import Delivery, Source, ThreadBot
-from bot.events import (
-    AssistantMessage,
-    Delivered,
-    Error,
-    Event,
-    HumanResponse,
-    ToolCall,
-    UserMessage,
+from bot import (
+    Answer,
+    ApprovalRequest,
+    Delivery,
+    Failure,
+    Notice,
+    Outcome,
+    People,
+    Question,
 )
-from bot.thread import HUMAN_INPUT
 
 from .compose import approval_text, build_mail, question_text, reply_subject, waiting_text
 from .recipients import approval_recipients
@@ -39,57 +38,52 @@ def route_key(message_id: str) -> str:
     return f"email:{message_id.lower()}"
 
 
-def sent_ids(delivered: Delivered) -> list[str]:
-    """The Message-IDs of the mails one delivery sent."""
-    ids = delivered.refs.get("message_ids") or delivered.refs.get("message_id") or ""
+def sent_ids(refs: Mapping[str, str]) -> list[str]:
+    """The Message-IDs of the mails one delivery sent (its refs)."""
+    ids = refs.get("message_ids") or refs.get("message_id") or ""
     return ids.split()
 
 
-def origin_of(events: Sequence[Event]) -> Source:
-    return next(e for e in events if isinstance(e, UserMessage)).source
-
-
 class Postman:
-    def __init__(self, bot: ThreadBot, settings: EmailSettings, tokens: ReplyTokens) -> None:
-        self.bot = bot
+    def __init__(self, people: People, settings: EmailSettings, tokens: ReplyTokens) -> None:
+        self.people = people
         self.settings = settings
         self.tokens = tokens
 
-    def letters(self, events: Sequence[Event], seq: int) -> list[tuple[str, str]]:
-        """(recipient, text) for each mail that delivers `events[seq]`."""
-        origin = origin_of(events)
-        event = events[seq]
-        if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
-            options = [str(o) for o in event.arguments.get("options") or []]
-            text = question_text(str(event.arguments.get("question", "")), options)
-        elif isinstance(event, ToolCall):
-            recipients, deciders = approval_recipients(self.bot.people, events, seq, origin)
-            return [
-                (
-                    r.address,
-                    approval_text(event.name, event.arguments)
-                    if r.decides
-                    else waiting_text(event.name, event.arguments, deciders),
-                )
-                for r in recipients
-            ]
-        elif isinstance(event, AssistantMessage):
-            text = event.text
-        elif isinstance(event, Error):
-            text = f"I had to stop: {event.message}"
-        else:
-            raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
-        return [(origin.user or "", text)]
+    def letters(self, notice: Notice) -> list[tuple[str, str]]:
+        """(recipient, text) for each mail that delivers the notice."""
+        starter = notice.origin.user or ""
+        match notice:
+            case Question(text=question, options=options):
+                return [(starter, question_text(question, options))]
+            case ApprovalRequest(tool=tool, arguments=arguments):
+                recipients, deciders = approval_recipients(self.people, notice)
+                return [
+                    (
+                        r.address,
+                        approval_text(tool, dict(arguments))
+                        if r.decides
+                        else waiting_text(tool, dict(arguments), deciders),
+                    )
+                    for r in recipients
+                ]
+            case Answer(text=text):
+                return [(starter, text)]
+            case Failure(message=message):
+                return [(starter, f"I had to stop: {message}")]
+        raise ValueError(f"email cannot deliver {type(notice).__name__}")
 
-    async def deliver(self, thread_id: str, events: Sequence[Event], seq: int) -> Delivery:
+    async def deliver(self, notice: Notice) -> Delivery:
+        if isinstance(notice, Outcome):
+            return Delivery()  # a mail cannot be taken back; the web page shows the outcome
         ids, to = [], []
-        letters = self.letters(events, seq)
+        letters = self.letters(notice)
         if not letters:
-            raise ValueError(f"nobody to mail #{seq} to")
+            raise ValueError(f"nobody to mail #{notice.seq} to")
         for recipient, text in letters:
-            message_id = self.tokens.message_id(thread_id, seq, recipient)
-            reply_to = self.tokens.reply_address(thread_id, seq, recipient)
-            await self.send(self.mail(events, recipient, text, message_id, reply_to))
+            message_id = self.tokens.message_id(notice.thread_id, notice.seq, recipient)
+            reply_to = self.tokens.reply_address(notice.thread_id, notice.seq, recipient)
+            await self.send(self.mail(notice, recipient, text, message_id, reply_to))
             ids.append(message_id)
             to.append(recipient)
         refs = {"message_id": ids[0], "message_ids": " ".join(ids), "to": " ".join(to)}
@@ -97,7 +91,7 @@ class Postman:
 
     def mail(
         self,
-        events: Sequence[Event],
+        notice: Notice,
         recipient: str,
         text: str,
         message_id: str,
@@ -106,21 +100,19 @@ class Postman:
     ) -> EmailMessage:
         ids: list[str] = []
         last_inbound: str | None = None
-        for e in events:
-            if isinstance(e, UserMessage | HumanResponse) and e.source.channel == "email":
-                mid = e.source.refs.get("message_id")
-                if mid:
-                    ids.append(mid)
+        for said in notice.trail:
+            mid = said.refs.get("message_id")
+            if mid:
+                ids.append(mid)
+                if said.inbound:
                     last_inbound = mid
-            elif isinstance(e, Delivered) and e.channel == "email" and "message_id" in e.refs:
-                ids.append(e.refs["message_id"])
         # The first message and the latest ones: clients thread on either.
         references = ids[:1] + ids[1:][-9:]
         return build_mail(
             sender=self.tokens.address,
             reply_to=reply_to,
             to=[recipient],
-            subject=reply_subject(origin_of(events).refs.get("subject", "")),
+            subject=reply_subject(notice.origin.refs.get("subject", "")),
             text=text,
             message_id=message_id,
             in_reply_to=in_reply_to or last_inbound,
@@ -128,16 +120,16 @@ class Postman:
         )
 
     async def explain_choices(
-        self, events: Sequence[Event], recipient: str, reply_to: str, in_reply_to: str, tool: str
+        self, request: ApprovalRequest, recipient: str, reply_to: str, in_reply_to: str
     ) -> None:
         text = (
-            f"I could not read a decision in your reply: {tool} is waiting for "
+            f"I could not read a decision in your reply: {request.tool} is waiting for "
             'approval.\n\nReply with "approve" (or "yes") on the first line to run it, '
             'or "reject" (or "no") followed by your reason.'
         )
         # Not a delivery to record, so not one to resend: any unique id will do.
         message_id = f"<tb.help.{secrets.token_hex(10)}@{self.tokens.domain or 'threadbot'}>"
-        await self.send(self.mail(events, recipient, text, message_id, reply_to, in_reply_to))
+        await self.send(self.mail(request, recipient, text, message_id, reply_to, in_reply_to))
 
     async def send(self, msg: EmailMessage) -> None:
         if self.settings.relay is None:

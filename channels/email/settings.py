@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from store import EventStore
 
 __all__ = ["EmailSettings", "hostport"]
 
@@ -66,6 +63,3 @@ class EmailSettings:
         """Whether the SMTP server listens on this machine only."""
         host = hostport(self.listen, 8025)[0].lower()
         return host in ("localhost", "::1") or host.startswith("127.")
-
-    def secret_from(self, store: EventStore) -> str:
-        return self.secret or store.meta("email_secret", secrets.token_hex(32))

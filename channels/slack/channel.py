@@ -5,8 +5,9 @@ Inbound, a DM or an @mention launches a thread bound to its Slack thread
 question or continues the conversation; buttons answer options and decide
 approvals. Every inbound message is keyed by its channel and ts, so Slack's
 retries and the `app_mention` + `message` pair for one post land once.
-Outbound, questions, approval requests and answers are posted in the bound
-Slack thread, and recorded as `delivered` by the runner.
+Outbound, the core's notices (questions, approval requests, answers, and
+the outcome of a posted question or approval) are posted in, or updated in,
+the bound Slack thread, and recorded as `delivered` by the runner.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -29,9 +30,16 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import AlreadyAnswered, Delivery, Refused, Source, ThreadBot
-from bot.events import (
-    Event,
+from bot import (
+    AlreadyAnswered,
+    ApprovalRequest,
+    AwaitingDecision,
+    Delivery,
+    Notice,
+    Question,
+    Refused,
+    Source,
+    ThreadBot,
 )
 
 from . import format as fmt
@@ -74,7 +82,7 @@ class SlackChannel:
         )
         self.directory = SlackDirectory(bot.people, self.web)
         """Who a Slack user is in the people directory (`users.info`)."""
-        self.poster = SlackPoster(bot, self.web, settings, self.directory)
+        self.poster = SlackPoster(bot.people, self.web, settings, self.directory)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -157,7 +165,7 @@ class SlackChannel:
             "thread_ts": root,
             "team": str(body.get("team_id", "")),
         }
-        thread_id = self.bot.store.route(route_key(channel, root))
+        thread_id = self.bot.routed(route_key(channel, root))
         if thread_id is None:
             if not (mentioned or event.get("channel_type") == "im"):
                 return  # a channel conversation that is not for us
@@ -169,43 +177,33 @@ class SlackChannel:
                         )
                     )
                 return
-            if self.bot.store.find_key(key) is None:
+            if not self.bot.received(key):
                 source = await self.directory.source(user, refs=refs)
                 await self.bot.launch(
                     text, source=source, key=key, routes=[route_key(channel, root)]
                 )
                 self._later(self._react(channel, ts))
             return
-        if not text or self.bot.store.find_key(key) is not None:
+        if not text or self.bot.received(key):
             return
         await self._continue(thread_id, text, await self.directory.source(user, refs=refs), key)
 
     async def _continue(self, thread_id: str, text: str, source: Source, key: str) -> None:
+        """A reply in the bound Slack thread: the core decides what it is.
+        Anyone in the Slack conversation may write in it."""
         refs = source.refs
-        pending = self.bot.get(thread_id).state.pending
         try:
-            if pending is not None and pending.kind == "question":
-                await self.bot.respond(
-                    thread_id, text, call_id=pending.call_id, source=source, key=key
-                )
-            elif pending is not None and pending.kind == "approval":
-                if self._first_time(key):
-                    self._later(
-                        self._ephemeral(
-                            refs["channel"],
-                            source.user or "",
-                            refs["thread_ts"],
-                            f"I'm waiting for a decision on `{fmt.escape(pending.name)}`: "
-                            "use Approve or Reject above.",
-                        )
-                    )
-                return
-            else:
-                await self.bot.send(thread_id, text, source=source, key=key)
+            await self.bot.reply(thread_id, text, source=source, key=key, members_only=False)
         except Refused as e:
+            notice = str(e)
+            if isinstance(e, AwaitingDecision):
+                notice = (
+                    f"I'm waiting for a decision on `{fmt.escape(e.tool)}`: "
+                    "use Approve or Reject above."
+                )
             if self._first_time(key):
                 self._later(
-                    self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], str(e))
+                    self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], notice)
                 )
             return
         self._later(self._react(refs["channel"], refs["ts"]))
@@ -229,12 +227,12 @@ class SlackChannel:
 
     async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         v, source = await self._clicked(body, action)
-        call = self.poster.call(v["t"], v["c"])
-        options = call.arguments.get("options") if call else None
-        if not isinstance(options, list) or not 0 <= v.get("i", -1) < len(options):
+        request = self.bot.request(v["t"], v["c"], self.name)
+        options = request.options if isinstance(request, Question) else ()
+        if not 0 <= v.get("i", -1) < len(options):
             await ack()
             return
-        option = str(options[v["i"]])
+        option = options[v["i"]]
         await self._settle_click(
             ack,
             v,
@@ -249,7 +247,9 @@ class SlackChannel:
         )
 
     async def _settle_click(self, ack: Any, v: dict[str, Any], source: Source, settle: Any) -> None:
-        """Store the click's answer or decision, then acknowledge it."""
+        """Store the click's answer or decision, then acknowledge it. The
+        message itself is updated by the runner (an `Outcome` notice), as it
+        is when the call is settled anywhere else."""
         try:
             await settle
         except AlreadyAnswered as e:
@@ -259,10 +259,8 @@ class SlackChannel:
         except Refused as e:
             await ack()
             self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
-            return
         else:
             await ack()
-        self._later(self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"]))
 
     async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()  # nothing is stored yet: the reason comes with the modal
@@ -272,13 +270,13 @@ class SlackChannel:
         except AlreadyAnswered as e:
             notice = f"Already settled by {mention(e.user or e.by)}."
             self._later(self._ephemeral(v["ch"], source.user or "", None, notice))
-            self._later(self.poster.show_outcome(v["t"], v["c"], v["ch"], v["ts"]))
             return
         except Refused as e:
             self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
             return
-        call = self.poster.call(v["t"], v["c"])
-        modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], call.name if call else "this")
+        request = self.bot.request(v["t"], v["c"], self.name)
+        tool = request.tool if isinstance(request, ApprovalRequest) else "this"
+        modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], tool)
         # The trigger is good for three seconds after the click.
         self._later(self._open_view(body["trigger_id"], modal))
 
@@ -297,7 +295,6 @@ class SlackChannel:
             await ack(response_action="errors", errors={"reason": str(e)[:150]})
             return
         await ack()
-        self._later(self.poster.show_outcome(meta["t"], meta["c"], meta["ch"], meta["ts"]))
 
     def _later(self, call: Coroutine[Any, Any, None]) -> None:
         """Run a call back to Slack after the acknowledgement."""
@@ -318,10 +315,8 @@ class SlackChannel:
 
     # -- outbound: see outbound.py -------------------------------------------
 
-    async def deliver(
-        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
-    ) -> Delivery:
-        return await self.poster.deliver(thread_id, events, seq, fresh=fresh)
+    async def deliver(self, notice: Notice) -> Delivery:
+        return await self.poster.deliver(notice)
 
     async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
         try:

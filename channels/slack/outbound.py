@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from slack_sdk.errors import SlackApiError
 
-from bot import Delivery, Source, ThreadBot
-from bot.events import (
-    Approval,
-    AssistantMessage,
-    Delivered,
-    Error,
-    Event,
-    HumanResponse,
-    ToolCall,
-    ToolResult,
-    UserMessage,
+from bot import (
+    Answer,
+    ApprovalRequest,
+    Delivery,
+    Failure,
+    Notice,
+    Outcome,
+    People,
+    Question,
+    Source,
 )
-from bot.people import deciders
-from bot.thread import HUMAN_INPUT
 
 from . import format as fmt
 from .people import SlackDirectory
@@ -49,38 +46,37 @@ class SlackPoster:
     name = "slack"
 
     def __init__(
-        self, bot: ThreadBot, web: WebClients, settings: SlackSettings, directory: SlackDirectory
+        self, people: People, web: WebClients, settings: SlackSettings, directory: SlackDirectory
     ) -> None:
-        self.bot = bot
+        self.people = people
         self.web = web
         self.settings = settings
         self.directory = directory
 
-    async def deliver(
-        self, thread_id: str, events: Sequence[Event], seq: int, *, fresh: bool = True
-    ) -> Delivery:
-        origin = next(e for e in events if isinstance(e, UserMessage)).source.refs
+    async def deliver(self, notice: Notice) -> Delivery:
+        origin = notice.origin.refs
         channel, root = origin["channel"], origin["thread_ts"]
-        await self._close_settled_elsewhere(thread_id, events)
-        event = events[seq]
+        thread_id, seq = notice.thread_id, notice.seq
         posts: list[tuple[str, list[fmt.Block]]]
-        if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
-            question = str(event.arguments.get("question", ""))
-            options = [str(o) for o in event.arguments.get("options") or []]
-            posts = [(question, fmt.question_blocks(thread_id, event.call_id, question, options))]
-        elif isinstance(event, ToolCall):
-            who = await self._who_may_approve(events, event)
-            blocks = fmt.approval_blocks(thread_id, event.call_id, event.name, event.arguments, who)
-            posts = [(f"Approval needed: {event.name}", blocks)]
-        elif isinstance(event, AssistantMessage):
-            posts = fmt.answer_messages(event.text)
-        elif isinstance(event, Error):
-            posts = fmt.answer_messages(f"⚠️ I had to stop: {event.message}")
-        else:
-            raise ValueError(f"nothing to deliver at #{seq} ({event.type})")
+        match notice:
+            case Outcome():
+                return await self.show_outcome(notice)
+            case Question(text=question, options=options):
+                blocks = fmt.question_blocks(thread_id, notice.call_id, question, list(options))
+                posts = [(question, blocks)]
+            case ApprovalRequest(tool=tool, arguments=arguments):
+                who = await self._who_may_approve(notice)
+                blocks = fmt.approval_blocks(thread_id, notice.call_id, tool, dict(arguments), who)
+                posts = [(f"Approval needed: {tool}", blocks)]
+            case Answer(text=text):
+                posts = fmt.answer_messages(text)
+            case Failure(message=message):
+                posts = fmt.answer_messages(f"⚠️ I had to stop: {message}")
+            case _:
+                raise ValueError(f"Slack cannot deliver {type(notice).__name__}")
         # Each post says what it is, so that after a crash the thread can be
         # searched for posts that went out but were never recorded.
-        done = {} if fresh else await self._posted(channel, root, thread_id, seq)
+        done = {} if notice.fresh else await self._posted(channel, root, thread_id, seq)
         first_ts = ""
         for part, (text, blocks) in enumerate(posts):
             ts = done.get(part)
@@ -98,7 +94,7 @@ class SlackPoster:
                 )
                 ts = str(sent["ts"])
             first_ts = first_ts or ts
-        await self._unreact(events)
+        await self._unreact(notice.answers)
         return Delivery(refs={"channel": channel, "ts": first_ts})
 
     async def _posted(self, channel: str, root: str, thread_id: str, seq: int) -> dict[int, str]:
@@ -117,14 +113,13 @@ class SlackPoster:
             if not cursor:
                 return found
 
-    async def _who_may_approve(self, events: Sequence[Event], call: ToolCall) -> str:
-        """The rule of `bot.people.may_settle`, for people to read."""
-        origin = next(e for e in events if isinstance(e, UserMessage)).source
-        decide = deciders(self.bot.people, call.approvers, origin)
+    async def _who_may_approve(self, request: ApprovalRequest) -> str:
+        """The core's rule (who decides), for people to read."""
+        decide = request.deciders
         if decide.by == "approvers":
             return "Approvers: " + ", ".join(await self.directory.describe(decide.specs))
         if decide.by == "starter":
-            return f"{mention(origin.user)} started this, so they decide."
+            return f"{mention(request.origin.user)} started this, so they decide."
         admins = self.directory.admins()
         return "Waiting for an admin (group admins) to decide" + (
             ": " + ", ".join(admins) if admins else "."
@@ -140,7 +135,7 @@ class SlackPoster:
             return mention(source.user or source.who())
         if source.auth in ("operator", "python") and not source.user and not source.by:
             return "the operator"  # the local operator, or code in the process
-        person = self.bot.people.identify(source)
+        person = self.people.identify(source)
         who = mention(person.display if person else source.who())
         how = _HOW.get(source.auth or "") or next(
             (label for prefix, label in _HOW_PREFIX if (source.auth or "").startswith(prefix)),
@@ -149,45 +144,22 @@ class SlackPoster:
         by = f" (by {fmt.escape(source.by)} for them)" if source.by else ""
         return f"{who} {how}{by}"
 
-    async def _close_settled_elsewhere(self, thread_id: str, events: Sequence[Event]) -> None:
-        """Buttons of questions and approvals settled since the last post by
-        anything but a click on them (a reply in the thread, HTTP, the CLI)
-        disappear now."""
-        posted: dict[int, dict[str, str]] = {}
-        calls: dict[str, int] = {}
-        last_post = -1
-        for i, e in enumerate(events):
-            if isinstance(e, Delivered) and e.channel == self.name:
-                posted[e.of_seq] = e.refs
-                last_post = i
-            elif isinstance(e, ToolCall):
-                calls[e.call_id] = i
-        for e in events[last_post + 1 :]:
-            if isinstance(e, HumanResponse | Approval | ToolResult):
-                refs = posted.get(calls.get(e.call_id, -1))
-                clicked = e.source is not None and refs and e.source.refs.get("ts") == refs["ts"]
-                if refs and not clicked:
-                    await self.show_outcome(thread_id, e.call_id, refs["channel"], refs["ts"])
-
-    async def show_outcome(self, thread_id: str, call_id: str, channel: str, ts: str) -> None:
-        """Update a question or approval message: buttons gone, outcome shown."""
-        view = self.bot.get(thread_id)
-        resolution = view.state.resolved.get(call_id)
-        call = self.call(thread_id, call_id)
-        if resolution is None or call is None or not ts:
-            return
-        settled = view.events[resolution.seq]
-        by = self._by(resolution.source)
-        if isinstance(settled, HumanResponse):
-            outcome = f"✅ {by} answered: {fmt.escape(settled.text)}"
-            head = fmt.to_mrkdwn(str(call.arguments.get("question", "")))
-        elif isinstance(settled, Approval):
-            outcome = f"✅ Approved by {by}" if settled.approved else f"❌ Rejected by {by}"
-            if settled.comment:
-                outcome += f": {fmt.escape(settled.comment)}"
-            head = fmt.approval_text(call.name, call.arguments)
+    async def show_outcome(self, outcome: Outcome) -> Delivery:
+        """Update the question or approval message: buttons gone, outcome shown."""
+        posted = outcome.request.delivered or {}
+        channel, ts = posted.get("channel", ""), posted.get("ts", "")
+        if not ts:
+            return Delivery()
+        by = self._by(outcome.by)
+        request = outcome.request
+        if isinstance(request, Question):
+            text = f"✅ {by} answered: {fmt.escape(outcome.text or '')}"
+            head = fmt.to_mrkdwn(request.text)
         else:
-            return
+            text = f"✅ Approved by {by}" if outcome.kind == "approved" else f"❌ Rejected by {by}"
+            if outcome.text:
+                text += f": {fmt.escape(outcome.text)}"
+            head = fmt.approval_text(request.tool, dict(request.arguments))
         blocks = fmt.decided_blocks(
             [
                 {
@@ -195,27 +167,20 @@ class SlackPoster:
                     "text": {"type": "mrkdwn", "text": fmt.split_mrkdwn(head or "?")[0]},
                 }
             ],
-            outcome[:3000],
+            text[:3000],
         )
         try:
-            await self.web().chat_update(channel=channel, ts=ts, text=outcome[:3000], blocks=blocks)
+            await self.web().chat_update(channel=channel, ts=ts, text=text[:3000], blocks=blocks)
         except SlackApiError as e:
+            # A deleted message or a missing scope loses only the update.
             log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
+        return Delivery(refs={"channel": channel, "ts": ts})
 
-    def call(self, thread_id: str, call_id: str) -> ToolCall | None:
-        for e in reversed(self.bot.get(thread_id).events):
-            if isinstance(e, ToolCall) and e.call_id == call_id:
-                return e
-        return None
-
-    async def _unreact(self, events: Sequence[Event]) -> None:
+    async def _unreact(self, answered: Iterable[Source]) -> None:
         """Take the working reaction off the messages answered by this post."""
-        for e in reversed(events):
-            if isinstance(e, Delivered) and e.channel == self.name:
-                break
-            if isinstance(e, UserMessage | HumanResponse) and e.source.channel == self.name:
-                refs = e.source.refs
-                with contextlib.suppress(SlackApiError):
-                    await self.web().reactions_remove(
-                        channel=refs["channel"], timestamp=refs["ts"], name=WORKING
-                    )
+        for source in answered:
+            refs = source.refs
+            with contextlib.suppress(SlackApiError):
+                await self.web().reactions_remove(
+                    channel=refs["channel"], timestamp=refs["ts"], name=WORKING
+                )

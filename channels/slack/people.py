@@ -23,8 +23,7 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from bot import Source
-from bot.people import ADMINS, People, Person
+from bot import ADMINS, People, Person, Source
 
 from . import format as fmt
 from .settings import mention

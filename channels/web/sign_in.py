@@ -32,8 +32,7 @@ from pydantic import BaseModel, Field
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.people import People, Person
-from store import Credentials
+from bot import Credentials, People, Person
 
 from ..auth import SESSION_COOKIE, Identity
 
