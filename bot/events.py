@@ -67,6 +67,9 @@ class Source(BaseModel):
     """The people directory's id for them, when they are in it."""
     admin: bool | None = None
     """True when authenticated as an operator: may answer and decide anything."""
+    member: bool | None = None
+    """True when the channel vouches that they belong to this deployment (a
+    member of the Slack workspace, an address allowed to start threads)."""
     by: str | None = None
     """Who acted, when an admin acted on `user`'s behalf."""
 

@@ -175,17 +175,12 @@ class People:
 
     def known(self, source: Source | None) -> bool:
         """Whether the person behind `source` is someone this deployment
-        knows: in the people file, a member of the Slack workspace, an
-        address listed as a sender, or holder of a token or session."""
+        knows: in the people file, or vouched for by the channel that
+        authenticated them (a member of the Slack workspace, an address
+        listed as a sender)."""
         if source is None:
             return False
-        if source.admin or self.identify(source) is not None:
-            return True
-        if source.channel == "slack" and source.auth == "slack":
-            return True
-        if source.channel == "email" and source.user and self.senders:
-            return self.listed_sender(source.user)
-        return False
+        return bool(source.admin or source.member) or self.identify(source) is not None
 
     def same(self, a: Source | None, b: Source | None) -> bool:
         """Whether two sources are one person (across channels when the

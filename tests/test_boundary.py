@@ -88,6 +88,22 @@ def test_channels_use_only_what_bot_exports_and_no_store() -> None:
     assert found == []
 
 
+def test_the_core_branches_on_no_channel() -> None:
+    """No `x.channel == "slack"` or `x.auth == "email:signed"` in bot/: a
+    channel says what it vouches for in the `Source` it makes."""
+    found = []
+    for path in _sources("bot"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            names = {s.attr for s in sides if isinstance(s, ast.Attribute)}
+            strings = [s.value for s in sides if isinstance(s, ast.Constant)]
+            if names & {"channel", "auth"} and any(isinstance(v, str) for v in strings):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
 def test_the_import_check_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     """The checks above would catch what they look for."""
     fake = ROOT / "channels" / "_probe_for_test.py"

@@ -18,7 +18,7 @@ ROOT = Person("root", "Root", emails=("root@example.com",), groups=("admins",))
 
 
 def slack(user: str) -> Source:
-    return Source(channel="slack", user=user, auth="slack")
+    return Source(channel="slack", user=user, auth="slack", member=True)
 
 
 def mail(address: str) -> Source:
@@ -117,9 +117,14 @@ def test_a_stranger_never_approves_their_own_request() -> None:
     assert why is not None and "admin" in why
     # The admins decide it.
     assert decide(PEOPLE, thread(stranger), mail("root@example.com")) is None
-    # A listed sender is known.
+    # A listed sender is known: the email channel vouches for them.
+    from channels.email.recipients import email_source
+
     senders = People([ROOT], senders=("@evil.example",))
-    assert decide(senders, thread(stranger), stranger) is None
+    listed = email_source(senders, "mallory@evil.example", auth="email:signed")
+    assert listed.member and decide(senders, thread(listed), listed) is None
+    assert decide(senders, thread(stranger), stranger) is not None  # nobody vouched
+    assert email_source(PEOPLE, "mallory@evil.example", auth="email:signed").member is None
 
 
 def test_an_operator_decides_anything_and_anonymous_nothing() -> None:

@@ -117,6 +117,7 @@ class SlackDirectory:
         return Source(
             channel="slack",
             auth="slack",
+            member=True,  # a signed request or the Socket Mode connection: the workspace's
             user=user_id,
             person=person.id if person else None,
             name=person.display if person else name,
