@@ -86,6 +86,10 @@ class Pending(BaseModel):
     tool: str | None = None
     arguments: dict[str, Any] | None = None
     approvers: list[str] | None = None
+    allowed: bool = Field(description="Whether the caller may settle it.")
+    deciders: list[str] | None = Field(
+        None, description="An approval's deciders by name; empty when the starter or admins decide."
+    )
 
 
 class ThreadOut(BaseModel):
