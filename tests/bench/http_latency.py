@@ -108,9 +108,11 @@ def serve(root: Path, model_url: str, work: Path) -> Iterator[int]:
         # The server's code comes from `root`; the client's from this checkout.
         "PYTHONPATH": str(root),
     }
+    # A checkout with a virtual environment of its own runs with its own packages.
+    python = root / ".venv" / "bin" / "python"
     with (work / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "threadbot", "serve"],
+            [str(python) if python.exists() else sys.executable, "-m", "threadbot", "serve"],
             cwd=root,
             env=env,
             stdout=log,
