@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
@@ -300,7 +300,13 @@ def create_app(bot: ThreadBot) -> FastAPI:
         visible(request, thread_id)
         return JSONResponse(pending_json(bot.get(thread_id).state.pending))
 
-    @app.get("/threads/{thread_id}/markdown", response_class=PlainTextResponse)
+    # A plain `Response` class: its errors are declared as the JSON they are,
+    # and only the thread itself as Markdown.
+    @app.get(
+        "/threads/{thread_id}/markdown",
+        response_class=Response,
+        responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
+    )
     async def get_markdown(request: Request, thread_id: str) -> PlainTextResponse:
         """The thread rendered for people."""
         visible(request, thread_id)
