@@ -205,6 +205,12 @@ def run(roots: list[Path], threads: int, pause: float, warmup: int = 10) -> list
     (A, B, B, A, ...), so that both meet the same machine."""
     with ExitStack() as stack:
         sides = [stack.enter_context(server_with_threads(r, threads + warmup)) for r in roots]
+        for client, _, _ in sides:
+            # Left idle while the other server was being prepared, a
+            # connection may have met the server's keep-alive timeout: the
+            # measurement starts on fresh ones (reopened by the first request,
+            # a warm-up one).
+            client.conn.close()
         times: list[dict[str, list[float]]] = [{k: [] for k in KINDS} for _ in roots]
         for i in range(threads + warmup):
             order = list(range(len(sides)))
