@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeGuard, get_args, get_origin, get_type_hints
 
 from fastapi import params
+from fastapi.datastructures import DefaultPlaceholder
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -41,6 +42,7 @@ class _Header:
     name: str
     header: str
     adapter: TypeAdapter[Any]
+    required: bool
     default: Any
 
 
@@ -88,9 +90,18 @@ def _plan(route: APIRoute) -> _Plan:
         raise _Unplanned
     hints = get_type_hints(route.endpoint, include_extras=True)
     returns = hints.get("return")
-    if not _is_model(route.response_model) and not (
-        isinstance(returns, type) and issubclass(returns, Response)
-    ):
+    # A model is answered as FastAPI's defaults would have it serialized.
+    plain_model = (
+        _is_model(route.response_model)
+        and isinstance(route.response_class, DefaultPlaceholder)
+        and route.response_model_include is None
+        and route.response_model_exclude is None
+        and route.response_model_by_alias
+        and not route.response_model_exclude_unset
+        and not route.response_model_exclude_defaults
+        and not route.response_model_exclude_none
+    )
+    if not plain_model and not (isinstance(returns, type) and issubclass(returns, Response)):
         raise _Unplanned
     request: str | None = None
     path: list[str] = []
@@ -105,11 +116,11 @@ def _plan(route: APIRoute) -> _Plan:
         elif name in route.param_convertors and base is str and not marks:
             path.append(name)
         elif header is not None and isinstance(header.alias, str):
-            default = None if param.default is inspect.Parameter.empty else param.default
             # The header's constraints (its length, say), without its alias.
             constrained: Any = Annotated[(base, *header.metadata)] if header.metadata else base
             adapter: TypeAdapter[Any] = TypeAdapter(constrained)
-            headers.append(_Header(name, header.alias, adapter, default))
+            required = param.default is inspect.Parameter.empty
+            headers.append(_Header(name, header.alias, adapter, required, param.default))
         elif _is_model(base) and not marks and body is None:
             body = (name, base)
         else:
@@ -136,6 +147,8 @@ async def _values(plan: _Plan, request: Request) -> dict[str, Any] | None:
     for h in plan.headers:
         raw = request.headers.get(h.header)
         if raw is None:
+            if h.required:
+                return None
             values[h.name] = h.default
             continue
         try:
