@@ -14,9 +14,10 @@ agent resuming), so each one meets an idle server.
         [--server-root DIR [--server-root DIR]] [--json FILE]
 
 `--server-root` runs the server from another checkout of the repository
-(e.g. `git archive` of an earlier commit). Given twice, both servers run side
-by side and their requests alternate, so that a comparison of two versions
-is not a comparison of two moments of a shared machine.
+(e.g. `git archive` of an earlier commit), with the checkout's own `.venv` if
+it has one. Given twice, both servers run side by side and their requests
+alternate, so that a comparison of two versions is not a comparison of two
+moments of a shared machine.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bot import tool
-
 from .__main__ import _pct
 from .model_server import model_server_process
 
@@ -47,12 +46,6 @@ ASK = "ASK"
 """A thread launched with this in its text is asked a question; the others
 propose `deploy`, which waits for approval."""
 KINDS = ("approval POST", "answer POST", "thread GET")
-
-
-@tool(requires_approval=True)
-def deploy(service: str, version: str) -> str:
-    """Deploy a service (needs approval)."""
-    return f"deployed {service} {version}"
 
 
 class Client:
@@ -101,7 +94,7 @@ def serve(root: Path, model_url: str, work: Path) -> Iterator[int]:
         "THREADBOT_DB": str(work / "threadbot.db"),
         "THREADBOT_HTTP": f"127.0.0.1:{port}",
         "THREADBOT_SMTP": f"127.0.0.1:{_free_port()}",
-        "THREADBOT_TOOLS": "tests.bench.http_latency",
+        "THREADBOT_TOOLS": str(Path(__file__).with_name("http_tools.py")),
         "OPENAI_BASE_URL": model_url,
         "OPENAI_API_KEY": "bench",
         "THREADBOT_MODEL": "instant",
