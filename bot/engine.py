@@ -75,8 +75,18 @@ class Engine:
         return self.runner.outbound
 
     def kick(self, thread_id: str) -> None:
+        """Hand the thread over once the caller's current step on its loop is
+        done. The step that appended a person's answer goes on to write the
+        HTTP response (or Slack's acknowledgement) without yielding; handed
+        over at once, the agent's first burst of work would compete with it
+        for the interpreter, and the person would wait for both."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.runner.kick, thread_id)
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:  # not called from a loop: nothing to let finish
+            self._loop.call_soon_threadsafe(self.runner.kick, thread_id)
+            return
+        here.call_soon(self._loop.call_soon_threadsafe, self.runner.kick, thread_id)
 
     def active(self) -> list[str]:
         return self.runner.active()

@@ -168,7 +168,8 @@ class Authenticate:
             if found is None:
                 return None, "the Authorization header must be: Bearer <token>"
             return self._bearer(found[1]), "wrong, expired or revoked bearer token"
-        cookie = _cookie(headers.get(b"cookie", b""))
+        raw_cookie = headers.get(b"cookie")
+        cookie = _cookie(raw_cookie) if raw_cookie is not None else None
         if cookie is not None:
             session = self.credentials.session(cookie)
             if session is not None:

@@ -17,6 +17,10 @@ also send requests to the server, so the server tells them apart here:
 
 Authentication goes between the two: it may read the Host and trust it.
 
+A server sees the same few Host and Origin values again and again: what they
+parse to is remembered (a bounded cache, so that a flood of made-up names
+costs only parsing).
+
 Host names are compared without their ports: a rebinding attacker controls
 only the name (their page is served from the server's own port), and behind a
 proxy the port the client saw is often not the one the server listens on.
@@ -32,6 +36,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -58,6 +63,7 @@ Origin = tuple[str, str, int]
 _HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
 
 
+@lru_cache(maxsize=256)
 def host_name(value: str) -> str:
     """The name of a Host header or allowlist entry: lowercase, no port, no
     brackets around an IPv6 address, no trailing dot. "" if it is not one."""
@@ -75,6 +81,7 @@ def _ipv6(value: str) -> str:
         return ""
 
 
+@lru_cache(maxsize=256)
 def origin_of(url: str) -> Origin | None:
     """(scheme, host, port) of a URL or an Origin header; None for `null` or
     anything without a scheme and a host."""

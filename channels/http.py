@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
@@ -35,6 +35,7 @@ from bot import (
 
 from .auth import Authenticate, identity_of
 from .guard import BodyRules, Guard
+from .lean import LeanRoute
 from .web import OPEN_PATHS
 
 __all__ = ["create_app", "protect"]
@@ -194,6 +195,8 @@ def create_app(bot: ThreadBot) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # Every route added to the app from here on: see channels/lean.py.
+    app.router.route_class = LeanRoute
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -287,7 +290,13 @@ def create_app(bot: ThreadBot) -> FastAPI:
         visible(request, thread_id)
         return JSONResponse(bot.pending_json(thread_id, who(request, None)))
 
-    @app.get("/threads/{thread_id}/markdown", response_class=PlainTextResponse)
+    # A plain `Response` class: its errors are declared as the JSON they are,
+    # and only the thread itself as Markdown.
+    @app.get(
+        "/threads/{thread_id}/markdown",
+        response_class=Response,
+        responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
+    )
     async def get_markdown(request: Request, thread_id: str) -> PlainTextResponse:
         """The thread rendered for people."""
         visible(request, thread_id)

@@ -38,3 +38,22 @@ def test_approval_scenario_runs_small(tmp_path: Path) -> None:
     assert [r["round_trips"] for r in rows] == [2, 4]
     assert rows[-1]["events"] == 1 + 4 * 4 + 1  # launch, 4 per round-trip, the pending call
     assert all(r["resume_p50_ms"] > 0 and r["load_cold_ms"] > 0 for r in rows)
+
+
+def test_http_latency_runs_small() -> None:
+    """The HTTP benchmark against a real `threadbot serve`: every request it
+    times got the status a person's click gets."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.http_latency", "--threads", "3", "--pause", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    table, _, rest = out.stdout.partition("\n{")
+    assert "approval POST" in table and "thread GET" in table
+    (row,) = json.loads("{" + rest)["rows"]
+    for kind in ("approval POST", "answer POST", "thread GET"):
+        assert row[kind]["n"] == 3
+        assert 0 < row[kind]["p50_ms"] <= row[kind]["p99_ms"]

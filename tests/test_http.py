@@ -245,6 +245,10 @@ def test_openapi_schema(client: httpx.Client) -> None:
     ):
         assert path in paths
     assert "Idempotency-Key" in str(paths["/threads"]["post"]["parameters"])
+    # The Markdown is Markdown; its errors are JSON like every other route's.
+    markdown = paths["/threads/{thread_id}/markdown"]["get"]["responses"]
+    assert list(markdown["200"]["content"]) == ["text/markdown"]
+    assert list(markdown["404"]["content"]) == ["application/json"]
 
 
 def test_bearer_token(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> None:

@@ -165,7 +165,9 @@ async def serve(settings: Settings) -> None:
         local_operator=settings.local_operator(bot.people),
     )
     server = uvicorn.Server(
-        uvicorn.Config(stack, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            stack, host=host, port=port, http="httptools", log_level="warning", lifespan="off"
+        )
     )
     if slack is not None:
         await slack.start()
