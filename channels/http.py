@@ -35,7 +35,6 @@ from bot import (
 
 from .auth import Authenticate, identity_of
 from .guard import BodyRules, Guard
-from .lean import LeanRoute
 from .web import OPEN_PATHS
 
 __all__ = ["create_app", "protect"]
@@ -195,8 +194,6 @@ def create_app(bot: ThreadBot) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    # Every route added to the app from here on: see channels/lean.py.
-    app.router.route_class = LeanRoute
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: Exception) -> JSONResponse:
