@@ -191,14 +191,11 @@ class ThreadLog:
         new: Sequence[Event],
         *,
         routes: Iterable[str] = (),
-        after: Thread | None = None,
     ) -> Thread:
         """Append `new` after what `thread` holds and return the thread with
         them, once they are on disk. Raises `SeqConflict` if another writer
-        got there first. `after`: this append's `preview`, when the caller
-        made one already."""
-        if after is None:
-            after = self.preview(thread, new)
+        got there first."""
+        after = self.preview(thread, new)
         try:
             await self.store.append_async(
                 thread.id, len(thread.events), _rows(new), routes=routes, **_projection(after)
