@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,11 @@ class Outbound(Protocol):
         ...
 
 
+_live_here: weakref.WeakValueDictionary[str, Runner] = weakref.WeakValueDictionary()
+"""The runners of this process that have not shut down, by lease owner:
+several bots may share a database file in one process."""
+
+
 def _is_dead(owner: str, me: str) -> bool:
     """Whether a lease owner is a process on this machine that no longer
     runs (a crash leaves its leases behind until they expire)."""
@@ -91,7 +97,8 @@ def _is_dead(owner: str, me: str) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return True  # an earlier process that had our pid
+        # Another runner of this process, or an earlier process that had our pid.
+        return owner not in _live_here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,7 +125,8 @@ class Runner:
         self.log = log_
         self.lease_ttl = lease_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        """This process, as a lease holder."""
+        """This runner, as a lease holder: host, process and a random part."""
+        _live_here[self.owner] = self
         self.model = model
         self.tools = tools
         self.system_prompt = system_prompt
@@ -178,6 +186,7 @@ class Runner:
             self._renewal.cancel()
             self._renewal = None
         self.log.store.release_all(self.owner)
+        _live_here.pop(self.owner, None)
         for channel in self.outbound.values():
             # Connections a channel opened for this loop's deliveries.
             aclose = getattr(channel, "aclose", None)
