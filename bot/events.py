@@ -2,15 +2,13 @@
 
 A thread is an append-only list of these. Everything else (is it waiting, for
 whom, for which call, how many errors in a row) is derived from the list by
-`bot.thread.derive`. Events are immutable; one `TypeAdapter` reads and writes
-them all.
+`bot.thread.derive`. Events are frozen models: once made, an event is never
+changed (its fields cannot be reassigned; the dicts it holds are left alone by
+convention). One `TypeAdapter` reads and writes them all.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -34,7 +32,6 @@ __all__ = [
     "load_event",
     "load_events",
     "load_events_json",
-    "untrack",
 ]
 
 
@@ -240,59 +237,3 @@ def load_events(bodies: list[str]) -> list[Event]:
 def event_from_dict(data: dict[str, Any]) -> Event:
     """An event from its JSON object (as the HTTP API shows it, `seq` and all)."""
     return _ONE.validate_python(data)
-
-
-# -- kept out of the cycle collector's way ------------------------------------
-
-
-def _gc_untrack_function() -> Callable[[object], None] | None:
-    """CPython's `PyObject_GC_UnTrack`; None elsewhere."""
-    try:
-        untrack = ctypes.pythonapi.PyObject_GC_UnTrack
-    except AttributeError:
-        return None
-    untrack.argtypes = [ctypes.py_object]
-    untrack.restype = None
-    return untrack
-
-
-_gc_untrack = _gc_untrack_function()
-_is_tracked = gc.is_tracked
-
-
-def _off(obj: object, untrack: Callable[[object], None]) -> None:
-    if _is_tracked(obj):  # False for objects the collector never tracks
-        untrack(obj)
-
-
-def untrack(events: Iterable[Event]) -> None:
-    """Take events out of the cycle collector's view.
-
-    A running thread's events stay in memory, and the collector scans every
-    new object at its next pass, stopping the process meanwhile: under load
-    most of what it scanned was events (each is three or four objects), and
-    its pauses were the slowest acknowledgements. An event can never be part
-    of a reference cycle (it is immutable and refers only to data), so the
-    collector has nothing to find there; reference counting still frees it.
-    Only the event's own objects are taken out (its model, fields, source and
-    the dicts made for them); data nested deeper stays tracked, which is
-    always safe.
-    """
-    off = _gc_untrack
-    if off is None:
-        return
-    for e in events:
-        fields = e.__dict__
-        _off(e, off)
-        _off(fields, off)
-        _off(e.__pydantic_fields_set__, off)
-        # Dicts the event's validation made for it (a tool's output is the
-        # tool's own object, and stays as it is).
-        for name in ("arguments", "refs"):
-            if type(value := fields.get(name)) is dict:
-                _off(value, off)
-        if type(source := fields.get("source")) is Source:
-            _off(source, off)
-            _off(source.__dict__, off)
-            _off(source.__pydantic_fields_set__, off)
-            _off(source.refs, off)

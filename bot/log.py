@@ -9,17 +9,15 @@ nothing but its rows.
 
 from __future__ import annotations
 
-import gc
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from store import EventStore, NewRow, SeqConflict, UnknownThread
 
 from .errors import ThreadNotFound
-from .events import Event, dump_event, load_events, load_events_json, untrack
+from .events import Event, dump_event, load_events, load_events_json
 from .thread import Fold, ThreadState, waiting_summary
 
 __all__ = ["Thread", "ThreadLog"]
@@ -37,20 +35,6 @@ class Thread:
 
     def call_ids(self) -> set[str]:
         return set(self.fold.open_calls) | set(self.fold.resolved)
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Pause the cycle collector while a thread is read: it would run many
-    times over thousands of new objects that are all kept, finding nothing
-    (a quarter of a long thread's load time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _rows(events: Iterable[Event]) -> list[NewRow]:
@@ -134,9 +118,8 @@ class ThreadLog:
             array = self.store.load_json(thread_id)
             if array is None:
                 raise ThreadNotFound(thread_id)
-            with _no_gc():
-                events = load_events_json(array)
-                fold = Fold().extend(events)
+            events = load_events_json(array)
+            fold = Fold().extend(events)
             return self._keep(Thread(thread_id, events, fold, fold.state()))
         if thread_id in self._fresh:
             self._cache.move_to_end(thread_id)
@@ -147,7 +130,6 @@ class ThreadLog:
             self._fresh.add(thread_id)
             return held
         new = load_events(bodies)
-        untrack(new)
         fold = held.fold.copy().extend(new)
         return self._keep(Thread(thread_id, held.events + new, fold, fold.state()))
 
@@ -160,7 +142,6 @@ class ThreadLog:
     def _prepare_create(
         self, thread_id: str, events: Sequence[Event], parent: tuple[str, int] | None
     ) -> tuple[Thread, dict[str, Any]]:
-        untrack(events)
         fold = Fold().extend(events)
         thread = Thread(thread_id, list(events), fold, fold.state())
         origin = thread.state.origin
@@ -201,7 +182,6 @@ class ThreadLog:
     def preview(self, thread: Thread, new: Sequence[Event]) -> Thread:
         """The thread as it will be once `new` is appended after what it
         holds; nothing is stored."""
-        untrack(new)
         fold = thread.fold.copy().extend(new)
         return Thread(thread.id, thread.events + list(new), fold, fold.state())
 
@@ -211,14 +191,11 @@ class ThreadLog:
         new: Sequence[Event],
         *,
         routes: Iterable[str] = (),
-        after: Thread | None = None,
     ) -> Thread:
         """Append `new` after what `thread` holds and return the thread with
         them, once they are on disk. Raises `SeqConflict` if another writer
-        got there first. `after`: this append's `preview`, when the caller
-        made one already."""
-        if after is None:
-            after = self.preview(thread, new)
+        got there first."""
+        after = self.preview(thread, new)
         try:
             await self.store.append_async(
                 thread.id, len(thread.events), _rows(new), routes=routes, **_projection(after)

@@ -2,9 +2,6 @@
 
 It keeps nothing between runs. Each run loads the thread, and stops when the
 derived state says wait or stop; a paused thread holds no task and no memory.
-One overlap: the model call that follows a tool's outcome is made while that
-outcome is being written (asking the model changes nothing outside; its reply
-is appended only after the outcome).
 At most one run per thread is active in a process; between processes, each
 append is checked against the seq its writer expected, so a stale writer
 reloads instead of writing over the other.
@@ -18,6 +15,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -64,6 +62,11 @@ INTERRUPTED = (
 )
 
 
+_live_here: weakref.WeakValueDictionary[str, Runner] = weakref.WeakValueDictionary()
+"""The runners of this process that have not shut down, by lease owner:
+several bots may share a database file in one process."""
+
+
 def _is_dead(owner: str, me: str) -> bool:
     """Whether a lease owner is a process on this machine that no longer
     runs (a crash leaves its leases behind until they expire)."""
@@ -73,7 +76,8 @@ def _is_dead(owner: str, me: str) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return True  # an earlier process that had our pid
+        # Another runner of this process, or an earlier process that had our pid.
+        return owner not in _live_here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,7 +106,8 @@ class Runner:
         self.people = people or People()
         self.lease_ttl = lease_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        """This process, as a lease holder."""
+        """This runner, as a lease holder: host, process and a random part."""
+        _live_here[self.owner] = self
         self.model = model
         self.tools = tools
         self.system_prompt = system_prompt
@@ -162,6 +167,7 @@ class Runner:
             self._renewal.cancel()
             self._renewal = None
         self.log.store.release_all(self.owner)
+        _live_here.pop(self.owner, None)
         for channel in self.outbound.values():
             # Connections a channel opened for this loop's deliveries.
             aclose = getattr(channel, "aclose", None)
@@ -299,17 +305,15 @@ class Runner:
         except SeqConflict:
             return self.log.load(thread.id)
 
-    async def _append_outcome(
-        self, thread: Thread, new: Sequence[Event], call_id: str, after: Thread | None = None
-    ) -> Thread:
+    async def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
         lost to a concurrent append. Dropped only if the call was settled
-        meanwhile by someone else. `after`: the append's preview, if made."""
+        meanwhile by someone else."""
         while True:
             try:
-                return await self.log.append(thread, new, after=after)
+                return await self.log.append(thread, new)
             except SeqConflict:
-                thread, after = self.log.load(thread.id), None
+                thread = self.log.load(thread.id)
                 if all(c.call.call_id != call_id for c in thread.state.open_calls):
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
@@ -413,33 +417,7 @@ class Runner:
             done = ToolDeferred(call_id=call_id, note=outcome.output)
         else:
             done = ToolResult(call_id=call_id, output=outcome.output, is_error=outcome.is_error)
-        return await self._record_outcome(thread, done, call_id)
-
-    async def _record_outcome(self, thread: Thread, done: Event, call_id: str) -> Thread:
-        """Append a tool's outcome. When the model comes next, it is asked
-        while the outcome is being written: asking changes nothing outside,
-        and its reply is appended only after the outcome, and only if nothing
-        else came in between (otherwise the reply is dropped and the model
-        asked again about what is there)."""
-        expected = self.log.preview(thread, [done])
-        recording = asyncio.ensure_future(self._append_outcome(thread, [done], call_id, expected))
-        if not isinstance(self._decide(expected), CallModel):
-            return await recording
-        try:
-            new = await self._ask(expected)
-        except BaseException:
-            self._contexts.pop(thread.id, None)  # serialized from `expected`
-            await asyncio.shield(recording)  # the outcome is stored regardless
-            raise
-        try:
-            stored = await asyncio.shield(recording)
-        except BaseException:
-            self._contexts.pop(thread.id, None)
-            raise
-        if len(stored.events) != len(expected.events) or stored.events[-1] is not done:
-            self._contexts.pop(thread.id, None)
-            return stored
-        return await self._record_reply(stored, new)
+        return await self._append_outcome(thread, [done], call_id)
 
     async def _deliver(self, thread: Thread, step: Deliver, *, fresh: bool) -> Thread | None:
         channel = self.outbound[step.channel]

@@ -361,7 +361,10 @@ def create_app(bot: ThreadBot) -> FastAPI:
 
     @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
     async def fork(thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None) -> Forked:
-        """A new thread with a copy of events 0..at; it goes on from there."""
+        """A new thread with a copy of events 0..at; it goes on from there.
+
+        Retried with the same `Idempotency-Key`, it returns the thread the
+        first request made, with 201 again, and makes no other."""
         new_id = await bot.fork(thread_id, body.at, key=_key(f"{thread_id}:fork", idempotency_key))
         return Forked(id=new_id, parent_id=thread_id, at=body.at)
 

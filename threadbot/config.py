@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
+from bot.durations import seconds
 from bot.errors import UsageError
 
 if TYPE_CHECKING:
@@ -29,6 +30,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise UsageError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds as a number (`2.5`) or a duration (`90s`, `2m`); more than zero."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value: float | None = seconds(raw)
+    except UsageError:
+        value = None
+    if value is None or value <= 0:
+        raise UsageError(
+            f"{name} must be a number of seconds (e.g. 2.5) or a duration (90s, 2m), not {raw!r}"
+        )
+    return value
 
 
 def _list(env: Mapping[str, str], *names: str) -> tuple[str, ...]:
@@ -54,6 +71,7 @@ class Settings:
     system_prompt: str | None = None
     max_turns: int = 25
     model_timeout: float = 120.0
+    """THREADBOT_MODEL_TIMEOUT: seconds a model request may take (`2.5`, `90s`, `2m`)."""
     people_file: str | None = None
     """THREADBOT_PEOPLE: a TOML file of people (names, Slack ids, addresses, groups)."""
     approvers: tuple[str, ...] = ()
@@ -84,7 +102,7 @@ class Settings:
             api_token=env.get("THREADBOT_API_TOKEN") or None,
             system_prompt=env.get("THREADBOT_SYSTEM_PROMPT") or None,
             max_turns=_int(env, "THREADBOT_MAX_TURNS", cls.max_turns),
-            model_timeout=float(_int(env, "THREADBOT_MODEL_TIMEOUT", int(cls.model_timeout))),
+            model_timeout=_seconds(env, "THREADBOT_MODEL_TIMEOUT", cls.model_timeout),
             people_file=env.get("THREADBOT_PEOPLE") or None,
             approvers=_list(
                 env, "THREADBOT_APPROVERS", "THREADBOT_SLACK_APPROVERS", "THREADBOT_EMAIL_APPROVERS"

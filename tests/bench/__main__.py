@@ -12,6 +12,9 @@ Printed for each thread length (in events):
 - bytes/round-trip: database growth per round-trip near that length
 
     python -m tests.bench [--sizes 10,100,1000] [--json FILE]
+
+`--compare-langgraph`, `--scale` and `--model-latency` run the other
+benchmarks (tests/bench/approvals.py, scale.py, latency.py).
 """
 
 from __future__ import annotations
@@ -163,7 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="concurrency, paused threads' memory, listing, and acks under load",
     )
+    p.add_argument(
+        "--model-latency",
+        metavar="SECONDS",
+        help="the approval scenario against a model this slow (e.g. 0.3,2): "
+        "what a person waits for after approving",
+    )
     args = p.parse_args(argv)
+    if args.model_latency:
+        from .latency import main as latency
+
+        more = ["--json", args.json] if args.json else []
+        return latency(["--latency", args.model_latency, *more])
     if args.scale:
         from .scale import run_scale
 

@@ -1,0 +1,36 @@
+"""Settings from the environment: what each variable accepts, and what it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.errors import UsageError
+from threadbot.config import Settings
+
+from .test_cli import cli
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("2.5", 2.5), ("30", 30.0), ("90s", 90.0), ("2m", 120.0), (" 0.5 ", 0.5), ("", 120.0)],
+)
+def test_model_timeout_takes_seconds_and_durations(raw: str, expected: float) -> None:
+    assert Settings.from_env({"THREADBOT_MODEL_TIMEOUT": raw}).model_timeout == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1", "2.5.1", "1e3", "nan", "5 parsecs"])
+def test_a_bad_model_timeout_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(UsageError, match=r"THREADBOT_MODEL_TIMEOUT must be a number of seconds"):
+        Settings.from_env({"THREADBOT_MODEL_TIMEOUT": raw})
+
+
+def test_the_cli_runs_with_a_fractional_model_timeout(tmp_path: Path) -> None:
+    env = {"THREADBOT_DB": str(tmp_path / "t.db"), "THREADBOT_MODEL_TIMEOUT": "2.5"}
+    out = cli(env, "--local", "threads")
+    assert out.returncode == 0, out.stderr
+    out = cli({**env, "THREADBOT_MODEL_TIMEOUT": "soon"}, "--local", "threads")
+    assert out.returncode == 1
+    assert "THREADBOT_MODEL_TIMEOUT must be a number of seconds" in out.stderr
+    assert "'soon'" in out.stderr
