@@ -507,7 +507,11 @@ def test_a_late_answer_is_told_who_answered(
         json={"text": "5", "call_id": call_id, "user": "ops-console"},
     )
     assert r.status_code == 202
-    n = len(thread(server, thread_id, "done")["events"])
+    deadline = time.monotonic() + 20
+    while (body := thread(server, thread_id, "done"))["events"][-1]["type"] != "delivered":
+        assert time.monotonic() < deadline, body  # the answer is mailed, then recorded
+        time.sleep(0.02)
+    n = len(body["events"])
     with pytest.raises(smtplib.SMTPDataError) as late:
         reply(server, question, "6")
     assert late.value.smtp_code == 550
