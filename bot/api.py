@@ -424,9 +424,20 @@ class ThreadBot:
         members_only: bool,
     ) -> None:
         """Refuse a new message that does not fit now, or comes from someone
-        who may not see the thread."""
-        if members_only and not self._sees(thread_id, state, events, source):
-            raise NotAllowed(f"{source.who()} takes no part in thread {thread_id}")
+        who may not write in the thread: whoever may answer its questions
+        (its people, the deployment's approvers, the admins)."""
+        if members_only:
+            why = may_settle(
+                self.people,
+                events,
+                kind="question",
+                call_seq=len(events),
+                approvers=(),
+                self_approval=True,
+                source=source,
+            )
+            if why is not None:
+                raise NotAllowed(f"{source.who()} may not write in thread {thread_id}: {why}")
         if state.pending is not None and state.pending.kind != "result":
             raise NotWaiting(
                 f"thread {thread_id} is {state.status} (call {state.pending.call_id}); "

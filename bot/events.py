@@ -66,7 +66,7 @@ class Source(BaseModel):
     """True when authenticated as an operator: may answer and decide anything."""
     member: bool | None = None
     """True when the channel vouches that they belong to this deployment (a
-    member of the Slack workspace, an address allowed to start threads)."""
+    member of the Slack workspace)."""
     by: str | None = None
     """Who acted, when an admin acted on `user`'s behalf."""
 

@@ -82,7 +82,9 @@ class Notice:
     """False when an earlier process may have posted this and stopped before
     recording it: a channel that can look, looks first."""
     delivered: Mapping[str, str] | None = None
-    """Where this channel posted it, once recorded."""
+    """Where this channel posted it, once recorded (the latest record)."""
+    deliveries: tuple[Mapping[str, str], ...] = ()
+    """Every record of it on this channel (a resend after a crash adds one)."""
     answers: tuple[Source, ...] = ()
     """People's messages on this channel since its last post: what this
     notice replies to."""
@@ -155,7 +157,7 @@ def build_notice(
     origin = next((e.source for e in events if isinstance(e, UserMessage)), None)
     if origin is None:
         return None
-    delivered: Mapping[str, str] | None = None
+    deliveries: list[Mapping[str, str]] = []
     trail: list[Said] = []
     answers: list[Source] = []
     for e in events:
@@ -165,7 +167,7 @@ def build_notice(
         elif isinstance(e, Delivered) and e.channel == channel:
             trail.append(Said(False, e.refs))
             if e.of_seq == seq:
-                delivered = e.refs
+                deliveries.append(e.refs)
             if not isinstance(events[e.of_seq], HumanResponse | Approval):
                 answers = []  # an outcome's update replies to nobody
     common: dict[str, Any] = {
@@ -174,7 +176,8 @@ def build_notice(
         "origin": origin,
         "channel": channel,
         "fresh": fresh,
-        "delivered": delivered,
+        "delivered": deliveries[-1] if deliveries else None,
+        "deliveries": tuple(deliveries),
         "answers": tuple(answers),
         "trail": tuple(trail),
     }

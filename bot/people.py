@@ -175,12 +175,14 @@ class People:
 
     def known(self, source: Source | None) -> bool:
         """Whether the person behind `source` is someone this deployment
-        knows: in the people file, or vouched for by the channel that
-        authenticated them (a member of the Slack workspace, an address
-        listed as a sender)."""
+        knows: in the people file, vouched for by the channel that
+        authenticated them (a member of the Slack workspace), or an address
+        the senders list names now."""
         if source is None:
             return False
-        return bool(source.admin or source.member) or self.identify(source) is not None
+        if source.admin or source.member or self.identify(source) is not None:
+            return True
+        return bool(self.senders and source.user and self.listed_sender(source.user))
 
     def same(self, a: Source | None, b: Source | None) -> bool:
         """Whether two sources are one person (across channels when the

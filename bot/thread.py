@@ -118,6 +118,8 @@ class Resolution(NamedTuple):
     kind: Literal["result", "answer", "approved", "rejected"]
     seq: int
     source: Source | None
+    call_seq: int = -1
+    """The seq of the call settled."""
 
 
 class ThreadState(NamedTuple):
@@ -252,10 +254,9 @@ class Fold:
             case ToolResult():
                 # An approved call stays settled by its approver.
                 if (
-                    self.open_calls.pop(e.call_id, None) is not None
-                    and e.call_id not in self.resolved
-                ):
-                    self._resolve(e.call_id, Resolution("result", seq, e.source))
+                    c := self.open_calls.pop(e.call_id, None)
+                ) is not None and e.call_id not in self.resolved:
+                    self._resolve(e.call_id, Resolution("result", seq, e.source, c.seq))
                 batch = self._batch_of.pop(e.call_id, -1)
                 if e.is_error:
                     if batch not in self._failed_batches:
@@ -268,11 +269,11 @@ class Fold:
                 c = self.open_calls.get(e.call_id)
                 if c is not None and e.approved:
                     self.open_calls[e.call_id] = OpenCall(c.call, c.seq, e)
-                    self._resolve(e.call_id, Resolution("approved", seq, e.source))
+                    self._resolve(e.call_id, Resolution("approved", seq, e.source, c.seq))
                 elif c is not None:
                     del self.open_calls[e.call_id]
                     self._batch_of.pop(e.call_id, None)
-                    self._resolve(e.call_id, Resolution("rejected", seq, e.source))
+                    self._resolve(e.call_id, Resolution("rejected", seq, e.source, c.seq))
                 if c is not None and c.seq in self._delivered:
                     self._due |= {seq}
                 self.errors = self.turns = 0
@@ -285,9 +286,11 @@ class Fold:
                 self._delivered.add(e.of_seq)
                 if e.of_seq in self._due:
                     self._due -= {e.of_seq}
+                else:
+                    self._settled_before_recorded(e.of_seq)
             case HumanResponse():
                 if (c := self.open_calls.pop(e.call_id, None)) is not None:
-                    self._resolve(e.call_id, Resolution("answer", seq, e.source))
+                    self._resolve(e.call_id, Resolution("answer", seq, e.source, c.seq))
                     if c.seq in self._delivered:
                         self._due |= {seq}
                 self._batch_of.pop(e.call_id, None)
@@ -311,6 +314,17 @@ class Fold:
                     self._ended = "failed"
                     self._closing = seq
         self._previous_was_call = is_call
+
+    def _settled_before_recorded(self, call_seq: int) -> None:
+        """A post recorded after its call was settled (the answer came
+        between the post and its record): the settlement is due to it too.
+        Only settlements later than the call are looked at, newest first."""
+        for r in reversed(self.resolved.values()):
+            if r.seq < call_seq:
+                return
+            if r.call_seq == call_seq and r.kind != "result" and r.seq not in self._delivered:
+                self._due |= {r.seq}
+                return
 
     def _resolve(self, call_id: str, resolution: Resolution) -> None:
         if self._resolved_shared:

@@ -22,6 +22,7 @@ from bot import (
     AlreadyAnswered,
     ApprovalRequest,
     AwaitingDecision,
+    Deferred,
     Delivery,
     NotAllowed,
     Notice,
@@ -33,6 +34,7 @@ from bot import (
     Source,
     ThreadBot,
     UsageError,
+    tool,
 )
 
 from .conftest import make_bot, settled
@@ -318,3 +320,77 @@ async def test_a_reply_from_a_channel_reads_each_thing_once(
     assert not any("FROM events WHERE thread_id" in s for s in statements), statements
     assert sum(s.startswith("INSERT INTO events") for s in statements) == 1
     assert (await settled(ops, thread_id)).state.status == "done"
+
+
+# -- found in review ------------------------------------------------------------
+
+
+@tool(requires_approval=True, approvers=["bob", "carol"])
+def migrate(table: str) -> Deferred:
+    """Start a migration that reports later."""
+    return Deferred("running")
+
+
+@pytest.mark.anyio
+async def test_an_approver_of_a_deferred_call_who_took_no_part_may_not_write(
+    db_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Writing is for whoever may answer the thread's questions (its people,
+    the deployment's approvers, admins), not for everyone who may settle
+    what it waits for now."""
+    from bot import Deferred, OpenAIModel, Toolbox, tool
+    from store import EventStore
+
+    @tool(requires_approval=True, approvers=["bob", "carol"])
+    def migrate(table: str) -> Deferred:
+        """Start a migration that reports later."""
+        return Deferred("running")
+
+    people = People(
+        [Person("ann", slack="U1"), Person("bob", slack="UB"), Person("carol", slack="UC")]
+    )
+    model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
+    b = ThreadBot(EventStore(db_path), model, Toolbox([migrate]), people=people)
+    fake_openai.add(calls(("migrate", {"table": "users"})))
+    thread_id = await b.launch("migrate users", source=ANN)
+    await settled(b, thread_id)
+    await b.decide(thread_id, True, source=Source(channel="fake", user="UB"))
+    assert (await settled(b, thread_id)).state.status == "waiting_for_result"
+    carol = Source(channel="fake", user="UC")
+    with pytest.raises(NotAllowed):
+        await b.send(thread_id, "hello", source=carol)
+    assert b.may_see(thread_id, carol)  # she may read it: she may post the result
+    await b.close()
+    b.store.close()
+
+
+def test_a_post_recorded_after_its_call_was_settled_still_gets_the_outcome() -> None:
+    """A click between the post and its record: the update is still due."""
+    from bot import derive
+    from bot.events import Approval, Delivered, ToolCall, UserMessage
+
+    events = [
+        UserMessage(text="go", source=ANN),
+        ToolCall(call_id="c1", name="deploy", arguments={}, requires_approval=True),
+        Approval(call_id="c1", approved=True, source=BOSS),
+        Delivered(of_seq=1, channel="fake", refs={"ts": "1"}),
+    ]
+    assert derive(events).undelivered == (2,)
+    events.append(Delivered(of_seq=2, channel="fake", refs={"ts": "1"}))
+    assert derive(events).undelivered == ()
+
+
+def test_every_record_of_a_resent_post_is_in_its_notice() -> None:
+    from bot.events import Delivered, ToolCall, UserMessage
+    from bot.notices import build_notice
+
+    events = [
+        UserMessage(text="go", source=ANN),
+        ToolCall(call_id="c1", name="drop_table", arguments={}, requires_approval=True),
+        Delivered(of_seq=1, channel="email", refs={"to": "a@x"}),
+        Delivered(of_seq=1, channel="email", refs={"to": "b@x"}),
+    ]
+    notice = build_notice("t", events, 1, "email", PEOPLE)
+    assert notice is not None
+    assert [d["to"] for d in notice.deliveries] == ["a@x", "b@x"]
+    assert notice.delivered == {"to": "b@x"}

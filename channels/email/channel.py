@@ -111,7 +111,7 @@ class EmailChannel:
         notice = self.bot.notice(reply.thread_id, reply.seq, self.name)
         if notice is None:
             return False  # nothing the bot mails
-        sent_to = (notice.delivered or {}).get("to", "").split()
+        sent_to = [r for refs in notice.deliveries for r in refs.get("to", "").split()]
         # Not recorded yet (sent just before a crash): DATA decides.
         return not sent_to or any(self.tokens.signed_for(reply, r) for r in sent_to)
 
@@ -169,8 +169,6 @@ class EmailChannel:
         """A mail found by its headers only: a message from one of the
         thread's people, never an answer or a decision."""
         source = self._source(mail, "email:thread")
-        if not self.bot.may_see(thread_id, source):
-            return f"550 5.7.1 {mail.sender} may not write in this conversation"
         if isinstance(self._replied_post(thread_id, mail), Question | ApprovalRequest):
             return _USE_REPLY_TO
         if not mail.text:

@@ -33,9 +33,6 @@ def email_source(
         name=name or None,
         auth=auth,
         person=person.id if person is not None else None,
-        # Listed as a sender: someone this deployment knows (with no list,
-        # anyone may write, and nobody is vouched for).
-        member=bool(people.senders and people.listed_sender(address)) or None,
         refs=refs,
     )
 
