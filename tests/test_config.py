@@ -34,3 +34,27 @@ def test_the_cli_runs_with_a_fractional_model_timeout(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "THREADBOT_MODEL_TIMEOUT must be a number of seconds" in out.stderr
     assert "'soon'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, True),
+        ("", True),
+        ("on", True),
+        ("ON", True),
+        ("1", True),
+        ("off", False),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+    ],
+)
+def test_tune_is_on_unless_turned_off(raw: str | None, expected: bool) -> None:
+    env = {} if raw is None else {"THREADBOT_TUNE": raw}
+    assert Settings.from_env(env).tune is expected
+
+
+def test_a_bad_tune_value_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"THREADBOT_TUNE must be on or off, not 'fast'"):
+        Settings.from_env({"THREADBOT_TUNE": "fast"})

@@ -48,6 +48,17 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise UsageError(f"{name} must be on or off, not {env.get(name)!r}")
+
+
 def _list(env: Mapping[str, str], *names: str) -> tuple[str, ...]:
     """Comma-separated values of one or more variables, in order, once each."""
     items = (x.strip() for name in names for x in (env.get(name) or "").split(","))
@@ -88,6 +99,9 @@ class Settings:
     """THREADBOT_ALLOWED_ORIGINS: other origins whose pages may post."""
     http_max_bytes: int = 1 << 20
     """THREADBOT_HTTP_MAX_BYTES: the largest request body taken."""
+    tune: bool = True
+    """THREADBOT_TUNE: `on` (the default) or `off`: whether `serve` tunes the
+    process for serving (`threadbot.process.tune_for_serving`)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -112,6 +126,7 @@ class Settings:
             allowed_hosts=_list(env, "THREADBOT_ALLOWED_HOSTS"),
             allowed_origins=_list(env, "THREADBOT_ALLOWED_ORIGINS"),
             http_max_bytes=_int(env, "THREADBOT_HTTP_MAX_BYTES", cls.http_max_bytes),
+            tune=_on_off(env, "THREADBOT_TUNE", cls.tune),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

@@ -63,6 +63,7 @@ def _banner(
     resumed: int,
     slack: SlackChannel | None,
     mail: EmailChannel | None,
+    tuned: str | None,
 ) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (web page: /, API schema: /openapi.json)"]
@@ -76,6 +77,10 @@ def _banner(
     tools = ", ".join(t.name for t in bot.tools)
     lines.append(f"  tools:  {tools}  (from {settings.tools or DEFAULT_TOOLS})")
     lines.append(f"  auth:   {_auth_line(settings, bot.people)}")
+    if tuned is None:
+        lines.append("  tune:   off (THREADBOT_TUNE=off): Python's defaults")
+    else:
+        lines.append(f"  tune:   {tuned}")
     if slack is None:
         lines.append("  slack:  off (set SLACK_BOT_TOKEN to turn it on)")
     elif slack.settings.socket_mode:
@@ -169,14 +174,15 @@ async def serve(settings: Settings) -> None:
             stack, host=host, port=port, http="httptools", log_level="warning", lifespan="off"
         )
     )
+    # Before anything can start a thread, so that every run has the same settings.
+    tuned = tune_for_serving() if settings.tune else None
     if slack is not None:
         await slack.start()
     if mail is not None:
         await mail.start()
     bot.run_in_thread()
     resumed = await bot.resume_all()
-    print(_banner(settings, bot, len(resumed), slack, mail), file=sys.stderr, flush=True)
-    tune_for_serving()
+    print(_banner(settings, bot, len(resumed), slack, mail, tuned), file=sys.stderr, flush=True)
     try:
         await server.serve()
     finally:

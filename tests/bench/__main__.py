@@ -13,8 +13,9 @@ Printed for each thread length (in events):
 
     python -m tests.bench [--sizes 10,100,1000] [--json FILE]
 
-`--compare-langgraph`, `--scale` and `--model-latency` run the other
-benchmarks (tests/bench/approvals.py, scale.py, latency.py).
+`--compare-langgraph`, `--scale` (or only its acks: `--acks on|off`) and
+`--model-latency` run the other benchmarks (tests/bench/approvals.py,
+scale.py, latency.py).
 """
 
 from __future__ import annotations
@@ -167,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         help="concurrency, paused threads' memory, listing, and acks under load",
     )
     p.add_argument(
+        "--acks",
+        choices=["on", "off"],
+        help="only the acks under load of --scale, with THREADBOT_TUNE on or off",
+    )
+    p.add_argument(
         "--model-latency",
         metavar="SECONDS",
         help="the approval scenario against a model this slow (e.g. 0.3,2): "
@@ -178,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
 
         more = ["--json", args.json] if args.json else []
         return latency(["--latency", args.model_latency, *more])
+    if args.acks:
+        from .scale import run_acks
+
+        return run_acks(args.json, args.acks)
     if args.scale:
         from .scale import run_scale
 

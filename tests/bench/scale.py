@@ -205,12 +205,13 @@ def _timed(samples: list[float], send: Callable[[], httpx.Response]) -> httpx.Re
     return r
 
 
-def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
+def acks(running: int, samples: int, work: Path, *, tune: str = "on") -> dict[str, Any]:
     """How long `threadbot serve` takes to acknowledge a person's response,
     over HTTP and as a reply in a Slack thread, while `running` threads keep
     calling a 100 ms model and a tool. The answered threads (started for the
     purpose: they ask a question at once) then end at once, so the load stays
-    what it was. The launches of those threads are timed too."""
+    what it was. The launches of those threads are timed too. `tune`: the
+    server's THREADBOT_TUNE."""
     model_args = ["--tool", "lookup", "--arguments", '{"name": "x"}', "--delay", "0.1"]
     with (
         model_server_process(*model_args, "--ask-on", "ack-probe") as model_url,
@@ -229,6 +230,7 @@ def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
             "SLACK_BOT_TOKEN": "xoxb",
             "SLACK_SIGNING_SECRET": SECRET,
             "SLACK_API_URL": slack_url,
+            "THREADBOT_TUNE": tune,
         }
         server = ServerProcess(env).start()
         timed: dict[str, list[float]] = {
@@ -286,11 +288,21 @@ def acks(running: int, samples: int, work: Path) -> dict[str, Any]:
                     _wait_count(client, "waiting_for_human", 0)
         finally:
             server.stop()
-    report: dict[str, Any] = {"running_threads": n_running, "samples_each": samples}
+    report: dict[str, Any] = {"tune": tune, "running_threads": n_running, "samples_each": samples}
     for name, values in timed.items():
         report[f"{name}_ack_p50_ms"] = round(statistics.median(values) * 1e3, 2)
         report[f"{name}_ack_p99_ms"] = round(_pct(values, 0.99) * 1e3, 2)
     return report
+
+
+def run_acks(json_path: str | None, tune: str) -> int:
+    """Only the acknowledgements under load."""
+    with tempfile.TemporaryDirectory() as d:
+        report = acks(100, 1000, Path(d), tune=tune)
+    print(json.dumps(report, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return 0
 
 
 def run_scale(json_path: str | None) -> int:
