@@ -176,11 +176,13 @@ async def serve(settings: Settings) -> None:
     )
     # Before anything can start a thread, so that every run has the same settings.
     tuned = tune_for_serving() if settings.tune else None
+    # The agent's thread first: a Slack event or a mail that arrives while
+    # the channels start is run there, like every later one.
+    bot.run_in_thread()
     if slack is not None:
         await slack.start()
     if mail is not None:
         await mail.start()
-    bot.run_in_thread()
     resumed = await bot.resume_all()
     print(_banner(settings, bot, len(resumed), slack, mail, tuned), file=sys.stderr, flush=True)
     try:
