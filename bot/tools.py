@@ -17,6 +17,7 @@ runs it twice, even across a crash.
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib
 import importlib.util
 import inspect
@@ -136,7 +137,9 @@ class Tool:
         """Run the tool. Invalid arguments, a `ToolError` or any exception
         become an error outcome; a `Deferred` return marks the call deferred."""
         try:
-            parsed = self.arguments_model.model_validate(arguments)
+            # A copy: what a tool does to its arguments never reaches the
+            # call's event, which the thread keeps in memory.
+            parsed = self.arguments_model.model_validate(copy.deepcopy(arguments))
         except ValidationError as e:
             return Outcome(_compact(e), is_error=True)
         kwargs = {name: getattr(parsed, name) for name in type(parsed).model_fields}

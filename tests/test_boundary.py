@@ -14,6 +14,7 @@ import ast
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -394,3 +395,30 @@ def test_every_record_of_a_resent_post_is_in_its_notice() -> None:
     assert notice is not None
     assert [d["to"] for d in notice.deliveries] == ["a@x", "b@x"]
     assert notice.delivered == {"to": "b@x"}
+
+
+@tool(idempotent=True)
+def scribble(data: Any) -> str:
+    """Change what it was given."""
+    data["touched"] = True
+    data["items"].append("x")
+    return "scribbled"
+
+
+@pytest.mark.anyio
+async def test_a_tool_that_changes_its_arguments_leaves_the_event_alone(
+    db_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    from bot import OpenAIModel, Toolbox
+    from store import EventStore
+
+    model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
+    b = ThreadBot(EventStore(db_path), model, Toolbox([scribble]))
+    fake_openai.add(calls(("scribble", {"data": {"items": ["a"]}})), text("done"))
+    thread_id = await b.launch("scribble")
+    view = await settled(b, thread_id)
+    call = next(e for e in view.events if e.type == "tool_call")
+    assert call.arguments == {"data": {"items": ["a"]}}
+    assert view.events[-1].type == "assistant_message"
+    await b.close()
+    b.store.close()
