@@ -4,7 +4,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
@@ -13,6 +13,9 @@ from bot import OpenAIModel, ThreadBot, load_tools
 from store import EventStore
 
 from .fakes import FakeOpenAI, stop_strays
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 # Generated tests: reproducible in the suite, wide and random when fuzzing.
 settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None)
@@ -43,6 +46,30 @@ def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def fake_openai() -> Iterator[FakeOpenAI]:
     with FakeOpenAI().serve() as fake:
         yield fake
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[FakeOpenAI]:
+    """One fake model server for a module's tests (and its server process)."""
+    with FakeOpenAI().serve() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for a module's server: its database and tool ledger."""
+    d = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    (d / "ledger.txt").touch()
+    return d
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context and page, on the module's `browser`."""
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    p = context.new_page()
+    yield p
+    context.close()
 
 
 @pytest.fixture

@@ -156,6 +156,19 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("THREADBOT_", "OPENAI_"))}
 
 
+def serve_refused(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`threadbot serve` with these settings (and no others from the shell),
+    expected to refuse to start: its exit and what it said."""
+    return subprocess.run(
+        [sys.executable, "-m", "threadbot", "serve"],
+        cwd=REPO,
+        env={**clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 _STARTED: list[ServerProcess] = []
 
 

@@ -40,19 +40,6 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("attacks")
-    (d / "ledger.txt").touch()
-    return d
-
-
-@pytest.fixture(scope="module")
 def server(model: FakeOpenAI, workdir: Path) -> Iterator[ServerProcess]:
     s = ServerProcess(env_for(workdir / "t.db", model, workdir / "ledger.txt")).start()
     yield s
@@ -93,14 +80,6 @@ def attacker() -> Iterator[AttackerSite]:
     site = AttackerSite()
     yield site
     site.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
-    p = context.new_page()
-    yield p
-    context.close()
 
 
 @pytest.fixture

@@ -36,12 +36,6 @@ def relay() -> Iterator[CaptureRelay]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def server(
     relay: CaptureRelay, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

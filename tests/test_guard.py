@@ -10,7 +10,6 @@ import json
 import select
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,24 +18,18 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, calls, clean_environ, free_port, text
+from .fakes import (
+    FakeOpenAI,
+    ServerProcess,
+    calls,
+    free_port,
+    serve_refused,
+    text,
+)
 from .slack_fake import SECRET, FakeSlack
 from .test_http import env_for, wait_status
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("guard")
-    (d / "ledger.txt").touch()
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -422,19 +415,12 @@ def test_security_headers(client: httpx.Client, waiting: dict[str, Any]) -> None
 def test_a_malformed_public_url_is_refused_at_start(
     model: FakeOpenAI, workdir: Path, tmp_path: Path
 ) -> None:
-    env = {
-        **clean_environ(),
-        **env_for(tmp_path / "t.db", model, workdir / "ledger.txt"),
-        "THREADBOT_HTTP": f"127.0.0.1:{free_port()}",
-        "THREADBOT_PUBLIC_URL": "bot.example.com",  # no scheme: not an origin
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "threadbot", "serve"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = serve_refused(
+        {
+            **env_for(tmp_path / "t.db", model, workdir / "ledger.txt"),
+            "THREADBOT_HTTP": f"127.0.0.1:{free_port()}",
+            "THREADBOT_PUBLIC_URL": "bot.example.com",  # no scheme: not an origin
+        }
     )
     assert out.returncode != 0
     assert "THREADBOT_PUBLIC_URL" in out.stderr

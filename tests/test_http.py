@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +14,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, clean_environ, free_port, text
+from .fakes import (
+    REPO,
+    FakeOpenAI,
+    ServerProcess,
+    ask,
+    calls,
+    free_port,
+    serve_refused,
+    text,
+)
 
 
 def env_for(db: Path, fake: FakeOpenAI, ledger: Path, **extra: str) -> dict[str, str]:
@@ -278,19 +285,7 @@ def EventStoreCount(db_path: Path) -> int:
 def test_serving_beyond_loopback_needs_a_token(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
-    env = {
-        **clean_environ(),
-        **env_for(db_path, fake_openai, ledger),
-        "THREADBOT_HTTP": "0.0.0.0:0",
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "threadbot", "serve"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_refused({**env_for(db_path, fake_openai, ledger), "THREADBOT_HTTP": "0.0.0.0:0"})
     assert out.returncode != 0
     assert "THREADBOT_API_TOKEN" in out.stderr
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .fakes import REPO, FakeOpenAI, ServerProcess, calls, clean_environ, text
+from .fakes import FakeOpenAI, ServerProcess, calls, serve_refused, text
 from .test_cli import cli
 from .test_http import env_for, wait_status
 
@@ -248,13 +246,6 @@ def test_serving_beyond_loopback_needs_a_token_or_people(
     env = {k: v for k, v in people_env.items() if k not in ("THREADBOT_API_TOKEN",)}
     env.pop("THREADBOT_PEOPLE")
     env["THREADBOT_HTTP"] = "0.0.0.0:0"
-    done = subprocess.run(
-        [sys.executable, "-m", "threadbot", "serve"],
-        cwd=REPO,
-        env={**clean_environ(), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_refused(env)
     assert done.returncode == 1 and "refusing to serve" in done.stderr
     assert os.environ.get("THREADBOT_API_TOKEN") is None

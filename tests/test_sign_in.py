@@ -63,12 +63,6 @@ def slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def server(
     relay: CaptureRelay,
     slack: FakeSlack,
@@ -95,14 +89,6 @@ def server(
     s.db = d / "t.db"  # type: ignore[attr-defined]
     yield s
     s.stop()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
-    p = context.new_page()
-    yield p
-    context.close()
 
 
 def launch(server: ServerProcess, prompt: str, status: str, user: str | None) -> str:

@@ -32,19 +32,6 @@ def slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("slack")
-    (d / "ledger.txt").touch()
-    return d
-
-
-@pytest.fixture(scope="module")
 def server(slack: FakeSlack, model: FakeOpenAI, workdir: Path) -> Iterator[ServerProcess]:
     env = env_for(workdir / "threadbot.db", model, workdir / "ledger.txt")
     env.update(

@@ -50,26 +50,12 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI().serve() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def server(model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     d = tmp_path_factory.mktemp("web")
     (d / "ledger.txt").touch()
     s = ServerProcess(env_for(d / "t.db", model, d / "ledger.txt")).start()
     yield s
     s.stop()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
-    p = context.new_page()
-    yield p
-    context.close()
 
 
 def launch(server: ServerProcess, prompt: str, status: str) -> dict[str, Any]:
