@@ -28,16 +28,20 @@ from .engine import Engine
 from .errors import AlreadyAnswered, NotAllowed, NotWaiting, Refused, UsageError
 from .events import (
     Approval,
+    Cancelled,
     Delivered,
+    Escalated,
     Event,
     HumanResponse,
+    Reminder,
     Source,
+    Timers,
     ToolCall,
     ToolResult,
     UserMessage,
     load_events_json,
 )
-from .log import ThreadLog
+from .log import ThreadLog, deliver_to
 from .model import Model
 from .notices import (
     Notice,
@@ -50,7 +54,7 @@ from .notices import (
 from .people import People, deciders, may_settle, takes_part
 from .render import pending_json, thread_json, thread_markdown
 from .runner import Runner
-from .thread import HUMAN_INPUT, OpenCall, ThreadState, derive, waiting_summary
+from .thread import ENDED, HUMAN_INPUT, OpenCall, Pending, ThreadState, derive, waiting_summary
 from .tools import Toolbox
 
 __all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
@@ -108,6 +112,8 @@ class ThreadBot:
         retry_delay: float = 1.0,
         outbound: Mapping[str, Outbound] | None = None,
         people: People | None = None,
+        approval_timers: Timers | None = None,
+        question_timers: Timers | None = None,
     ) -> None:
         self._path = store.path
         self._log = ThreadLog(store)
@@ -121,6 +127,8 @@ class ThreadBot:
             "max_turns": max_turns,
             "max_errors": max_errors,
             "retry_delay": retry_delay,
+            "approval_timers": approval_timers,
+            "question_timers": question_timers,
         }
         self.runner: Runner | Engine = Runner(
             self._log,
@@ -237,7 +245,9 @@ class ThreadBot:
         - to a question: the answer (a number or an option's text picks it);
         - to an approval request: a decision if it starts with approve/yes or
           reject/no (the rest is the reason), taken only from a reply to that
-          request (`to`); anything else raises `AwaitingDecision`;
+          request (`to`, or its reminder or escalation); other text in such a
+          reply responds instead (the call does not run, the model reads it);
+          without `to`, anything else raises `AwaitingDecision`;
         - otherwise a new message (see `send`).
 
         `to` is the seq of the post replied to, when the channel knows it (a
@@ -250,7 +260,12 @@ class ThreadBot:
             if to is not None:
                 if not 0 <= to < len(events):
                     raise NotWaiting(f"thread {thread_id} has no event {to}")
-                if isinstance(target := events[to], ToolCall):
+                target = events[to]
+                if isinstance(target, Reminder | Escalated):
+                    # A reply to a reminder or an escalation answers its call.
+                    found = find_call(events, target.call_id)
+                    target = events[found] if found is not None else target
+                if isinstance(target, ToolCall):
                     call = target
             elif state.pending is not None and state.pending.kind != "result":
                 call = next(
@@ -269,9 +284,19 @@ class ThreadBot:
                     call_id=call.call_id, text=answer, option=option, source=source, key=key
                 )
             decision = read_decision(text) if to is not None else None
+            if decision is None and to is not None:
+                # Neither approve nor reject, in reply to the request: the
+                # person's answer instead of a decision.
+                self._allowed(thread_id, state, events, "approval", call.call_id, source)
+                return Approval(
+                    call_id=call.call_id,
+                    approved=False,
+                    responded=True,
+                    comment=text.strip(),
+                    source=source,
+                    key=key,
+                )
             if decision is None:
-                if to is not None:
-                    self._allowed(thread_id, state, events, "approval", call.call_id, source)
                 raise AwaitingDecision(
                     f"thread {thread_id} is waiting for a decision on {call.name}, not a message",
                     tool=call.name,
@@ -315,18 +340,38 @@ class ThreadBot:
         comment: str | None = None,
         call_id: str | None = None,
         arguments: dict[str, Any] | None = None,
+        respond: str | None = None,
         source: Source | None = None,
         key: str | None = None,
     ) -> Receipt:
         """Approve or reject a call waiting for approval. A rejection's
-        comment reaches the model; an approval may edit the arguments."""
+        comment reaches the model; an approval may edit the arguments. With
+        `respond` (and `approved` False), the person answers instead of
+        deciding: the call does not run and the model reads their text."""
         src = source or IN_PROCESS
+        if respond is not None and (approved or not respond.strip()):
+            raise UsageError(
+                "a response instead of a decision is a non-empty text, not an approval"
+            )
 
         def make(c: OpenCall) -> Event:
             if arguments is not None:
+                if (c.call.approvals_required or 1) > 1:
+                    raise UsageError(
+                        f"{c.call.name} needs several approvers: its arguments cannot be edited"
+                    )
                 t = self.tools.get(c.call.name)
                 if t is not None and (problem := t.validate(arguments)) is not None:
                     raise UsageError(f"edited arguments do not fit {c.call.name}: {problem}")
+            if respond is not None:
+                return Approval(
+                    call_id=c.call.call_id,
+                    approved=False,
+                    responded=True,
+                    comment=respond.strip(),
+                    source=src,
+                    key=key,
+                )
             return Approval(
                 call_id=c.call.call_id,
                 approved=approved,
@@ -357,6 +402,29 @@ class ThreadBot:
             )
 
         return await self._settle(thread_id, "result", call_id, src, make, key)
+
+    async def cancel(
+        self,
+        thread_id: str,
+        reason: str | None = None,
+        *,
+        source: Source | None = None,
+        key: str | None = None,
+    ) -> Receipt:
+        """Stop the thread, whatever it waits for: its open questions and
+        approvals are settled as cancelled (a tool already started keeps an
+        unknown outcome). Whoever may write in the thread or settle what it
+        waits for may cancel it; someone writing again starts it anew."""
+        src = source or IN_PROCESS
+
+        def build(state: ThreadState, events: list[Event]) -> Event:
+            if state.status in ENDED:
+                raise NotWaiting(f"thread {thread_id} is {state.status}: nothing to cancel")
+            if not src.admin and not self._sees(thread_id, state, events, src):
+                self._may_write(thread_id, state, events, src, True, check_state=False)
+            return Cancelled(reason=(reason or "").strip() or None, source=src, key=key)
+
+        return await self._write(thread_id, key, build)
 
     async def _settle(
         self,
@@ -406,14 +474,13 @@ class ThreadBot:
     ) -> bool:
         if source.admin or takes_part(self.people, events, source):
             return True
-        pending = state.pending
-        if pending is None:
-            return False
-        try:
-            self._allowed(thread_id, state, events, pending.kind, None, source)
-        except Refused:
-            return False
-        return True
+        for pending in state.waiting:
+            try:
+                self._allowed(thread_id, state, events, pending.kind, pending.call_id, source)
+            except Refused:
+                continue
+            return True
+        return False
 
     def _may_write(
         self,
@@ -422,6 +489,8 @@ class ThreadBot:
         events: list[Event],
         source: Source,
         members_only: bool,
+        *,
+        check_state: bool = True,
     ) -> None:
         """Refuse a new message that does not fit now, or comes from someone
         who may not write in the thread: whoever may answer its questions
@@ -438,7 +507,7 @@ class ThreadBot:
             )
             if why is not None:
                 raise NotAllowed(f"{source.who()} may not write in thread {thread_id}: {why}")
-        if state.pending is not None and state.pending.kind != "result":
+        if check_state and state.pending is not None and state.pending.kind != "result":
             raise NotWaiting(
                 f"thread {thread_id} is {state.status} (call {state.pending.call_id}); "
                 f"send {_KIND_NOUN[state.pending.kind]} instead of a new message"
@@ -451,6 +520,9 @@ class ThreadBot:
         view = self.get(thread_id)
         body = view.json()
         body["pending"] = self.pending_json(thread_id, source, view=view)
+        body["pending_calls"] = [
+            self._pending_json(thread_id, source, view, p) for p in view.state.waiting
+        ]
         return body
 
     def pending_json(
@@ -459,14 +531,23 @@ class ThreadBot:
         """What the thread waits for, as the HTTP API shows it to `source`."""
         view = view or self.get(thread_id)
         pending = view.state.pending
-        body = pending_json(pending)
-        if pending is None or body is None:
-            return None
-        body["allowed"] = self.may_settle(thread_id, source, view=view)
+        return None if pending is None else self._pending_json(thread_id, source, view, pending)
+
+    def _pending_json(
+        self, thread_id: str, source: Source, view: ThreadView, pending: Pending
+    ) -> dict[str, Any]:
+        body = pending_json(pending) or {}
+        try:
+            self._allowed(thread_id, view.state, view.events, pending.kind, pending.call_id, source)
+            body["allowed"] = True
+        except Refused:
+            body["allowed"] = False
         if pending.kind == "approval":
-            decide = deciders(self.people, pending.approvers, view.state.origin)
+            decide = deciders(self.people, pending.approvers, view.state.origin, pending.escalated)
             named = decide.specs if decide.by == "approvers" else ()
             body["deciders"] = self.people.describe(named)
+            if named:
+                body["approvers"] = list(named)
         return body
 
     # -- what channels look up -------------------------------------------------
@@ -535,6 +616,9 @@ class ThreadBot:
             approvers=c.call.approvers,
             self_approval=c.call.self_approval is not False,
             source=source,
+            escalated=c.escalated,
+            approvals_required=c.call.approvals_required or 1,
+            approved_by=[a.source for a in c.approvals],
         )
         if why is not None:
             raise NotAllowed(
@@ -619,8 +703,19 @@ class ThreadBot:
         thread = self.log.load(thread_id)
         return ThreadView(thread_id, thread.state, thread.events)
 
-    def threads(self, *, status: str | None = None, limit: int = 100) -> list[ThreadRow]:
-        return self.store.threads(status=status, limit=limit)
+    def threads(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        overdue_by: float | None = None,
+        due_first: bool = False,
+    ) -> list[ThreadRow]:
+        """Threads by most recent activity, or soonest due first; with
+        `overdue_by` (Unix time), only those waiting past their first timer."""
+        return self.store.threads(
+            status=status, limit=limit, overdue_by=overdue_by, due_first=due_first
+        )
 
     async def fork(self, thread_id: str, at: int, *, key: str | None = None) -> str:
         """A new thread holding a copy of events 0..at, pointing at its parent.
@@ -654,8 +749,10 @@ class ThreadBot:
                     len(events) - 1,
                     status=state.status,
                     title=state.title,
-                    undelivered=bool(state.undelivered),
+                    deliver_to=deliver_to(state),
                     waiting=waiting_summary(state),
+                    due_at=state.due.at if state.due else None,
+                    overdue_at=state.overdue_at,
                 ):
                     break
             if row is None or (row.status, row.title, row.last_seq) != (
@@ -670,7 +767,8 @@ class ThreadBot:
 
     async def resume_all(self) -> list[str]:
         """At start-up: every thread left `running` gets a run, and so does
-        every thread with something its channel has not delivered yet."""
+        every thread with something its channels have not delivered yet; and
+        timers are watched (those that came due while nothing ran fire now)."""
         ids = list(
             dict.fromkeys(
                 self.store.thread_ids(status="running")
@@ -679,6 +777,7 @@ class ThreadBot:
         )
         for thread_id in ids:
             self.runner.kick(thread_id)
+        self.runner.watch_timers()  # overdue ones fire at once
         return ids
 
     async def settle(self, thread_id: str | None = None) -> None:

@@ -70,6 +70,11 @@ def _outcomes(events: Sequence[Event]) -> dict[str, str]:
                 out.setdefault(e.call_id, e.text)
             case Approval() if e.approved:
                 approvals[e.call_id] = e
+            case Approval() if e.responded:
+                out.setdefault(
+                    e.call_id,
+                    f"not run: {e.source.who()} replied instead of deciding: {e.comment or ''}",
+                )
             case Approval():
                 reason = e.comment or "no reason given"
                 out.setdefault(

@@ -88,6 +88,10 @@ class Engine:
             return
         here.call_soon(self._loop.call_soon_threadsafe, self.runner.kick, thread_id)
 
+    def watch_timers(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.runner.watch_timers)
+
     def active(self) -> list[str]:
         return self.runner.active()
 

@@ -15,13 +15,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
+    "DEADLINE",
     "Approval",
     "AssistantMessage",
+    "Cancelled",
     "Delivered",
     "Error",
+    "Escalated",
     "Event",
     "HumanResponse",
+    "Reminder",
     "Source",
+    "Timers",
     "ToolCall",
     "ToolDeferred",
     "ToolResult",
@@ -81,6 +86,28 @@ class Source(BaseModel):
         return f"{who} via {self.auth}" if self.auth else who
 
 
+DEADLINE = Source(channel="system", auth="deadline", name="the deadline")
+"""Who settles a call whose deadline passed."""
+
+
+class Timers(BaseModel):
+    """What happens to a call nobody settles in time, copied from the tool's
+    definition (or the operator's defaults) when the call was made. Seconds,
+    counted from the call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    remind_after: float | None = None
+    """Remind the people who may settle it (once)."""
+    escalate_after: float | None = None
+    escalate_to: tuple[str, ...] = ()
+    """Who may also settle it from `escalate_after` on, and is told so."""
+    deadline: float | None = None
+    on_deadline: Literal["reject", "approve", "fail"] = "reject"
+    """An approval's fate at the deadline; a question is answered "no answer
+    by the deadline" (or fails the thread with `fail`)."""
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -122,6 +149,15 @@ class ToolCall(_Base):
     self_approval: bool | None = None
     """False when the person whose message led to the call may not approve
     it (four eyes), copied from the tool's definition."""
+    approvals_required: int | None = None
+    """How many different people must approve (one when absent)."""
+    ruled: bool | None = None
+    """Set when the tool's rule on the arguments decided whether the call
+    needs approval: what it said."""
+    timers: Timers | None = None
+    reach: dict[str, tuple[str, ...]] | None = None
+    """People to reach on channels other than the thread's own (channel →
+    their ids), worked out when the call was made."""
 
 
 class ToolStarted(_Base):
@@ -172,6 +208,9 @@ class Approval(_Base):
     arguments: dict[str, Any] | None = None
     """Arguments edited by the approver; the call runs with these instead of
     the model's, and the thread keeps both."""
+    responded: bool | None = None
+    """True when the person replied instead of deciding: the call does not
+    run, and the model reads `comment`."""
     source: Source
 
 
@@ -184,6 +223,37 @@ class Delivered(_Base):
     channel: str
     refs: dict[str, str] = Field(default_factory=dict)
     """Where it landed (Slack ts, email Message-ID): used to route replies."""
+
+
+class Reminder(_Base):
+    """Nobody settled a call by its `remind_after`: the people who may were
+    reminded (delivered like any notice)."""
+
+    type: Literal["reminder"] = "reminder"
+    call_id: str
+    to: tuple[str, ...]
+    """Who was reminded: people's ids, addresses, Slack ids."""
+    reach: dict[str, tuple[str, ...]] | None = None
+    """As on `tool_call`: who is reached on channels other than the thread's own."""
+
+
+class Escalated(_Base):
+    """Nobody settled a call by its `escalate_after`: `to` may settle it too
+    from now on, and is told."""
+
+    type: Literal["escalated"] = "escalated"
+    call_id: str
+    to: tuple[str, ...]
+    reach: dict[str, tuple[str, ...]] | None = None
+
+
+class Cancelled(_Base):
+    """Someone stopped the thread, whatever it waited for. Its open calls are
+    settled as cancelled; a tool already started has an unknown outcome."""
+
+    type: Literal["cancelled"] = "cancelled"
+    reason: str | None = None
+    source: Source
 
 
 class Error(_Base):
@@ -206,6 +276,9 @@ Event = Annotated[
     | HumanResponse
     | Approval
     | Delivered
+    | Reminder
+    | Escalated
+    | Cancelled
     | Error,
     Field(discriminator="type"),
 ]

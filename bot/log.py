@@ -20,7 +20,7 @@ from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
 from .thread import Fold, ThreadState, waiting_summary
 
-__all__ = ["Thread", "ThreadLog"]
+__all__ = ["Thread", "ThreadLog", "deliver_to"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,19 @@ def _projection(thread: Thread) -> dict[str, Any]:
     state = thread.state
     return {
         "status": state.status,
-        "undelivered": bool(state.undelivered),
+        "deliver_to": deliver_to(state),
         "waiting": waiting_summary(state),
+        "due_at": state.due.at if state.due else None,
+        "overdue_at": state.overdue_at,
     }
+
+
+def deliver_to(state: ThreadState) -> str:
+    """The channels the thread holds something undelivered for, as the
+    store keeps them (" slack email ")."""
+    if not state.undelivered:
+        return ""
+    return " " + " ".join(sorted({ch for _, ch in state.undelivered})) + " "
 
 
 class ThreadLog:

@@ -11,8 +11,15 @@ again only after a crash that came between the post and the record (then
     Answer           the agent's reply: it is done until someone writes
     Failure          the thread stopped
     Outcome          a question or approval that was posted got settled
-                     (by a click, a reply, another channel, the API): the
-                     post should say so and offer nothing more
+                     (by a click, a reply, another channel, the API, the
+                     deadline): the posts should say so and offer nothing more
+    FollowUp         nobody settled it in time: a reminder to the same
+                     people, or an escalation to more
+    Cancellation     someone cancelled the thread: its posts offer nothing
+                     more, and the thread is told
+
+A notice goes to the thread's own channel (`home`) and, for people that
+channel does not reach, to their own channels: then `reach` names them.
 """
 
 from __future__ import annotations
@@ -23,24 +30,30 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from .events import (
+    DEADLINE,
     Approval,
     AssistantMessage,
+    Cancelled,
     Delivered,
     Error,
+    Escalated,
     Event,
     HumanResponse,
+    Reminder,
     Source,
     ToolCall,
     UserMessage,
 )
-from .people import Deciders, People, deciders, may_settle
+from .people import Deciders, People, Person, deciders, may_settle
 from .thread import HUMAN_INPUT
 
 __all__ = [
     "Answer",
     "ApprovalRequest",
+    "Cancellation",
     "Delivery",
     "Failure",
+    "FollowUp",
     "Notice",
     "Outbound",
     "Outcome",
@@ -90,6 +103,15 @@ class Notice:
     notice replies to."""
     trail: tuple[Said, ...] = ()
     """The thread's messages on this channel so far, oldest first."""
+    reach: tuple[Person, ...] = ()
+    """On a channel other than the thread's own: the people to reach there
+    (each on their own: a direct message, a mail)."""
+
+    @property
+    def home(self) -> bool:
+        """Whether this goes to the thread's own channel (its Slack thread,
+        its mail conversation)."""
+        return self.channel == self.origin.channel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +119,8 @@ class Question(Notice):
     call_id: str
     text: str
     options: tuple[str, ...] = ()
+    deadline_at: float | None = None
+    """When it is answered "no answer by the deadline" (Unix time)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +134,11 @@ class ApprovalRequest(Notice):
     """The deciders as people read them (names, `group ops`, addresses)."""
     may_decide: Callable[[Source], bool] = field(compare=False, repr=False)
     """The core's rule for this call: whether that person may decide it."""
+    approvals_required: int = 1
+    approved_by: tuple[Source, ...] = ()
+    """Approvals so far, when more than one is required."""
+    deadline_at: float | None = None
+    on_deadline: str = "reject"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,10 +155,38 @@ class Failure(Notice):
 class Outcome(Notice):
     request: Question | ApprovalRequest
     """What was asked; `request.delivered` is where it was posted."""
-    kind: Literal["answered", "approved", "rejected"]
+    kind: Literal["answered", "approved", "rejected", "responded", "cancelled"]
     by: Source
     text: str | None = None
-    """The answer, or the reason given with a decision."""
+    """The answer, the reason given with a decision, or the reply instead of one."""
+    posts: tuple[Mapping[str, str], ...] = ()
+    """Every post of the request, its reminder and escalation on this
+    channel (their delivery records), for each to say so."""
+
+    @property
+    def by_deadline(self) -> bool:
+        """Settled because nobody did in time."""
+        return self.by == DEADLINE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FollowUp(Notice):
+    request: Question | ApprovalRequest
+    """What still waits (as it stands: an escalation's people may decide it)."""
+    kind: Literal["reminder", "escalation"]
+    to: tuple[str, ...]
+    """Who is reminded, or who it was escalated to: ids as the event names them."""
+    named: tuple[str, ...]
+    """The same, as people read them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancellation(Notice):
+    by: Source
+    reason: str | None = None
+    requests: tuple[Outcome, ...] = ()
+    """The posted questions and approval requests it settled, each with its
+    posts on this channel."""
 
 
 def find_call(events: Sequence[Event], call_id: str) -> int | None:
@@ -168,8 +225,12 @@ def build_notice(
             trail.append(Said(False, e.refs))
             if e.of_seq == seq:
                 deliveries.append(e.refs)
-            if not isinstance(events[e.of_seq], HumanResponse | Approval):
+            if not isinstance(events[e.of_seq], HumanResponse | Approval | Cancelled):
                 answers = []  # an outcome's update replies to nobody
+    event = events[seq]
+    reach: tuple[Person, ...] = ()
+    if channel != origin.channel and isinstance(event, ToolCall | Reminder | Escalated):
+        reach = tuple(people.expand((event.reach or {}).get(channel, ())))
     common: dict[str, Any] = {
         "thread_id": thread_id,
         "seq": seq,
@@ -180,68 +241,182 @@ def build_notice(
         "deliveries": tuple(deliveries),
         "answers": tuple(answers),
         "trail": tuple(trail),
+        "reach": reach,
     }
-    event = events[seq]
-    if isinstance(event, ToolCall) and event.name == HUMAN_INPUT:
-        options = event.arguments.get("options")
-        return Question(
-            **common,
-            call_id=event.call_id,
-            text=str(event.arguments.get("question", "")),
-            options=tuple(str(o) for o in options) if isinstance(options, list) else (),
-        )
-    if isinstance(event, ToolCall) and event.requires_approval:
-        decide = deciders(people, event.approvers, origin)
-        named = decide.specs if decide.by == "approvers" else ()
-
-        def may_decide(source: Source) -> bool:
-            return (
-                may_settle(
-                    people,
-                    events,
-                    kind="approval",
-                    call_seq=seq,
-                    approvers=event.approvers,
-                    self_approval=event.self_approval is not False,
-                    source=source,
-                )
-                is None
+    match event:
+        case ToolCall(name=name) if name == HUMAN_INPUT:
+            return _question(common, event)
+        case ToolCall(requires_approval=True):
+            return _approval_request(common, events, seq, event, people, origin)
+        case AssistantMessage():
+            return Answer(**common, text=event.text)
+        case Error():
+            return Failure(**common, message=event.message)
+        case HumanResponse() | Approval():
+            request = _request(thread_id, events, seq, event.call_id, channel, people)
+            if request is None:
+                return None
+            return _outcome(common, request, event, events, seq, channel)
+        case Reminder() | Escalated():
+            request = _request(thread_id, events, len(events), event.call_id, channel, people)
+            if request is None:
+                return None
+            return FollowUp(
+                **common,
+                request=request,
+                kind="reminder" if isinstance(event, Reminder) else "escalation",
+                to=event.to,
+                named=tuple(people.describe(event.to)),
             )
-
-        return ApprovalRequest(
-            **common,
-            call_id=event.call_id,
-            tool=event.name,
-            arguments=event.arguments,
-            deciders=decide,
-            named=tuple(people.describe(named)),
-            may_decide=may_decide,
-        )
-    if isinstance(event, AssistantMessage):
-        return Answer(**common, text=event.text)
-    if isinstance(event, Error):
-        return Failure(**common, message=event.message)
-    if isinstance(event, HumanResponse | Approval):
-        call_seq = find_call(events[:seq], event.call_id)
-        request = (
-            build_notice(thread_id, events[:seq], call_seq, channel, people)
-            if call_seq is not None
-            else None
-        )
-        if not isinstance(request, Question | ApprovalRequest):
-            return None
-        if isinstance(event, HumanResponse):
-            return Outcome(
-                **common, request=request, kind="answered", by=event.source, text=event.text
+        case Cancelled():
+            settled = []
+            for call_id in _open_at(events, seq):
+                request = _request(thread_id, events, seq, call_id, channel, people)
+                if request is not None:
+                    outcome = _outcome(common, request, None, events, seq, channel)
+                    if outcome.posts:
+                        settled.append(outcome)
+            return Cancellation(
+                **common, by=event.source, reason=event.reason, requests=tuple(settled)
             )
-        return Outcome(
-            **common,
-            request=request,
-            kind="approved" if event.approved else "rejected",
-            by=event.source,
-            text=event.comment,
-        )
     return None
+
+
+def _timers_at(call: ToolCall) -> dict[str, Any]:
+    t = call.timers
+    if t is None or t.deadline is None:
+        return {}
+    return {"deadline_at": call.ts.timestamp() + t.deadline}
+
+
+def _question(common: dict[str, Any], call: ToolCall) -> Question:
+    options = call.arguments.get("options")
+    return Question(
+        **common,
+        call_id=call.call_id,
+        text=str(call.arguments.get("question", "")),
+        options=tuple(str(o) for o in options) if isinstance(options, list) else (),
+        **_timers_at(call),
+    )
+
+
+def _approval_request(
+    common: dict[str, Any],
+    events: Sequence[Event],
+    seq: int,
+    call: ToolCall,
+    people: People,
+    origin: Source,
+) -> ApprovalRequest:
+    escalated: tuple[str, ...] = ()
+    approved_by: tuple[Source, ...] = ()
+    for e in events[seq + 1 :]:
+        if isinstance(e, Escalated) and e.call_id == call.call_id:
+            escalated += e.to
+        elif isinstance(e, Approval) and e.call_id == call.call_id and e.approved:
+            approved_by += (e.source,)
+    decide = deciders(people, call.approvers, origin, escalated)
+    named = decide.specs if decide.by == "approvers" else ()
+    required = call.approvals_required or 1
+
+    def may_decide(source: Source) -> bool:
+        return (
+            may_settle(
+                people,
+                events,
+                kind="approval",
+                call_seq=seq,
+                approvers=call.approvers,
+                self_approval=call.self_approval is not False,
+                source=source,
+                escalated=escalated,
+                approvals_required=required,
+                approved_by=approved_by,
+            )
+            is None
+        )
+
+    return ApprovalRequest(
+        **common,
+        call_id=call.call_id,
+        tool=call.name,
+        arguments=call.arguments,
+        deciders=decide,
+        named=tuple(people.describe(named)),
+        may_decide=may_decide,
+        approvals_required=required,
+        approved_by=approved_by if required > 1 else (),
+        on_deadline=call.timers.on_deadline if call.timers else "reject",
+        **_timers_at(call),
+    )
+
+
+def _request(
+    thread_id: str,
+    events: Sequence[Event],
+    upto: int,
+    call_id: str,
+    channel: str,
+    people: People,
+) -> Question | ApprovalRequest | None:
+    """The question or approval request of `call_id`, as it stood before `upto`."""
+    call_seq = find_call(events[:upto], call_id)
+    if call_seq is None:
+        return None
+    request = build_notice(thread_id, events[:upto], call_seq, channel, people)
+    return request if isinstance(request, Question | ApprovalRequest) else None
+
+
+def _outcome(
+    common: dict[str, Any],
+    request: Question | ApprovalRequest,
+    event: HumanResponse | Approval | None,
+    events: Sequence[Event],
+    seq: int,
+    channel: str,
+) -> Outcome:
+    """The outcome of `request` settled by `event` (None: by a cancellation)."""
+    nudges = {
+        i
+        for i, e in enumerate(events[:seq])
+        if isinstance(e, Reminder | Escalated) and e.call_id == request.call_id
+    }
+    nudges.add(request.seq)
+    posts = tuple(
+        e.refs
+        for e in events
+        if isinstance(e, Delivered) and e.channel == channel and e.of_seq in nudges
+    )
+    fields: dict[str, Any] = {**common, "request": request, "posts": posts}
+    match event:
+        case HumanResponse():
+            return Outcome(**fields, kind="answered", by=event.source, text=event.text)
+        case Approval(responded=True):
+            return Outcome(**fields, kind="responded", by=event.source, text=event.comment)
+        case Approval():
+            kind: Literal["approved", "rejected"] = "approved" if event.approved else "rejected"
+            return Outcome(**fields, kind=kind, by=event.source, text=event.comment)
+    cancel = events[seq]
+    assert isinstance(cancel, Cancelled)
+    return Outcome(**fields, kind="cancelled", by=cancel.source, text=cancel.reason)
+
+
+def _open_at(events: Sequence[Event], seq: int) -> list[str]:
+    """The questions and approval requests still open just before `seq`."""
+    needed: dict[str, int] = {}
+    for e in events[:seq]:
+        match e:
+            case ToolCall() if e.name == HUMAN_INPUT or e.requires_approval:
+                needed[e.call_id] = e.approvals_required or 1
+            case Approval(approved=True) if e.call_id in needed and e.source != DEADLINE:
+                needed[e.call_id] -= 1
+                if needed[e.call_id] <= 0:
+                    del needed[e.call_id]
+            case HumanResponse() | Approval():
+                needed.pop(e.call_id, None)
+            case Cancelled():
+                needed.clear()
+    return list(needed)
 
 
 class Outbound(Protocol):

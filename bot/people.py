@@ -205,6 +205,21 @@ class People:
         user = (source.user or "").lower()
         return bool(user) and any(user == s.lower() for s in specs)
 
+    def expand(self, specs: Iterable[str]) -> list[Person]:
+        """The people approver entries name, each once: a group's members,
+        and for an entry the directory does not know, a person made of it
+        (an address, or an id a channel may recognise)."""
+        out: dict[str, Person] = {}
+        for spec in specs:
+            if spec.startswith("group:"):
+                for p in self.persons:
+                    if p.matches(spec):
+                        out.setdefault(p.id, p)
+                continue
+            p = self.find(spec) or Person(id=spec, emails=(spec.lower(),) if "@" in spec else ())
+            out.setdefault(p.id, p)
+        return list(out.values())
+
     def describe(self, specs: Iterable[str]) -> list[str]:
         """Approver entries for people to read: names where they are known."""
         out = []
@@ -237,16 +252,30 @@ class Deciders(NamedTuple):
     admins' group."""
 
 
-def deciders(people: People, approvers: Sequence[str], origin: Source | None) -> Deciders:
+def deciders(
+    people: People,
+    approvers: Sequence[str],
+    origin: Source | None,
+    escalated: Sequence[str] = (),
+) -> Deciders:
     """The call's approvers, else the deployment's; with nobody named, the
     person who started the thread if the deployment knows them, else the
-    admins."""
+    admins. Those a call was escalated to join whoever that is."""
     specs = tuple(approvers) or people.approvers
     if specs:
-        return Deciders("approvers", specs)
-    if origin is not None and people.known(origin):
-        return Deciders("starter", (origin.person or origin.user or "",))
-    return Deciders("admins", (f"group:{ADMINS}",))
+        found = Deciders("approvers", specs)
+    elif origin is not None and people.known(origin):
+        found = Deciders("starter", (origin.person or origin.user or "",))
+    else:
+        found = Deciders("admins", (f"group:{ADMINS}",))
+    if escalated:
+        return Deciders("approvers", found.specs + tuple(escalated))
+    return found
+
+
+def _one(people: People, a: Source, b: Source) -> bool:
+    """Whether two sources are one person, or one unnamed operator."""
+    return people.same(a, b) or (a.user, a.person, a.auth, a.by) == (b.user, b.person, b.auth, b.by)
 
 
 def may_settle(
@@ -258,6 +287,9 @@ def may_settle(
     approvers: Sequence[str],
     self_approval: bool,
     source: Source,
+    escalated: Sequence[str] = (),
+    approvals_required: int = 1,
+    approved_by: Sequence[Source] = (),
 ) -> str | None:
     """None if `source` may settle the call at `call_seq`; else why not.
 
@@ -269,18 +301,29 @@ def may_settle(
       With no approver named, the person who started the thread decides if
       this deployment knows them; a stranger never approves their own
       request: the admins do.
+    - When several approvals are required, each comes from someone else, and
+      never from the person whose message led to the call.
+    - Those a call was escalated to may settle it too.
     - An answer or a result: whoever started the thread or wrote in it, the
       approvers, and the admins.
     """
+    humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
+    if kind == "approval" and approvals_required > 1:
+        if any(_one(people, source, a) for a in approved_by):
+            return (
+                f"already approved by {source.who()}; it needs {approvals_required} "
+                "approvals from different people"
+            )
+        if humans and people.same(source, humans[-1]):
+            return "the person who asked does not count among the approvers it needs"
     if source.admin:
         return None
     if source.user is None and source.person is None:
         return "an anonymous source cannot answer or decide"
     who = people.identify(source)
     is_admin = who is not None and ADMINS in who.groups
-    humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
     origin = humans[0] if humans else None
-    decide = deciders(people, approvers, origin)
+    decide = deciders(people, approvers, origin, escalated)
     specs = decide.specs if decide.by == "approvers" else ()
     if kind == "approval":
         if specs:

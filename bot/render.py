@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from .events import (
     Approval,
     AssistantMessage,
+    Cancelled,
     Delivered,
     Error,
+    Escalated,
     Event,
     HumanResponse,
+    Reminder,
     ToolCall,
     ToolDeferred,
     ToolResult,
@@ -22,7 +26,21 @@ from .events import (
 )
 from .thread import HUMAN_INPUT, Pending, ThreadState
 
-__all__ = ["event_json", "event_line", "pending_json", "thread_json", "thread_markdown"]
+__all__ = [
+    "event_json",
+    "event_line",
+    "iso",
+    "pending_json",
+    "thread_json",
+    "thread_markdown",
+]
+
+
+def iso(at: float | None) -> str | None:
+    """Unix time as ISO 8601 in UTC, as the API shows times."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def pending_json(p: Pending | None) -> dict[str, Any] | None:
@@ -35,8 +53,15 @@ def pending_json(p: Pending | None) -> dict[str, Any] | None:
     else:
         out["tool"] = p.name
         out["arguments"] = p.arguments
-        if p.approvers:
-            out["approvers"] = list(p.approvers)
+        if p.approvers or p.escalated:
+            out["approvers"] = [*p.approvers, *p.escalated]
+    if p.kind == "approval" and p.approvals_required > 1:
+        out["approvals_required"] = p.approvals_required
+        out["approved_by"] = [s.who() for s in p.approved_by]
+    if p.deadline_at is not None:
+        out["deadline"] = iso(p.deadline_at)
+    if p.remind_at is not None:
+        out["remind_at"] = iso(p.remind_at)
     return out
 
 
@@ -50,6 +75,7 @@ def thread_json(thread_id: str, state: ThreadState, events: Sequence[Event]) -> 
         "status": state.status,
         "title": state.title,
         "pending": pending_json(state.pending),
+        "pending_calls": [pending_json(p) for p in state.waiting],
         "events": [event_json(i, e) for i, e in enumerate(events)],
     }
 
@@ -75,6 +101,8 @@ def _line(e: Event) -> str | None:
             return line + (f"  \nOptions: {', '.join(map(str, opts))}" if opts else "")
         case ToolCall():
             gate = " — *needs approval*" if e.requires_approval else ""
+            if e.ruled is False:
+                gate = " — no approval needed (its rule on the arguments)"
             prefix = f"**threadbot**: {e.text}\n\n" if e.text else ""
             return f"{prefix}🔧 `{e.name}` {_args(e.arguments)} (`{e.call_id}`){gate}"
         case ToolStarted():
@@ -88,6 +116,11 @@ def _line(e: Event) -> str | None:
             return f"{mark} `{e.call_id}`{by}: {out}"
         case HumanResponse():
             return f"**{e.source.how()}** answered (`{e.call_id}`):\n\n{_quote(e.text)}"
+        case Approval() if e.responded:
+            who = e.source.how()
+            return f"💬 **{who}** replied instead of deciding (`{e.call_id}`):\n\n" + _quote(
+                e.comment or ""
+            )
         case Approval():
             verdict = "✅ approved" if e.approved else "❌ rejected"
             line = f"{verdict} `{e.call_id}` by **{e.source.how()}**"
@@ -98,6 +131,13 @@ def _line(e: Event) -> str | None:
             return line
         case Delivered():
             return None
+        case Reminder():
+            return f"⏰ reminder on `{e.call_id}` to {', '.join(e.to) or 'nobody'}"
+        case Escalated():
+            return f"⤴ `{e.call_id}` escalated to {', '.join(e.to)}"
+        case Cancelled():
+            line = f"⏹ cancelled by **{e.source.how()}**"
+            return line + (f": {e.reason}" if e.reason else "")
         case Error():
             return f"⚠ {'failed' if e.fatal else 'error'} ({e.kind}): {e.message}"
 
@@ -122,6 +162,8 @@ def thread_markdown(thread_id: str, state: ThreadState, events: Sequence[Event])
             lines.append(f"**Waiting for approval** of `{p.name}` {_args(p.arguments)}")
         else:
             lines.append(f"**Waiting for the result** of `{p.name}` (`{p.call_id}`)")
+        if p.deadline_at is not None:
+            lines.append(f"  \nDeadline: {iso(p.deadline_at)}")
     return "\n".join(lines).rstrip() + "\n"
 
 

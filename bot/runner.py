@@ -10,10 +10,12 @@ reloads instead of writing over the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -24,10 +26,16 @@ from store import SeqConflict
 from .context import Context, message_parts, system_part
 from .errors import ModelError
 from .events import (
+    DEADLINE,
+    Approval,
     AssistantMessage,
     Delivered,
     Error,
+    Escalated,
     Event,
+    HumanResponse,
+    Reminder,
+    Timers,
     ToolCall,
     ToolDeferred,
     ToolResult,
@@ -36,12 +44,13 @@ from .events import (
 from .log import Thread, ThreadLog
 from .model import Model, ModelReply
 from .notices import Delivery, Outbound, Outcome, build_notice
-from .people import People
+from .people import People, Person, deciders
 from .step import (
     CallModel,
     Deliver,
     Escalate,
     Fail,
+    Fire,
     Interrupted,
     RunTool,
     Step,
@@ -49,8 +58,8 @@ from .step import (
     Wait,
     next_step,
 )
-from .thread import HUMAN_INPUT, OpenCall, ThreadState
-from .tools import Toolbox, ToolContext
+from .thread import HUMAN_INPUT, OpenCall, ThreadState, Timer
+from .tools import Toolbox, ToolContext, merge_timers
 
 __all__ = ["Runner"]
 
@@ -60,6 +69,18 @@ INTERRUPTED = (
     "interrupted, outcome unknown: the tool started but threadbot stopped before it "
     "reported; it was not run again. Check its effect before retrying."
 )
+
+
+TIMER_LOOK = 5.0
+"""Seconds between looks at the store for timers that another process made
+due (this process's own are seen as they are made)."""
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 _live_here: weakref.WeakValueDictionary[str, Runner] = weakref.WeakValueDictionary()
@@ -87,6 +108,11 @@ def _is_dead(owner: str, me: str) -> bool:
     return False
 
 
+def _reaches(channel: Outbound | None, person: Person) -> bool:
+    reaches = getattr(channel, "reaches", None)
+    return bool(reaches and reaches(person))
+
+
 class Runner:
     def __init__(
         self,
@@ -101,6 +127,8 @@ class Runner:
         outbound: Mapping[str, Outbound] | None = None,
         people: People | None = None,
         lease_ttl: float = 30.0,
+        approval_timers: Timers | None = None,
+        question_timers: Timers | None = None,
     ) -> None:
         self.log = log_
         self.people = people or People()
@@ -124,6 +152,12 @@ class Runner:
         self._held: set[str] = set()
         """Threads whose lease this runner holds."""
         self._renewal: asyncio.TimerHandle | None = None
+        self.approval_timers = approval_timers
+        """The operator's defaults for calls that wait for approval."""
+        self.question_timers = question_timers
+        """The operator's reminder and deadline for questions."""
+        self._timers: asyncio.Task[None] | None = None
+        self._timers_wake: asyncio.Event | None = None
 
     # -- scheduling ---------------------------------------------------------
 
@@ -135,6 +169,34 @@ class Runner:
             return
         task = asyncio.get_running_loop().create_task(self._run(thread_id))
         self._tasks[thread_id] = task
+        self.watch_timers()
+
+    # -- timers: one task for every thread's reminders, escalations, deadlines --
+
+    def watch_timers(self) -> None:
+        """Start the one task that wakes threads when a timer of theirs is
+        due (the store keeps each thread's next one, indexed)."""
+        if self._timers is None:
+            self._timers_wake = asyncio.Event()
+            self._timers = asyncio.get_running_loop().create_task(self._watch_timers())
+
+    async def _watch_timers(self) -> None:
+        assert self._timers_wake is not None
+        store = self.log.store
+        while True:
+            try:
+                now = time.time()
+                for thread_id in store.due_ids(now):
+                    self.kick(thread_id)
+                following = store.next_due(now)
+            except Exception:
+                log.exception("looking for due timers failed; trying again shortly")
+                following = None
+            wait = TIMER_LOOK if following is None else min(TIMER_LOOK, following - time.time())
+            self._timers_wake.clear()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timers_wake.wait(), wait)
 
     def active(self) -> list[str]:
         return list(self._tasks)
@@ -160,6 +222,9 @@ class Runner:
         tasks = list(self._tasks.values())
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
+        if self._timers is not None:
+            tasks.append(self._timers)
+            self._timers = None
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -185,6 +250,8 @@ class Runner:
                 while True:
                     self._again.discard(thread_id)
                     state = await self.run_until_paused(thread_id)
+                    if state.due is not None and self._timers_wake is not None:
+                        self._timers_wake.set()  # it may be sooner than the one awaited
                     if thread_id in self._again:
                         continue
                     self._held.discard(thread_id)
@@ -261,6 +328,7 @@ class Runner:
             max_turns=self.max_turns,
             max_errors=self.max_errors,
             outbound=frozenset(self.outbound),
+            now=time.time(),
         )
 
     async def run_until_paused(self, thread_id: str) -> ThreadState:
@@ -291,6 +359,8 @@ class Runner:
                     thread = await self._try_append(
                         thread, [Error(message=reason, kind="limit", fatal=True)]
                     )
+                case Fire(timer=timer):
+                    thread = await self._try_append(thread, self._fire(thread, timer))
                 case Deliver():
                     delivered = await self._deliver(thread, step, fresh=step.seq >= first_new)
                     if delivered is None:
@@ -381,21 +451,126 @@ class Runner:
                 problem = f"unknown tool {mc.name!r}; available: {', '.join(self.tools.names())}"
             elif problem is None:
                 problem = t.validate(arguments)
-            calls.append(
-                ToolCall(
-                    call_id=call_id,
-                    name=mc.name,
-                    arguments=arguments,
-                    text=reply.text if i == 0 else None,
-                    requires_approval=bool(t and t.requires_approval) and problem is None,
-                    approvers=t.approvers if t else (),
-                    self_approval=None if t is None or t.self_approval else False,
-                )
+            needed, ruled = (False, None)
+            if t is not None and problem is None:
+                needed, ruled = t.needs_approval(arguments)
+            call = ToolCall(
+                call_id=call_id,
+                name=mc.name,
+                arguments=arguments,
+                text=reply.text if i == 0 else None,
+                requires_approval=needed,
+                approvers=t.approvers if t else (),
+                self_approval=None if t is None or t.self_approval else False,
+                approvals_required=t.approvals_required
+                if needed and t and t.approvals_required > 1
+                else None,
+                ruled=ruled,
             )
+            if problem is None and (needed or mc.name == HUMAN_INPUT):
+                call = self._with_timers_and_reach(thread, call, t.timers if t else None)
+            calls.append(call)
             if problem is not None:
                 # Invalid calls never reach an approver: the model corrects them first.
                 errors.append(ToolResult(call_id=call_id, output=problem, is_error=True))
         return calls + errors
+
+    def _with_timers_and_reach(
+        self, thread: Thread, call: ToolCall, own: Timers | None
+    ) -> ToolCall:
+        """The call as it waits for a person: its timers (the tool's, else the
+        operator's), and the approvers to reach on channels other than the
+        thread's own."""
+        question = call.name == HUMAN_INPUT
+        timers = self.question_timers if question else merge_timers(own, self.approval_timers)
+        reach = None
+        if not question:
+            decide = deciders(self.people, call.approvers, thread.state.origin)
+            reach = self._reach(thread, decide.specs)
+        return call.model_copy(update={"timers": timers, "reach": reach})
+
+    def _reach(self, thread: Thread, specs: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
+        """Each person `specs` names who the thread's own channel does not
+        reach, on the first other channel that does."""
+        origin = thread.state.origin
+        home = origin.channel if origin is not None else ""
+        out: dict[str, tuple[str, ...]] = {}
+        for person in self.people.expand(specs):
+            if _reaches(self.outbound.get(home), person):
+                continue
+            for name, channel in self.outbound.items():
+                if name != home and _reaches(channel, person):
+                    out[name] = (*out.get(name, ()), person.id)
+                    break
+        return out or None
+
+    def _fire(self, thread: Thread, timer: Timer) -> list[Event]:
+        """The events a due timer makes: a reminder, an escalation, or the
+        deadline's outcome."""
+        c = next(c for c in thread.state.open_calls if c.call.call_id == timer.call_id)
+        call, t = c.call, c.call.timers
+        assert t is not None
+        question = call.name == HUMAN_INPUT
+        origin = thread.state.origin
+        if timer.kind == "remind":
+            if question:
+                to: tuple[str, ...] = (
+                    (origin.person or origin.user or "",) if origin else ()
+                ) + c.escalated
+                to = tuple(x for x in to if x)
+            else:
+                decide = deciders(self.people, call.approvers, origin, c.escalated)
+                done = [a.source for a in c.approvals]
+                to = (
+                    tuple(
+                        p.id
+                        for p in self.people.expand(decide.specs)
+                        if not any(self.people.named(a, (p.id,)) for a in done)
+                    )
+                    or decide.specs
+                )
+            return [Reminder(call_id=call.call_id, to=to, reach=self._reach(thread, to))]
+        if timer.kind == "escalate":
+            to = t.escalate_to
+            return [Escalated(call_id=call.call_id, to=to, reach=self._reach(thread, to))]
+        after = _span(t.deadline or 0)
+        if question:
+            answer = HumanResponse(
+                call_id=call.call_id, text="no answer by the deadline", source=DEADLINE
+            )
+            if t.on_deadline == "fail":
+                return [
+                    answer,
+                    Error(
+                        message=f"no answer by the deadline ({after})", kind="deadline", fatal=True
+                    ),
+                ]
+            return [answer]
+        if t.on_deadline == "approve":
+            return [
+                Approval(
+                    call_id=call.call_id,
+                    approved=True,
+                    comment=f"nobody decided within {after}; the tool approves itself then",
+                    source=DEADLINE,
+                )
+            ]
+        rejected = Approval(
+            call_id=call.call_id,
+            approved=False,
+            comment=f"nobody approved it by the deadline ({after} after it was asked)",
+            source=DEADLINE,
+        )
+        if t.on_deadline == "fail":
+            return [
+                rejected,
+                Error(
+                    message=f"nobody approved {call.name} by the deadline ({after})",
+                    kind="deadline",
+                    fatal=True,
+                ),
+            ]
+        return [rejected]
 
     async def _run_tool(self, thread: Thread, c: OpenCall) -> Thread:
         call_id = c.call.call_id

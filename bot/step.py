@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .thread import OpenCall, Pending, Status, ThreadState
+from .thread import ENDED, OpenCall, Pending, Status, ThreadState, Timer
 
 __all__ = [
     "CallModel",
     "Deliver",
     "Escalate",
     "Fail",
+    "Fire",
     "Interrupted",
     "RunTool",
     "Step",
@@ -61,6 +62,13 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
+class Fire:
+    """A call's reminder, escalation or deadline is due."""
+
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
 class Wait:
     pending: Pending
 
@@ -70,7 +78,7 @@ class Stop:
     status: Status
 
 
-Step = CallModel | RunTool | Interrupted | Escalate | Fail | Deliver | Wait | Stop
+Step = CallModel | RunTool | Interrupted | Escalate | Fail | Deliver | Fire | Wait | Stop
 
 
 def next_step(
@@ -79,18 +87,22 @@ def next_step(
     max_turns: int = 25,
     max_errors: int = 3,
     outbound: frozenset[str] = frozenset(),
+    now: float = 0.0,
 ) -> Step:
     """Decide what the runner does next. `outbound` names the channels that
-    can deliver to people; a thread that came from one of them gets its
-    questions and answers delivered there."""
-    if state.undelivered and state.origin is not None and state.origin.channel in outbound:
-        return Deliver(state.undelivered[0], state.origin.channel)
+    can deliver to people: what is undelivered to one of them is delivered
+    first. `now` (Unix time) is compared with the thread's timers."""
+    for seq, channel in state.undelivered:
+        if channel in outbound:
+            return Deliver(seq, channel)
     for c in state.open_calls:
         if c.runnable:
             return Interrupted(c) if c.started else RunTool(c)
+    if state.due is not None and state.due.at <= now:
+        return Fire(state.due)
     if state.pending is not None:
         return Wait(state.pending)
-    if state.status in ("done", "failed"):
+    if state.status in ENDED:
         return Stop(state.status)
     if state.consecutive_errors >= max_errors:
         return Escalate(

@@ -31,10 +31,21 @@ from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from .durations import seconds
 from .errors import ToolError, UsageError
+from .events import Timers
 from .thread import HUMAN_INPUT
 
-__all__ = ["Deferred", "Tool", "ToolContext", "Toolbox", "load_tools", "tool"]
+__all__ = [
+    "Deferred",
+    "Tool",
+    "ToolContext",
+    "Toolbox",
+    "load_tools",
+    "make_timers",
+    "merge_timers",
+    "tool",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,71 @@ class Outcome:
     deferred: bool = False
 
 
+Duration = float | int | str
+"""Seconds, or a duration as people write it: `90s`, `10m`, `4h`, `2d`."""
+ApprovalRule = bool | Callable[[Any], bool]
+
+
+def _duration(tool: str, what: str, value: Duration | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        found = seconds(value)
+    except UsageError as e:
+        raise UsageError(f"tool {tool}: {what}: {e}") from None
+    if found <= 0:
+        raise UsageError(f"tool {tool}: {what} must be more than zero, not {value!r}")
+    return found
+
+
+def make_timers(
+    owner: str,
+    *,
+    remind_after: Duration | None = None,
+    escalate_after: Duration | None = None,
+    escalate_to: Iterable[str] = (),
+    deadline: Duration | None = None,
+    on_deadline: str | None = None,
+    approval: bool = True,
+) -> Timers | None:
+    """Checked timers, or None when none is set. `owner` names what they
+    belong to, for errors."""
+    if isinstance(escalate_to, str):
+        escalate_to = [escalate_to]
+    to = tuple(s.strip() for s in escalate_to if s.strip())
+    allowed = ("reject", "approve", "fail") if approval else ("reject", "fail")
+    if on_deadline is not None and on_deadline not in allowed:
+        raise UsageError(
+            f"{owner}: on_deadline must be one of {', '.join(allowed)}, not {on_deadline!r}"
+        )
+    given = {
+        "remind_after": _duration(owner, "remind_after", remind_after),
+        "escalate_after": _duration(owner, "escalate_after", escalate_after),
+        "escalate_to": to,
+        "deadline": _duration(owner, "deadline", deadline),
+        "on_deadline": on_deadline,
+    }
+    # Only what was given counts as set: the rest comes from the defaults.
+    t = Timers(**{k: v for k, v in given.items() if v not in (None, ())})
+    if t.escalate_after is not None and not to:
+        raise UsageError(f"{owner}: escalate_after needs escalate_to (who to escalate to)")
+    if to and t.escalate_after is None:
+        raise UsageError(f"{owner}: escalate_to needs escalate_after (when to escalate)")
+    if t == Timers():
+        return None
+    return t
+
+
+def merge_timers(own: Timers | None, defaults: Timers | None) -> Timers | None:
+    """A call's timers: its tool's own, else the operator's defaults, field by field."""
+    if defaults is None:
+        return own
+    if own is None:
+        return defaults
+    set_here = own.model_fields_set
+    return defaults.model_copy(update={k: getattr(own, k) for k in set_here})
+
+
 class Tool:
     """A registered tool. Calling it calls the function, unchanged."""
 
@@ -69,21 +145,62 @@ class Tool:
         *,
         name: str | None = None,
         description: str | None = None,
-        requires_approval: bool = False,
+        requires_approval: ApprovalRule = False,
         idempotent: bool = False,
         approvers: Iterable[str] = (),
         self_approval: bool = True,
+        approvals_required: int = 1,
+        remind_after: Duration | None = None,
+        escalate_after: Duration | None = None,
+        escalate_to: Iterable[str] = (),
+        deadline: Duration | None = None,
+        on_deadline: str | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.description = description or inspect.cleandoc(fn.__doc__ or "") or self.name
         self.requires_approval = requires_approval
+        """True, False, or a rule on the validated arguments (`lambda a: a.amount > 1000`)."""
         self.idempotent = idempotent
-        self.approvers = tuple(approvers)
+        self.approvers = (approvers,) if isinstance(approvers, str) else tuple(approvers)
         self.self_approval = self_approval
+        if not isinstance(approvals_required, int) or approvals_required < 1:
+            raise UsageError(f"tool {self.name}: approvals_required must be a whole number from 1")
+        if approvals_required > 1 and requires_approval is False:
+            raise UsageError(f"tool {self.name}: approvals_required needs requires_approval")
+        self.approvals_required = approvals_required
+        if on_deadline == "approve" and requires_approval is False:
+            raise UsageError(f"tool {self.name}: on_deadline='approve' needs requires_approval")
+        self.timers = make_timers(
+            f"tool {self.name}",
+            remind_after=remind_after,
+            escalate_after=escalate_after,
+            escalate_to=escalate_to,
+            deadline=deadline,
+            on_deadline=on_deadline,
+        )
+        """Reminder, escalation and deadline of its calls that wait for approval."""
+        if self.timers is not None and requires_approval is False:
+            raise UsageError(
+                f"tool {self.name}: reminders, escalation and deadlines apply to calls "
+                "that wait for approval; set requires_approval"
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         self._context_param: str | None = None
         self.arguments_model = self._model_from_signature(fn)
+
+    def needs_approval(self, arguments: dict[str, Any]) -> tuple[bool, bool | None]:
+        """Whether a call with these (valid) arguments waits for approval, and
+        what the tool's rule said, if it has one. A rule that raises asks for
+        approval."""
+        rule = self.requires_approval
+        if not callable(rule):
+            return bool(rule), None
+        try:
+            verdict = bool(rule(self.arguments_model.model_validate(copy.deepcopy(arguments))))
+        except Exception:
+            verdict = True
+        return verdict, verdict
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -181,10 +298,16 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    requires_approval: bool = False,
+    requires_approval: ApprovalRule = False,
     idempotent: bool = False,
     approvers: Iterable[str] = (),
     self_approval: bool = True,
+    approvals_required: int = 1,
+    remind_after: Duration | None = None,
+    escalate_after: Duration | None = None,
+    escalate_to: Iterable[str] = (),
+    deadline: Duration | None = None,
+    on_deadline: str | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -192,10 +315,16 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    requires_approval: bool = False,
+    requires_approval: ApprovalRule = False,
     idempotent: bool = False,
     approvers: Iterable[str] = (),
     self_approval: bool = True,
+    approvals_required: int = 1,
+    remind_after: Duration | None = None,
+    escalate_after: Duration | None = None,
+    escalate_to: Iterable[str] = (),
+    deadline: Duration | None = None,
+    on_deadline: str | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Register a function as a tool: `@tool` or `@tool(requires_approval=True)`.
 
@@ -204,6 +333,15 @@ def tool(
     person who started the thread if the deployment knows them, else the
     admins. `self_approval=False` asks for four eyes: the person whose message
     led to the call may not approve it, even if listed.
+
+    `requires_approval` may be a rule on the validated arguments
+    (`lambda a: a.amount > 1000`). `approvals_required=2` needs two
+    different approvers (one rejection rejects; the requester never counts).
+    A call nobody decides gets a reminder at `remind_after`, is escalated to
+    `escalate_to` at `escalate_after`, and at `deadline` is rejected (the
+    model reads that nobody approved in time), approved (only with
+    `on_deadline="approve"`), or fails the thread (`"fail"`). Durations are
+    seconds or `"90s"`, `"10m"`, `"4h"`, `"2d"`, counted from the call.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -215,6 +353,12 @@ def tool(
             idempotent=idempotent,
             approvers=approvers,
             self_approval=self_approval,
+            approvals_required=approvals_required,
+            remind_after=remind_after,
+            escalate_after=escalate_after,
+            escalate_to=escalate_to,
+            deadline=deadline,
+            on_deadline=on_deadline,
         )
 
     return wrap(fn) if fn is not None else wrap

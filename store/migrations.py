@@ -129,3 +129,24 @@ def m007_credentials(db: Database) -> None:
         pk="hash",
         not_null={"hash", "person", "expires_at"},
     )
+
+
+@migrations()
+def m008_timers_and_channels(db: Database) -> None:
+    # Part of the projection: the channels a thread holds something
+    # undelivered for (a notice may now go to an approver's own channel as
+    # well as the thread's), as " slack email " so that one channel is found
+    # with LIKE; and the thread's next timer (a reminder, escalation or
+    # deadline), indexed, so that one query finds what is due. `overdue_at`
+    # is when what it waits for became late (its first timer).
+    db.table("threads").add_column("deliver_to", str, not_null_default="")
+    db.table("threads").add_column("due_at", float)
+    db.table("threads").add_column("overdue_at", float)
+    db.execute(
+        "UPDATE threads SET deliver_to = ' ' || json_extract(origin, '$.channel') || ' ' "
+        "WHERE undelivered = 1"
+    )
+    db.execute("DROP INDEX threads_undelivered")
+    db.execute("ALTER TABLE threads DROP COLUMN undelivered")
+    db.execute("CREATE INDEX threads_deliver_to ON threads (deliver_to) WHERE deliver_to != ''")
+    db.execute("CREATE INDEX threads_due ON threads (due_at) WHERE due_at IS NOT NULL")

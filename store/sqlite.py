@@ -55,10 +55,15 @@ class ThreadRow:
     parent_seq: int | None
     waiting: str = ""
     """What the thread waits for, in a few words (empty when it does not)."""
+    due_at: float | None = None
+    """When its next reminder, escalation or deadline is due (Unix time)."""
+    overdue_at: float | None = None
+    """When what it waits for became (or becomes) late: its first timer."""
 
 
 _THREAD_COLUMNS = (
-    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq, waiting"
+    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq, waiting, "
+    "due_at, overdue_at"
 )
 
 
@@ -107,7 +112,7 @@ class EventStore:
     def create(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
         """Start a thread with its first events (a launch, or a fork's copy).
         `projection`: status, title, origin, and optionally parent, routes,
-        undelivered, waiting (see `_create`)."""
+        deliver_to, waiting, due_at, overdue_at (see `_create`)."""
         with self.db.atomic():
             _create(self.db.conn, thread_id, rows, **projection)
 
@@ -121,7 +126,7 @@ class EventStore:
         last seq. Raises `SeqConflict` when the thread has moved on since the
         caller loaded it, and `DuplicateKey` when a row's key is already stored;
         either way nothing is written. `projection`: status, and optionally
-        routes, undelivered, waiting."""
+        routes, deliver_to, waiting, due_at, overdue_at."""
         with self.db.atomic():
             return _append(self.db.conn, thread_id, expected_seq, rows, **projection)
 
@@ -141,8 +146,10 @@ class EventStore:
         *,
         status: str,
         title: str,
-        undelivered: bool = False,
+        deliver_to: str = "",
         waiting: str = "",
+        due_at: float | None = None,
+        overdue_at: float | None = None,
     ) -> bool:
         """Set a thread's projection to what its events say, if no append came
         in since they were read. False when one did (read again and retry)."""
@@ -153,9 +160,9 @@ class EventStore:
             if last != last_seq:
                 return False
             self.db.execute(
-                "UPDATE threads SET status = ?, title = ?, last_seq = ?, undelivered = ?, "
-                "waiting = ? WHERE id = ?",
-                [status, title, last, int(undelivered), waiting, thread_id],
+                "UPDATE threads SET status = ?, title = ?, last_seq = ?, deliver_to = ?, "
+                "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ?",
+                [status, title, last, deliver_to, waiting, due_at, overdue_at, thread_id],
             )
         return True
 
@@ -281,32 +288,51 @@ class EventStore:
         return ThreadRow(*row) if row else None
 
     def threads(
-        self, *, status: str | None = None, limit: int = 100, before: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        overdue_by: float | None = None,
+        due_first: bool = False,
     ) -> list[ThreadRow]:
-        """Threads by most recent activity, optionally of one status."""
+        """Threads by most recent activity (or, with `due_first`, those with
+        a timer first, soonest due), optionally of one status, optionally
+        only those late by `overdue_by` (Unix time)."""
         where: list[str] = []
-        params: list[str | int] = []
+        params: list[str | int | float] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
         if before is not None:
             where.append("updated_at < ?")
             params.append(before)
+        if overdue_by is not None:
+            where.append("overdue_at <= ?")
+            params.append(overdue_by)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_THREAD_COLUMNS} FROM threads {clause} ORDER BY updated_at DESC LIMIT ?"
+        order = "due_at IS NULL, due_at, updated_at DESC" if due_first else "updated_at DESC"
+        sql = f"SELECT {_THREAD_COLUMNS} FROM threads {clause} ORDER BY {order} LIMIT ?"
         return [ThreadRow(*r) for r in self.db.execute(sql, [*params, limit]).fetchall()]
 
     def undelivered_ids(self, channels: Iterable[str]) -> list[str]:
-        """Threads started in one of `channels` that hold something undelivered."""
+        """Threads that hold something undelivered for one of `channels`."""
         names = list(channels)
         if not names:
             return []
-        marks = ",".join("?" * len(names))
-        sql = (
-            "SELECT id FROM threads WHERE undelivered = 1 "
-            f"AND json_extract(origin, '$.channel') IN ({marks})"
-        )
-        return [r[0] for r in self.db.execute(sql, names).fetchall()]
+        like = " OR ".join("deliver_to LIKE ?" for _ in names)
+        sql = f"SELECT id FROM threads WHERE deliver_to != '' AND ({like})"
+        return [r[0] for r in self.db.execute(sql, [f"% {n} %" for n in names]).fetchall()]
+
+    def due_ids(self, now: float, *, limit: int = 1000) -> list[str]:
+        """Threads with a timer due by `now`, the most overdue first."""
+        sql = "SELECT id FROM threads WHERE due_at <= ? ORDER BY due_at LIMIT ?"
+        return [r[0] for r in self.db.execute(sql, [now, limit]).fetchall()]
+
+    def next_due(self, now: float) -> float | None:
+        """When the next timer after `now` is due, of any thread."""
+        row = self.db.execute("SELECT min(due_at) FROM threads WHERE due_at > ?", [now]).fetchone()
+        return row[0] if row else None
 
     def thread_ids(self, *, status: str) -> list[str]:
         return [
@@ -343,13 +369,15 @@ def _create(
     origin: str,
     parent: tuple[str, int] | None = None,
     routes: Iterable[str] = (),
-    undelivered: bool = False,
+    deliver_to: str = "",
     waiting: str = "",
+    due_at: float | None = None,
+    overdue_at: float | None = None,
 ) -> None:
     now = _now()
     try:
         conn.execute(
-            f"INSERT INTO threads ({_THREAD_COLUMNS}, undelivered) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO threads ({_THREAD_COLUMNS}, deliver_to) VALUES ({','.join('?' * 13)})",
             [
                 thread_id,
                 status,
@@ -361,7 +389,9 @@ def _create(
                 parent[0] if parent else None,
                 parent[1] if parent else None,
                 waiting,
-                int(undelivered),
+                due_at,
+                overdue_at,
+                deliver_to,
             ],
         )
         _insert(conn, thread_id, 0, rows, routes)
@@ -378,14 +408,26 @@ def _append(
     *,
     status: str,
     routes: Iterable[str] = (),
-    undelivered: bool = False,
+    deliver_to: str = "",
     waiting: str = "",
+    due_at: float | None = None,
+    overdue_at: float | None = None,
 ) -> int:
     last = expected_seq + len(rows) - 1
     cursor = conn.execute(
-        "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, undelivered = ?, "
-        "waiting = ? WHERE id = ? AND last_seq = ?",
-        [status, _now(), last, int(undelivered), waiting, thread_id, expected_seq - 1],
+        "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, deliver_to = ?, "
+        "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ? AND last_seq = ?",
+        [
+            status,
+            _now(),
+            last,
+            deliver_to,
+            waiting,
+            due_at,
+            overdue_at,
+            thread_id,
+            expected_seq - 1,
+        ],
     )
     if cursor.rowcount != 1:
         known = conn.execute("SELECT 1 FROM threads WHERE id = ?", [thread_id]).fetchone()

@@ -376,7 +376,7 @@ def test_a_post_recorded_after_its_call_was_settled_still_gets_the_outcome() -> 
         Approval(call_id="c1", approved=True, source=BOSS),
         Delivered(of_seq=1, channel="fake", refs={"ts": "1"}),
     ]
-    assert derive(events).undelivered == (2,)
+    assert derive(events).undelivered == ((2, "fake"),)
     events.append(Delivered(of_seq=2, channel="fake", refs={"ts": "1"}))
     assert derive(events).undelivered == ()
 

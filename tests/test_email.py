@@ -243,24 +243,25 @@ def test_reject_by_mail_with_a_reason(
     assert "the database migration has not run yet" in model.requests[-1]["messages"][-1]["content"]
 
 
-def test_an_unclear_decision_gets_the_choices_and_changes_nothing(
+def test_a_reply_that_is_no_decision_responds_instead(
     server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
 ) -> None:
     thread_id, request, notice = approval_mail(server, relay, model, "9.0")
     n = len(thread(server, thread_id)["events"])
-    unclear = reply(server, request, "hmm, what does this do?", sender=LEAD)
-    help_mail = replies_to(relay, str(unclear["Message-ID"]))[0]
-    assert 'Reply with "approve"' in text_of(help_mail)
-    assert help_mail["To"] == LEAD
-    assert len(thread(server, thread_id, "waiting_for_approval")["events"]) == n
     # The person who asked is not an approver here: refused, nothing written.
     with pytest.raises(smtplib.SMTPDataError) as denied:
-        reply(server, notice, "approve")
+        reply(server, notice, "use the staging cluster first")
     assert denied.value.smtp_code == 550
     assert len(thread(server, thread_id)["events"]) == n
-    model.add(text("Fine."))
-    reply(server, request, "approve", sender=LEAD)
-    thread(server, thread_id, "done")
+    model.add(text("I'll try staging first."))
+    reply(server, request, "hmm, use the staging cluster first", sender=LEAD)
+    events = thread(server, thread_id, "done")["events"]
+    decision = next(e for e in events if e["type"] == "approval")
+    assert decision["responded"] is True and decision["approved"] is False
+    assert decision["source"]["auth"] == "email:signed"
+    assert not [e for e in events if e["type"] in ("tool_started", "tool_result")]
+    told = model.requests[-1]["messages"][-1]["content"]
+    assert "use the staging cluster first" in told and "not run" in told
 
 
 def test_options_by_number(server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI) -> None:

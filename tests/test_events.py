@@ -11,10 +11,13 @@ import pytest
 from bot.events import (
     Approval,
     AssistantMessage,
+    Cancelled,
     Delivered,
     Error,
+    Escalated,
     Event,
     HumanResponse,
+    Reminder,
     Source,
     ToolCall,
     ToolDeferred,
@@ -57,6 +60,9 @@ SAMPLES: list[Event] = [
     Approval(call_id="c4", approved=False, source=SRC),
     Delivered(of_seq=2, channel="slack", refs={"ts": "17.2"}),
     Error(message="model error 503", kind="model", fatal=False),
+    Reminder(call_id="c2", to=("bob",), reach={"email": ("bob",)}),
+    Escalated(call_id="c2", to=("group:oncall",)),
+    Cancelled(reason="wrong service", source=Source(channel="http", user="ann", auth="token:a")),
 ]
 
 

@@ -38,8 +38,10 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "last_seq",
         "parent_id",
         "parent_seq",
-        "undelivered",
+        "deliver_to",
         "waiting",
+        "due_at",
+        "overdue_at",
     }
     assert db.table("routes").pks == ["ref"]
     unique = {tuple(i.columns) for i in db.table("events").indexes if i.unique}
@@ -56,6 +58,7 @@ def test_migrated_schema(tmp_path: Path) -> None:
         "m005_waiting",
         "m006_partial_indexes",
         "m007_credentials",
+        "m008_timers_and_channels",
     ]
     assert db.table("meta").pks == ["key"]
     # Credentials keep hashes of their secrets, never the secrets.
@@ -89,11 +92,13 @@ def test_an_append_writes_four_pages_and_lookups_use_the_partial_indexes(
         " ".join(str(r[3]) for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
         for sql in (
             "SELECT thread_id, seq FROM events WHERE key = 'k7'",
-            "SELECT id FROM threads WHERE undelivered = 1",
+            "SELECT id FROM threads WHERE deliver_to != '' AND deliver_to LIKE '% slack %'",
+            "SELECT id FROM threads WHERE due_at <= 5 ORDER BY due_at LIMIT 10",
         )
     ]
     assert "USING INDEX events_key" in plans[0]
-    assert "USING INDEX threads_undelivered" in plans[1]
+    assert "USING INDEX threads_deliver_to" in plans[1]
+    assert "USING INDEX threads_due" in plans[2]
     assert store.find_key("k7") == ("t007", 0)
     with pytest.raises(DuplicateKey):
         store.append("t100", 21, [row(21, key="k7")], status="running")

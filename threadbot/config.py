@@ -11,6 +11,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from bot.durations import seconds
 from bot.errors import UsageError
+from bot.events import Timers
+from bot.tools import make_timers
 
 if TYPE_CHECKING:
     from bot.people import People
@@ -34,9 +36,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """Seconds as a number (`2.5`) or a duration (`90s`, `2m`); more than zero."""
+    found = _maybe_seconds(env, name)
+    return default if found is None else found
+
+
+def _maybe_seconds(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
-        return default
+        return None
     try:
         value: float | None = seconds(raw)
     except UsageError:
@@ -46,6 +53,22 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
             f"{name} must be a number of seconds (e.g. 2.5) or a duration (90s, 2m), not {raw!r}"
         )
     return value
+
+
+def _timers(env: Mapping[str, str], kind: str) -> Timers | None:
+    """The operator's reminder, escalation and deadline for `kind`: `""`
+    (approvals: THREADBOT_REMIND_AFTER, ...) or `"QUESTION_"`. A default
+    deadline never approves: only a tool may say so."""
+    name = f"THREADBOT_{kind}"
+    return make_timers(
+        f"{name}*",
+        remind_after=_maybe_seconds(env, f"{name}REMIND_AFTER"),
+        escalate_after=_maybe_seconds(env, f"{name}ESCALATE_AFTER"),
+        escalate_to=_list(env, f"{name}ESCALATE_TO"),
+        deadline=_maybe_seconds(env, f"{name}DEADLINE"),
+        on_deadline=(env.get(f"{name}ON_DEADLINE") or "").strip().lower() or None,
+        approval=False,
+    )
 
 
 def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -102,6 +125,12 @@ class Settings:
     tune: bool = True
     """THREADBOT_TUNE: `on` (the default) or `off`: whether `serve` tunes the
     process for serving (`threadbot.process.tune_for_serving`)."""
+    approval_timers: Timers | None = None
+    """THREADBOT_REMIND_AFTER, THREADBOT_ESCALATE_AFTER, THREADBOT_ESCALATE_TO,
+    THREADBOT_DEADLINE, THREADBOT_ON_DEADLINE (`reject` or `fail`): defaults
+    for calls waiting for approval, where their tool sets none."""
+    question_timers: Timers | None = None
+    """The same with THREADBOT_QUESTION_: for the agent's questions."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -127,6 +156,8 @@ class Settings:
             allowed_origins=_list(env, "THREADBOT_ALLOWED_ORIGINS"),
             http_max_bytes=_int(env, "THREADBOT_HTTP_MAX_BYTES", cls.http_max_bytes),
             tune=_on_off(env, "THREADBOT_TUNE", cls.tune),
+            approval_timers=_timers(env, ""),
+            question_timers=_timers(env, "QUESTION_"),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

@@ -54,6 +54,8 @@ def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
         system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
         max_turns=settings.max_turns,
         people=build_people(settings),
+        approval_timers=settings.approval_timers,
+        question_timers=settings.question_timers,
     )
 
 
