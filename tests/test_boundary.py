@@ -156,7 +156,7 @@ async def test_a_reply_answers_the_open_question_and_a_number_picks_an_option(
 
 
 @pytest.mark.anyio
-async def test_a_reply_during_an_approval_is_explained_and_writes_nothing(
+async def test_a_reply_during_an_approval_decides_only_when_addressed_to_it(
     ops: ThreadBot, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
     fake_openai.add(calls(("drop_table", {"table": "users"})), text("dropped"))
@@ -171,8 +171,9 @@ async def test_a_reply_during_an_approval_is_explained_and_writes_nothing(
     # Addressed to it (a signed email reply): a decision only from an approver.
     with pytest.raises(NotAllowed):
         await ops.reply(thread_id, "approve", source=ANN, to=call_seq)
-    with pytest.raises(AwaitingDecision):
-        await ops.reply(thread_id, "maybe later", source=BOSS, to=call_seq)
+    # Other text addressed to it responds instead of deciding: an approver's only.
+    with pytest.raises(NotAllowed):
+        await ops.reply(thread_id, "maybe later", source=ANN, to=call_seq)
     assert len(ops.get(thread_id).events) == before and ledger.read_text() == ""
     await ops.reply(thread_id, "approve, go ahead", source=BOSS, to=call_seq)
     view = await settled(ops, thread_id)
