@@ -474,13 +474,10 @@ class ThreadBot:
     ) -> bool:
         if source.admin or takes_part(self.people, events, source):
             return True
-        for pending in state.waiting:
-            try:
-                self._allowed(thread_id, state, events, pending.kind, pending.call_id, source)
-            except Refused:
-                continue
-            return True
-        return False
+        return any(
+            c.waits_for is not None and self._why_not(c, c.waits_for, events, source) is None
+            for c in state.open_calls
+        )
 
     def _may_write(
         self,
@@ -608,7 +605,16 @@ class ThreadBot:
     ) -> OpenCall:
         """The open call `source` would settle, if it may."""
         c = self._find(thread_id, state, kind, call_id)
-        why = may_settle(
+        why = self._why_not(c, kind, events, source)
+        if why is not None:
+            raise NotAllowed(
+                f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}: {why}"
+            )
+        return c
+
+    def _why_not(self, c: OpenCall, kind: Kind, events: list[Event], source: Source) -> str | None:
+        """Why `source` may not settle the open call `c`; None if they may."""
+        return may_settle(
             self.people,
             events,
             kind=kind,
@@ -620,11 +626,6 @@ class ThreadBot:
             approvals_required=c.call.approvals_required or 1,
             approved_by=[a.source for a in c.approvals],
         )
-        if why is not None:
-            raise NotAllowed(
-                f"{source.who()} may not give {_KIND_NOUN[kind]} on call {c.call.call_id}: {why}"
-            )
-        return c
 
     def _find(
         self, thread_id: str, state: ThreadState, kind: Kind, call_id: str | None
