@@ -21,13 +21,15 @@ from .errors import (
     ToolError,
     UsageError,
 )
-from .events import Event, Source
+from .events import DEADLINE, Event, Source
 from .model import Model, ModelReply, OpenAIModel, ScriptedModel
 from .notices import (
     Answer,
     ApprovalRequest,
+    Cancellation,
     Delivery,
     Failure,
+    FollowUp,
     Notice,
     Outbound,
     Outcome,
@@ -41,17 +43,20 @@ from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
 
 __all__ = [
     "ADMINS",
+    "DEADLINE",
     "SCOPES",
     "AlreadyAnswered",
     "Answer",
     "ApprovalRequest",
     "AwaitingDecision",
+    "Cancellation",
     "Credentials",
     "Deciders",
     "Deferred",
     "Delivery",
     "Event",
     "Failure",
+    "FollowUp",
     "Model",
     "ModelError",
     "ModelReply",

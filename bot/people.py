@@ -12,6 +12,8 @@ question, decide an approval or post a result.
     slack = "U024BE7LH"
     email = ["ann@example.com"]
     groups = ["ops", "admins"]
+    slack_channel = "C0APPROVALS"   # optional: approvals for threads that
+                                    # started elsewhere go here, not to a DM
 
 Approvers are written once (a tool's `approvers`, else `THREADBOT_APPROVERS`)
 and may name people (`ann`), groups (`group:ops`), Slack ids and addresses.
@@ -41,6 +43,9 @@ class Person:
     slack: str | None = None
     emails: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    slack_channel: str | None = None
+    """Where Slack reaches them for threads that started elsewhere: a
+    channel id instead of a direct message."""
 
     def matches(self, spec: str) -> bool:
         """Whether an approver entry (a person, `group:NAME`, a Slack id, an
@@ -65,12 +70,16 @@ def _person(pid: str, raw: Mapping[str, Any]) -> Person:
     slack = raw.get("slack")
     if slack is not None and not isinstance(slack, str):
         raise UsageError(f"people file: {pid}'s slack must be a user id string")
+    slack_channel = raw.get("slack_channel")
+    if slack_channel is not None and not isinstance(slack_channel, str):
+        raise UsageError(f"people file: {pid}'s slack_channel must be a channel id string")
     return Person(
         id=pid,
         name=str(raw.get("name") or pid),
         slack=slack or None,
         emails=tuple(e.strip().lower() for e in emails),
         groups=tuple(groups),
+        slack_channel=slack_channel or None,
     )
 
 
