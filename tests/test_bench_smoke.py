@@ -57,3 +57,36 @@ def test_http_latency_runs_small() -> None:
     for kind in ("approval POST", "answer POST", "thread GET"):
         assert row[kind]["n"] == 3
         assert 0 < row[kind]["p50_ms"] <= row[kind]["p99_ms"]
+
+
+def test_timers_benchmark_runs_small() -> None:
+    """Paused threads with reminders and deadlines, a few of them due within
+    a short window: every due one fired once, none early, none not due yet."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.timers",
+            "--threads",
+            "200",
+            "--due",
+            "20",
+            "--window",
+            "6",
+            "--no-baseline",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    table, _, rest = out.stdout.partition("\n{")
+    assert "asyncio tasks while idle" in table and "deadlines due in the window" in table
+    report = json.loads("{" + rest)
+    for kind in ("remind", "deadline"):
+        fired = report["fired"][kind]
+        assert fired["due_in_window"] == fired["fired"] == 20, fired
+        assert fired["missed"] == fired["fired_twice"] == fired["fired_early"] == 0, fired
+        assert fired["fired_not_due"] == 0, fired
+    assert report["timers"]["tasks_idle_max"] <= 2  # the one watcher (and its wait)
