@@ -73,6 +73,8 @@ def test_timers_benchmark_runs_small() -> None:
             "20",
             "--window",
             "6",
+            "--serve-seconds",
+            "1",
             "--no-baseline",
         ],
         cwd=REPO,
@@ -90,3 +92,4 @@ def test_timers_benchmark_runs_small() -> None:
         assert fired["missed"] == fired["fired_twice"] == fired["fired_early"] == 0, fired
         assert fired["fired_not_due"] == 0, fired
     assert report["timers"]["tasks_idle_max"] <= 2  # the one watcher (and its wait)
+    assert report["timers"]["serve_rss_mb"] > 0

@@ -6,8 +6,8 @@ a reminder and a deadline, and each of the others is a copy of its two events
 (the launch and the `tool_call` as the runner wrote it, `timers` and all)
 with its own ids and its own reminder and deadline. A slice of them (`--due`)
 is due during the first half of the measured window: reminders in its first
-quarter, deadlines in its second; the rest are due after the window, spread
-over the hour (their reminders halfway there). Nothing is due in the second
+quarter, deadlines in its second; the rest are due from three minutes after
+the window on, spread over the hour (their reminders halfway there). Nothing is due in the second
 half of the window: that is the idle part.
 
 A process of its own then opens the database with a `ThreadBot` (the
@@ -19,10 +19,14 @@ asyncio tasks on its loop, and the SQL statements on the bot's connection
 from the database afterwards: when the deadline's `approval` event (source
 "the deadline") was made, minus the deadline; the same for reminders.
 
+Then a real `threadbot serve` opens the same database, with nothing due for
+a while, and its RSS and CPU are read from /proc over `--serve-seconds`.
+
 The same is measured for the same number of threads waiting without timers,
 the baseline.
 
-    python -m tests.bench.timers [--threads 10000] [--due 500] [--window 120] [--json FILE]
+    python -m tests.bench.timers [--threads 10000] [--due 500] [--window 120]
+                                 [--serve-seconds 30] [--no-baseline] [--json FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from bot.model import call
 from store import EventStore
 from threadbot.process import tune_for_serving
 
+from ..fakes import ServerProcess
 from .__main__ import _pct
 
 OPS = Source(channel="http", name="ops", auth="operator", admin=True)
@@ -122,7 +127,7 @@ def build(
                 remind = start + rng.uniform(1, quarter)
                 deadline = remind + quarter
             else:
-                later = start + window + 60
+                later = start + window + 180  # after the `threadbot serve` look too
                 deadline = rng.uniform(later, start + 3600)
                 remind = later + (deadline - later) / 2
             t = (
@@ -242,6 +247,40 @@ def _measure(db: Path, start: float, window: float) -> dict[str, Any]:
     return report
 
 
+def _proc(pid: int) -> tuple[float, int]:
+    """CPU seconds a process has used, and its RSS in KB."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/status") as f:
+        rss = int(f.read().split("VmRSS:")[1].split()[0])
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK"), rss
+
+
+def serve_idle(db: Path, seconds: float) -> dict[str, Any]:
+    """A real `threadbot serve` on the database while nothing is due: its
+    RSS and the CPU it uses, read from /proc."""
+    env = {
+        "THREADBOT_DB": str(db),
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # never called: nothing is due
+        "OPENAI_API_KEY": "k",
+        "THREADBOT_MODEL": "idle",
+    }
+    server = ServerProcess(env).start()
+    try:
+        time.sleep(2)  # past start-up
+        cpu0, _ = _proc(server.proc.pid)
+        time.sleep(seconds)
+        cpu1, rss = _proc(server.proc.pid)
+    finally:
+        server.stop()
+    return {
+        "serve_rss_mb": round(rss / 1024, 1),
+        "serve_cpu_s_per_minute_idle": round((cpu1 - cpu0) / seconds * 60, 3),
+        "serve_seconds": seconds,
+    }
+
+
 # -- what fired, and when ----------------------------------------------------------
 
 
@@ -321,7 +360,9 @@ def watcher_plans(db: Path) -> list[str]:
 # -- the whole run -------------------------------------------------------------------
 
 
-def run(n: int, due: int, window: float, work: Path, *, baseline: bool = True) -> dict[str, Any]:
+def run(
+    n: int, due: int, window: float, work: Path, *, baseline: bool = True, serve: float = 0
+) -> dict[str, Any]:
     report: dict[str, Any] = {"threads": n, "due_in_window": due, "window_s": window}
     for name, with_timers in (("timers", True), ("baseline", False)):
         if name == "baseline" and not baseline:
@@ -335,6 +376,8 @@ def run(n: int, due: int, window: float, work: Path, *, baseline: bool = True) -
         if with_timers:
             report["fired"] = lateness(db, start + window)
             report["watcher_query_plans"] = watcher_plans(db)
+        if serve:
+            idle |= serve_idle(db, serve)
         print(name, json.dumps(idle), file=sys.stderr, flush=True)
     return report
 
@@ -348,6 +391,8 @@ def _table(report: dict[str, Any]) -> str:
         ("asyncio tasks while timers fire (max)", "tasks_while_firing_max", ""),
         ("SQL statements while idle", "sql_per_minute_idle", "/min"),
         ("  of them the timer watcher's", "watcher_sql_per_minute_idle", "/min"),
+        ("`threadbot serve` afterwards: RSS", "serve_rss_mb", "MB"),
+        ("`threadbot serve` afterwards: CPU idle", "serve_cpu_s_per_minute_idle", "s/min"),
     ]
     kinds = [k for k in ("timers", "baseline") if k in report]
     width = max(len(label) for label, _, _ in rows) + 1
@@ -381,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--due", type=int, help="threads due in the window (default: 5%%)")
     p.add_argument("--window", type=float, default=120.0, help="seconds measured")
     p.add_argument("--no-baseline", action="store_true", help="skip the threads without timers")
+    p.add_argument(
+        "--serve-seconds",
+        type=float,
+        default=30.0,
+        help="then a real `threadbot serve` on each database, idle, this long (0: skip)",
+    )
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--start", type=float, help=argparse.SUPPRESS)
@@ -390,7 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     due = args.due if args.due is not None else max(1, args.threads // 20)
     with tempfile.TemporaryDirectory() as d:
-        report = run(args.threads, due, args.window, Path(d), baseline=not args.no_baseline)
+        report = run(
+            args.threads,
+            due,
+            args.window,
+            Path(d),
+            baseline=not args.no_baseline,
+            serve=args.serve_seconds,
+        )
     report["machine"] = {
         "python": platform.python_version(),
         "machine": platform.machine(),

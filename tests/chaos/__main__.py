@@ -10,6 +10,14 @@ while a mail or a Slack post is being delivered), restarting it each time.
 A third of the threads start over HTTP, a third by email, a third in Slack
 (signed events to /slack/events, a local fake of the Slack Web API).
 
+Most threads of each channel that delivers reminders and escalations (HTTP
+always: its threads' notices go to the people the other channels reach) ship
+with `ship_soon` instead: its approval is reminded after 1 s, escalated to a
+Slack user and an address after 2 s and rejected at 3 s. The harness leaves
+some of those to the deadline, approves some between the reminder and the
+deadline, and races the deadline with others (an approval sent within
+0.15 s of it, on a thread of its own).
+
     python -m tests.chaos [--kills 200] [--threads 40] [--seed 1] [--json FILE]
 
 It prints the figures and exits 1 if any count of violations is not 0.
@@ -28,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -40,25 +50,54 @@ from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
 
 STEPS = ["request_human_input", "charge", "ship", "start_report", "lookup"]
 POINTS = ["", "tool_started:0.5", "after_side_effect:0.5", "inside_append:0.04", "deliver"]
+CHANNELS = ("email", "slack", "http")
+"""The channel order i starts on: CHANNELS[i % 3]."""
+PLANS = ("plain", "deadline", "race", "early", "race")
+"""What the harness does with a timed thread's approval: `plain` ships with
+`ship` (approved at once); the others with `ship_soon`: left to the deadline,
+raced against it, or approved after the reminder and before the deadline."""
 
 
-def brain(body: dict[str, Any]) -> dict[str, Any]:
-    """The model: the next step is the first one the conversation has not made."""
-    messages = body["messages"]
-    first = next(m["content"] for m in messages if m["role"] == "user")
-    order = int(re.findall(r"\d+", first)[-1])
-    made = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
-    for step in STEPS:
-        if step not in made:
-            args: dict[str, Any] = {
-                "request_human_input": {"question": f"Go ahead with order {order}?"},
-                "charge": {"amount": order},
-                "ship": {"order": order},
-                "start_report": {"name": f"r{order}"},
-                "lookup": {"key": f"k{order}"},
-            }[step]
-            return calls((step, args))
-    return text(f"Order {order} is complete.")
+def follow_up_channels() -> set[str]:
+    """The channels whose threads get timers: those that deliver reminders
+    and escalations, which are those that say whom they reach (issue #15's
+    contract for channels), and HTTP, which delivers nothing itself."""
+    from channels.email.channel import EmailChannel
+    from channels.slack.channel import SlackChannel
+
+    return {"http"} | {
+        name
+        for name, cls in (("slack", SlackChannel), ("email", EmailChannel))
+        if hasattr(cls, "reaches")
+    }
+
+
+def plan_of(order: int, timed: set[str]) -> str:
+    return PLANS[(order // 3) % len(PLANS)] if CHANNELS[order % 3] in timed else "plain"
+
+
+def make_brain(timed: set[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def brain(body: dict[str, Any]) -> dict[str, Any]:
+        """The model: the next step is the first one the conversation has not made."""
+        messages = body["messages"]
+        first = next(m["content"] for m in messages if m["role"] == "user")
+        order = int(re.findall(r"\d+", first)[-1])
+        made = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
+        ship = "ship" if plan_of(order, timed) == "plain" else "ship_soon"
+        for step in STEPS:
+            step = ship if step == "ship" else step
+            if step not in made:
+                args: dict[str, Any] = {
+                    "request_human_input": {"question": f"Go ahead with order {order}?"},
+                    "charge": {"amount": order},
+                    ship: {"order": order},
+                    "start_report": {"name": f"r{order}"},
+                    "lookup": {"key": f"k{order}"},
+                }[step]
+                return calls((step, args))
+        return text(f"Order {order} is complete.")
+
+    return brain
 
 
 class Harness:
@@ -93,6 +132,12 @@ class Harness:
         self.smtp_port = free_port()
         self.lock = threading.Lock()
         self.deliver_kill = False
+        self.timed = follow_up_channels()
+        self.plans: dict[str, str] = {}
+        """Thread id → its plan (see PLANS)."""
+        self.late: set[str] = set()
+        """Calls whose approval is sent later, on a thread of its own."""
+        self.races = collections.Counter[str]()
 
     # -- the server -----------------------------------------------------------
 
@@ -217,6 +262,21 @@ class Harness:
         if body["status"] in ("done", "failed") or pending is None:
             return str(body["status"])
         call_id = pending["call_id"]
+        plan = self.plans.get(thread_id, "plain")
+        if pending["kind"] == "approval" and pending.get("tool") == "ship_soon":
+            if plan != "deadline" and call_id not in self.late and "deadline" in pending:
+                self.late.add(call_id)
+                deadline = datetime.fromisoformat(pending["deadline"]).timestamp()
+                if plan == "race":
+                    at = deadline + self.rng.uniform(-0.15, 0.15)
+                else:  # after the reminder (1 s), before the deadline (3 s)
+                    at = deadline - self.rng.uniform(0.5, 1.8)
+                timer = threading.Timer(
+                    max(0.0, at - time.time()), self.approve_late, (thread_id, call_id, plan)
+                )
+                timer.daemon = True
+                timer.start()
+            return str(body["status"])
         route, payload = {
             "question": ("responses", {"text": "yes", "call_id": call_id}),
             "approval": ("approvals", {"approved": True, "call_id": call_id}),
@@ -229,6 +289,32 @@ class Harness:
         if r is not None and r.status_code == 202:
             self.acknowledged.append((thread_id, f"http:{thread_id}:{route}:{key}"))
         return str(body["status"])
+
+    def approve_late(self, thread_id: str, call_id: str, plan: str) -> None:
+        """Approve a timed call, racing its deadline or not; a server that is
+        down is tried again until it answers."""
+        key = f"{call_id}-approvals"
+        payload = {"approved": True, "call_id": call_id}
+        for _ in range(300):
+            r = self.call(
+                "POST",
+                f"/threads/{thread_id}/approvals",
+                json=payload,
+                headers={"Idempotency-Key": key},
+            )
+            if r is not None:
+                break
+            time.sleep(0.1)
+        else:
+            r = None
+        with self.lock:
+            if r is not None and r.status_code == 202:
+                self.acknowledged.append((thread_id, f"http:{thread_id}:approvals:{key}"))
+                self.races[f"{plan}: approved by the person"] += 1
+            elif r is not None and r.status_code == 409:
+                self.races[f"{plan}: the deadline came first"] += 1
+            else:
+                self.races[f"{plan}: {r.status_code if r is not None else 'no answer'}"] += 1
 
     def killer(self) -> None:
         while self.killing:
@@ -251,6 +337,7 @@ class Harness:
         while time.monotonic() < deadline:
             if self.kills.total() >= self.args.kills and self.killing:
                 self.killing = False  # enough: let everything finish
+                deadline = min(deadline, time.monotonic() + self.args.settle)
             self.ensure_running()
             for i in sorted(pending):
                 launched = self.launch(i)
@@ -259,6 +346,8 @@ class Harness:
                     if not launched.startswith(("email:", "slack:")):
                         ids[i] = launched
             self.resolve_channel_threads(ids)
+            for i, thread_id in ids.items():
+                self.plans[thread_id] = plan_of(i, self.timed)
             for thread_id in ids.values():
                 if thread_id not in done and self.act(thread_id) in ("done", "failed"):
                     done.add(thread_id)
@@ -307,6 +396,7 @@ class Harness:
         threads = {}
         for thread_id in ids.values():
             threads[thread_id] = self.read_thread(thread_id)
+        now = time.time()
         done = sum(t["status"] == "done" for t in threads.values())
         keys = {e.get("key") for t in threads.values() for e in t["events"] if e.get("key")}
         missing = [k for _, k in self.acknowledged if k not in keys]
@@ -314,21 +404,46 @@ class Harness:
             line.split()[1] for line in self.ledger.read_text().splitlines()
         )
         twice = {call: n for call, n in ledger.items() if n > 1}
-        duplicates = 0
-        for t in threads.values():
+        duplicates = nudged_twice = outcomes_twice = overdue = 0
+        timers = collections.Counter[str]()
+        follow_ups: set[tuple[str, int]] = set()  # (thread, seq) of reminders and escalations
+        delivered = collections.Counter[tuple[str, int, str]]()  # (thread, seq, channel)
+        for thread_id, t in threads.items():
             events = t["events"]
             if [e["seq"] for e in events] != list(range(len(events))):
                 duplicates += 1
             per_call = collections.Counter(
                 (e["type"], e.get("call_id"))
                 for e in events
-                if e["type"] != "delivered"
                 if e["type"]
                 in ("tool_call", "tool_started", "tool_result", "human_response", "approval")
             )
             duplicates += sum(n - 1 for n in per_call.values() if n > 1)
             event_keys = [e["key"] for e in events if e.get("key")]
             duplicates += len(event_keys) - len(set(event_keys))
+            # Timers: each reminder and escalation written once a call, one
+            # outcome a call (a person's or the deadline's), none left overdue.
+            nudges = collections.Counter(
+                (e["type"], e["call_id"]) for e in events if e["type"] in ("reminder", "escalated")
+            )
+            nudged_twice += sum(n - 1 for n in nudges.values() if n > 1)
+            timers.update(kind for kind, _ in nudges.elements())
+            outcomes = collections.Counter(
+                e["call_id"] for e in events if e["type"] in ("approval", "human_response")
+            )
+            outcomes_twice += sum(1 for n in outcomes.values() if n > 1)
+            for e in events:
+                if e["type"] == "approval" and e["source"].get("auth") == "deadline":
+                    timers["settled by the deadline"] += 1
+                elif e["type"] == "approval" and self.plans.get(thread_id, "plain") != "plain":
+                    timers["settled by a person"] += 1
+                if e["type"] in ("reminder", "escalated"):
+                    follow_ups.add((thread_id, e["seq"]))
+                if e["type"] == "delivered":
+                    delivered[(thread_id, e["of_seq"], e["channel"])] += 1
+            for p in t.get("pending_calls") or ([t["pending"]] if t.get("pending") else []):
+                if "deadline" in p and datetime.fromisoformat(p["deadline"]).timestamp() < now:
+                    overdue += 1
         # Notifications: one per pause and recipient (per delivered item), by Message-ID.
         by_item: dict[tuple[str, str, str], set[str]] = collections.defaultdict(set)
         sends = collections.Counter[str]()
@@ -338,20 +453,31 @@ class Harness:
             if found:
                 by_item[(found.group(1), found.group(2), " ".join(c.rcpt_tos))].add(mid)
                 sends[mid] += 1
-        double_delivered = sum(1 for mids in by_item.values() if len(mids) > 1)
+        mailed_twice = {item for item, mids in by_item.items() if len(mids) > 1}
+        # Slack: one post per conversation and part (a direct message to each
+        # person reached carries the same payload as the others).
         posts = collections.Counter(
-            json.dumps(p["metadata"]["event_payload"], sort_keys=True)
+            (p["channel"], json.dumps(p["metadata"]["event_payload"], sort_keys=True))
             for p in self.slack.called("chat.postMessage")
             if p.get("metadata")
         )
-        double_delivered += sum(n - 1 for n in posts.values() if n > 1)
-        delivered_twice = sum(
-            n - 1
-            for t in threads.values()
-            for n in collections.Counter(
-                e["of_seq"] for e in t["events"] if e["type"] == "delivered"
-            ).values()
-            if n > 1
+        posted_twice = {post: n - 1 for post, n in posts.items() if n > 1}
+        recorded_twice = {item: n - 1 for item, n in delivered.items() if n > 1}
+
+        def follow_up(thread_id: str, seq: int) -> bool:
+            return (thread_id, seq) in follow_ups
+
+        def payload_of(post: tuple[str, str]) -> tuple[str, int]:
+            p = json.loads(post[1])
+            return str(p.get("thread")), int(p.get("seq", -1))
+
+        follow_ups_twice = (
+            sum(1 for th, seq, _ in mailed_twice if follow_up(th, int(seq)))
+            + sum(n for post, n in posted_twice.items() if follow_up(*payload_of(post)))
+            + sum(n for (th, seq, _), n in recorded_twice.items() if follow_up(th, seq))
+        )
+        follow_up_deliveries = collections.Counter(
+            ch for (th, seq, ch) in delivered if follow_up(th, seq)
         )
         return {
             "kills": dict(self.kills),
@@ -363,8 +489,19 @@ class Harness:
                 "acknowledged_responses_missing": len(missing),
                 "non_idempotent_tools_run_twice": len(twice),
                 "duplicate_events": duplicates,
-                "notifications_more_than_once_per_pause": double_delivered + delivered_twice,
+                "notifications_more_than_once_per_pause": len(mailed_twice)
+                + sum(posted_twice.values())
+                + sum(recorded_twice.values()),
+                "reminders_or_escalations_written_twice": nudged_twice,
+                "reminders_or_escalations_delivered_twice": follow_ups_twice,
+                "calls_with_more_than_one_outcome": outcomes_twice,
+                "deadlines_overdue_never_fired": overdue,
             },
+            "timed_channels": sorted(self.timed),
+            "plans": dict(collections.Counter(self.plans.values())),
+            "timers": dict(timers),
+            "late_approvals": dict(self.races),
+            "reminder_and_escalation_deliveries": dict(follow_up_deliveries),
             "mail_resent_with_the_same_message_id": sum(n - 1 for n in sends.values() if n > 1),
             "slack_posts": sum(posts.values()),
             "mails": sum(sends.values()),
@@ -379,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=180,
+        help="seconds to let threads finish after the last kill",
+    )
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     atexit.register(stop_strays)
@@ -388,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         CaptureRelay().serve() as relay,
         FakeSlack().serve() as slack,
     ):
-        model.add(*[brain] * 100_000)
+        model.add(*[make_brain(follow_up_channels())] * 100_000)
         harness = Harness(args, Path(d), model, relay, slack)
         report = harness.run()
     print(json.dumps(report, indent=2))
