@@ -65,7 +65,6 @@ from bot.model import call
 from store import EventStore
 from threadbot.process import tune_for_serving
 
-from ..fakes import ServerProcess
 from .__main__ import _pct
 
 OPS = Source(channel="http", name="ops", auth="operator", admin=True)
@@ -260,6 +259,8 @@ def _proc(pid: int) -> tuple[float, int]:
 def serve_idle(db: Path, seconds: float) -> dict[str, Any]:
     """A real `threadbot serve` on the database while nothing is due: its
     RSS and the CPU it uses, read from /proc."""
+    from ..fakes import ServerProcess  # not in the measured process: it holds httpx
+
     env = {
         "THREADBOT_DB": str(db),
         "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # never called: nothing is due
