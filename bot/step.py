@@ -91,15 +91,17 @@ def next_step(
 ) -> Step:
     """Decide what the runner does next. `outbound` names the channels that
     can deliver to people: what is undelivered to one of them is delivered
-    first. `now` (Unix time) is compared with the thread's timers."""
+    first. `now` (Unix time) is compared with the thread's timers: a due
+    one fires before anything is delivered, so that a channel that is down
+    never holds a deadline up."""
+    if state.due is not None and state.due.at <= now:
+        return Fire(state.due)
     for seq, channel in state.undelivered:
         if channel in outbound:
             return Deliver(seq, channel)
     for c in state.open_calls:
         if c.runnable:
             return Interrupted(c) if c.started else RunTool(c)
-    if state.due is not None and state.due.at <= now:
-        return Fire(state.due)
     if state.pending is not None:
         return Wait(state.pending)
     if state.status in ENDED:

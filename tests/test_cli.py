@@ -97,6 +97,26 @@ def test_reject_with_a_comment(db_path: Path, fake_openai: FakeOpenAI, ledger: P
     assert ledger.read_text() == ""
 
 
+def test_respond_and_cancel_without_a_server(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    env = env_for(db_path, fake_openai, ledger, THREADBOT_HTTP=f"127.0.0.1:{free_port()}")
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "9"})), text("Staging it is."))
+    thread_id = thread_id_of(cli(env, "launch", "deploy api 9").stdout)
+    out = cli(env, "respond", thread_id, "try staging first")
+    assert out.returncode == 0, out.stderr
+    assert "done" in out.stdout and ledger.read_text() == ""
+    assert "try staging first" in fake_openai.requests[-1]["messages"][-1]["content"]
+    fake_openai.add(ask("Which version?"))
+    out = cli(env, "send", thread_id, "deploy it after all")
+    assert "Which version?" in out.stdout
+    out = cli(env, "cancel", thread_id, "--reason", "not today")
+    assert out.returncode == 0, out.stderr
+    assert "cancelled" in out.stdout
+    out = cli(env, "cancel", thread_id)
+    assert out.returncode != 0 and "nothing to cancel" in out.stderr
+
+
 def test_commands_go_to_a_running_server(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:

@@ -498,3 +498,32 @@ async def test_cancel_stops_a_thread_whatever_it_waits_for(
     await bot.settle(thread_id)
     assert bot.get(thread_id).state.status == "cancelled" and ran == []
     assert bot.threads(overdue_by=time.time()) == []
+
+
+async def test_two_servers_on_one_database_fire_each_deadline_once(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Both watch the timers and both wake for every due one: the lease and
+    the checked append let one of them fire it."""
+    db = tmp_path / "shared.db"
+
+    def by_turn(body: dict[str, Any]) -> Any:
+        if body["messages"][-1]["role"] == "user":
+            return calls(("deploy", {"service": "api"}))
+        return text("ok")
+
+    fake_openai.add(*[by_turn] * 40)
+    one, two = bot_for(db, fake_openai), bot_for(db, fake_openai)
+    try:
+        ids = [await one.launch("deploy api", source=ANN) for _ in range(20)]
+        for thread_id in ids:
+            await until(one, thread_id, lambda v: v.state.pending is not None)
+        await two.resume_all()  # the second server starts watching too
+        for thread_id in ids:
+            view = await until(one, thread_id, lambda v: v.state.status == "done")
+            decisions = [e for e in view.events if isinstance(e, Approval)]
+            assert [d.source for d in decisions] == [DEADLINE], types(view)
+    finally:
+        for b in (one, two):
+            await b.close()
+            b.store.close()

@@ -85,3 +85,39 @@ def test_a_restart_keeps_every_thread(db_path: Path, fake_openai: FakeOpenAI, le
     finally:
         restarted.stop()
     assert ledger.read_text().startswith("deploy api 1 ")
+
+
+def test_a_deadline_that_passes_while_the_server_is_down_fires_once_on_restart(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    """THREADBOT_DEADLINE, the operator's default for approvals: the timer is
+    in the thread's events, so a SIGKILL loses nothing and the restart finds
+    it overdue."""
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "1"})))
+    fake_openai.add(text("Nobody approved in time, so nothing was deployed."))
+    env = env_for(db_path, fake_openai, ledger, THREADBOT_DEADLINE="2s")
+    server = ServerProcess(env).start()
+    with httpx.Client(base_url=server.url) as c:
+        thread_id = c.post("/threads", json={"text": "deploy 1"}).json()["id"]
+        body = wait_status(c, thread_id, "waiting_for_approval")
+    server.kill()
+    call = body["events"][1]
+    assert (call["timers"]["deadline"], call["timers"]["on_deadline"]) == (2.0, "reject")
+    assert body["pending"]["deadline"].endswith("Z")
+    time.sleep(2.5)  # the deadline passes while nothing runs
+
+    restarted = ServerProcess(env, port=server.port).start()
+    try:
+        with httpx.Client(base_url=restarted.url) as c:
+            body = wait_status(c, thread_id, "done")
+            time.sleep(0.5)  # anything fired twice would be there by now
+            body = c.get(f"/threads/{thread_id}").json()
+    finally:
+        restarted.stop()
+    decisions = [e for e in body["events"] if e["type"] == "approval"]
+    assert len(decisions) == 1
+    assert decisions[0]["approved"] is False
+    source = decisions[0]["source"]
+    assert (source["channel"], source["auth"]) == ("system", "deadline")
+    assert ledger.read_text() == ""
+    assert "deadline" in fake_openai.requests[-1]["messages"][-1]["content"]

@@ -353,3 +353,27 @@ def test_credentials_keep_only_hashes_and_links_work_once(tmp_path: Path) -> Non
     credentials.end_session(cookie)
     assert credentials.session(cookie) is None
     assert credentials.session(credentials.create_session("ann", "x", -1)[0]) is None
+
+
+def test_a_database_from_before_timers_keeps_what_it_had_to_deliver(tmp_path: Path) -> None:
+    """m008 turns the undelivered flag into the channels to deliver to: a
+    thread that had something undelivered keeps it, for its own channel."""
+    from sqlite_utils import Database
+
+    from store.migrations import migrations
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m008_timers_and_channels")
+    for thread_id, undelivered in (("pending", 1), ("quiet", 0)):
+        old.execute(
+            "INSERT INTO threads (id, status, title, origin, created_at, updated_at, last_seq, "
+            "undelivered) VALUES (?, 'waiting_for_human', 't', ?, 'x', 'x', 0, ?)",
+            [thread_id, '{"channel": "slack"}', undelivered],
+        )
+    old.conn.commit()
+    old.close()
+    store = EventStore(path)
+    assert store.undelivered_ids(["slack", "email"]) == ["pending"]
+    assert store.undelivered_ids(["email"]) == []
+    assert store.thread("pending") is not None and store.thread("pending").due_at is None

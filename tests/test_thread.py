@@ -272,3 +272,91 @@ def test_a_fold_and_its_copies_and_states_never_see_each_others_events() -> None
     answered.extend([Approval(call_id="d1", approved=False, source=BOB)])
     assert set(later.resolved) == {"q1"}  # a state taken earlier keeps its view
     assert set(answered.state().resolved) == {"q1", "d1"}
+
+
+# -- timers, several deliveries, several approvals, cancel ----------------------
+
+
+def _timed(**timers: object) -> ToolCall:
+    from datetime import UTC, datetime
+
+    from bot.events import Timers
+
+    return ToolCall(
+        call_id="t1",
+        name="deploy",
+        arguments={},
+        requires_approval=True,
+        approvers=("bob",),
+        timers=Timers(**timers),  # type: ignore[arg-type]
+        reach={"email": ("carol",)},
+        ts=datetime.fromtimestamp(1000, UTC),
+    )
+
+
+def test_timers_come_due_in_order_and_each_fires_once() -> None:
+    from bot.events import Escalated, Reminder
+    from bot.step import Fire
+
+    call = _timed(remind_after=10, escalate_after=20, escalate_to=("carol",), deadline=30)
+    events: list[Event] = [hi(), call]
+    state = derive(events)
+    assert state.due is not None and (state.due.kind, state.due.at) == ("remind", 1010)
+    assert state.overdue_at == 1010 and state.pending.deadline_at == 1030
+    assert next_step(state, now=1009.9) == Wait(state.pending)
+    assert next_step(state, now=1010) == Fire(state.due)
+    events.append(Reminder(call_id="t1", to=("bob",)))
+    state = derive(events)
+    assert (state.due.kind, state.due.at) == ("escalate", 1020)
+    assert state.pending.remind_at is None  # the reminder went out
+    events.append(Escalated(call_id="t1", to=("carol",)))
+    state = derive(events)
+    assert (state.due.kind, state.due.at) == ("deadline", 1030)
+    assert state.pending.escalated == ("carol",)
+    events.append(Approval(call_id="t1", approved=True, source=BOB))
+    assert derive(events).due is None and derive(events).overdue_at is None
+
+
+def test_a_due_timer_fires_before_a_delivery_that_may_be_failing() -> None:
+    from bot.step import Fire
+
+    state = derive([hi(), _timed(deadline=5)])
+    assert state.undelivered == ((1, "email"), (1, "slack"))
+    assert next_step(state, outbound=frozenset({"slack", "email"}), now=2000) == Fire(state.due)
+    assert next_step(state, outbound=frozenset({"email"}), now=0) == Deliver(1, "email")
+
+
+def test_a_settlement_is_due_wherever_the_request_and_its_reminder_were_posted() -> None:
+    from bot.events import Reminder
+
+    events: list[Event] = [
+        hi(),
+        _timed(remind_after=1),
+        Delivered(of_seq=1, channel="email"),
+        Reminder(call_id="t1", to=("bob",), reach={"email": ("bob",)}),
+        Delivered(of_seq=3, channel="slack"),
+    ]
+    assert derive(events).undelivered == ((1, "slack"), (3, "email"))
+    events.append(Approval(call_id="t1", approved=False, source=BOB))
+    assert derive(events).undelivered == ((5, "email"), (5, "slack"))
+    # A post recorded after the settlement still gets the outcome.
+    events.append(Delivered(of_seq=3, channel="email"))
+    assert derive(events).undelivered == ((5, "email"), (5, "slack"))
+
+
+def test_several_approvals_and_a_cancel() -> None:
+    from bot.events import Cancelled
+
+    call = deploy().model_copy(update={"approvals_required": 2})
+    events: list[Event] = [hi(), call, Approval(call_id="d1", approved=True, source=BOB)]
+    state = derive(events)
+    assert state.status == "waiting_for_approval" and state.pending.approved_by == (BOB,)
+    events.append(Approval(call_id="d1", approved=True, source=ANN))
+    assert derive(events).status == "running"
+    events = [hi(), question(), deploy(), Cancelled(reason="no", source=ANN)]
+    state = derive(events)
+    assert state.status == "cancelled" and state.open_calls == ()
+    assert {r.kind for r in state.resolved.values()} == {"cancelled"}
+    assert next_step(state) == Stop("cancelled")
+    events.append(UserMessage(text="start again", source=ANN))
+    assert derive(events).status == "running"

@@ -120,6 +120,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--comment", required=True)
     s.add_argument("--call-id")
+    s = sub.add_parser(
+        "respond", help="answer a call waiting for approval instead of deciding: it does not run"
+    )
+    s.add_argument("id")
+    s.add_argument("text")
+    s.add_argument("--call-id")
+    s = sub.add_parser("cancel", help="stop a thread, whatever it waits for")
+    s.add_argument("id")
+    s.add_argument("--reason")
     s = sub.add_parser("result", help="post a deferred call's result (JSON or text)")
     s.add_argument("id")
     s.add_argument("call_id")
@@ -133,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("md", "json"), default="md")
     s = sub.add_parser("threads", help="list threads")
     s.add_argument("--status")
+    s.add_argument("--overdue", action="store_true", help="only those waiting past their reminder")
     s.add_argument("--limit", type=int, default=50)
     sub.add_parser("reindex", help="rebuild the thread list from the events")
     tokens = sub.add_parser("tokens", help="API tokens of people: create, list, revoke")
@@ -177,6 +187,14 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             f"/threads/{args.id}/approvals",
             {"approved": c == "approve", "comment": args.comment, "call_id": args.call_id, **user},
         )
+    if c == "respond":
+        return (
+            "POST",
+            f"/threads/{args.id}/approvals",
+            {"respond": args.text, "call_id": args.call_id, **user},
+        )
+    if c == "cancel":
+        return "POST", f"/threads/{args.id}/cancel", {"reason": args.reason, **user}
     if c == "result":
         return (
             "POST",
@@ -204,6 +222,7 @@ def _remote(remote: Remote, args: argparse.Namespace) -> None:
         return
     if c == "threads":
         query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+        query += "&overdue=true&order=due" if args.overdue else ""
         _print_threads(remote.call("GET", "/threads" + query))
         return
     method, path, body = _request(args)
@@ -245,7 +264,12 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
             print(f"{bot.reindex()} thread(s) corrected")
             return
         if c == "threads":
-            rows = bot.threads(status=args.status, limit=args.limit)
+            rows = bot.threads(
+                status=args.status,
+                limit=args.limit,
+                overdue_by=time.time() if args.overdue else None,
+                due_first=args.overdue,
+            )
             _print_threads([dataclasses.asdict(r) for r in rows])
             return
         since = 0
@@ -265,6 +289,12 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
                     call_id=args.call_id,
                     source=src,
                 )
+            elif c == "respond":
+                receipt = await bot.decide(
+                    thread_id, False, respond=args.text, call_id=args.call_id, source=src
+                )
+            elif c == "cancel":
+                receipt = await bot.cancel(thread_id, args.reason, source=src)
             elif c == "result":
                 receipt = await bot.post_result(
                     thread_id, args.call_id, _output(args.output), is_error=args.error, source=src

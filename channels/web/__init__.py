@@ -72,11 +72,13 @@ def mount(app: FastAPI) -> None:
   <label for="filter">Show</label>
   <select id="filter">
     <option value="">all</option>
+    <option value="overdue">overdue</option>
     <option value="waiting_for_approval">waiting for approval</option>
     <option value="waiting_for_human">waiting for an answer</option>
     <option value="waiting_for_result">waiting for a result</option>
     <option value="running">running</option>
     <option value="failed">failed</option>
+    <option value="cancelled">cancelled</option>
     <option value="done">done</option>
   </select>
 </div>

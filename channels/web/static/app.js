@@ -1,15 +1,17 @@
 // threadbot's web page: reads and writes through the HTTP API, nothing else.
 "use strict";
 
-const ORDER = ["waiting_for_approval", "waiting_for_human", "waiting_for_result", "running", "failed", "done"];
+const ORDER = ["waiting_for_approval", "waiting_for_human", "waiting_for_result", "running", "failed", "cancelled", "done"];
 const LABEL = {
   waiting_for_approval: "Waiting for approval",
   waiting_for_human: "Waiting for an answer",
   waiting_for_result: "Waiting for a result",
   running: "Running",
   failed: "Failed",
+  cancelled: "Cancelled",
   done: "Done",
 };
+const ENDED = ["done", "failed", "cancelled"];
 const HUMAN_INPUT = "request_human_input";
 
 function el(tag, attrs = {}, ...children) {
@@ -34,6 +36,32 @@ function status(text) {
 function when(iso) {
   const d = new Date(iso);
   return isNaN(d) ? iso : d.toLocaleString();
+}
+
+// "in 1 h 4 min", "5 min ago": how far a time is from now, for a countdown.
+function span(seconds) {
+  const s = Math.abs(seconds);
+  if (s < 60) return `${Math.floor(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function countdown(iso, before, after) {
+  const left = (new Date(iso).getTime() - Date.now()) / 1000;
+  return left > 0 ? `${before} in ${span(left)}` : `${after} ${span(left)} ago`;
+}
+
+// Countdowns on the page tick every second: <time data-due=ISO data-before=… data-after=…>.
+function tickCountdowns() {
+  document.querySelectorAll("time[data-due]").forEach((t) => {
+    t.textContent = countdown(t.dataset.due, t.dataset.before, t.dataset.after);
+  });
+}
+
+function dueTime(iso, before, after, cls) {
+  return el("time", { class: cls, datetime: iso, title: when(iso), "data-due": iso, "data-before": before, "data-after": after },
+    countdown(iso, before, after));
 }
 
 function ago(iso) {
@@ -186,7 +214,10 @@ async function api(path, options = {}) {
 
 async function loadInbox() {
   const filter = document.getElementById("filter").value;
-  const query = filter ? `?status=${encodeURIComponent(filter)}&limit=500` : "?limit=500";
+  // What is due first: threads with a reminder or deadline ahead, soonest first.
+  const query = filter === "overdue"
+    ? "?overdue=true&order=due&limit=500"
+    : filter ? `?status=${encodeURIComponent(filter)}&order=due&limit=500` : "?order=due&limit=500";
   const res = await api(`/threads${query}`);
   const box = document.getElementById("inbox");
   if (!res.ok) {
@@ -209,6 +240,8 @@ async function loadInbox() {
             { "data-thread": t.id },
             el("a", { class: "title", href: `/ui/threads/${encodeURIComponent(t.id)}` }, t.title || t.id),
             t.waiting ? el("span", { class: "waits" }, `Waits for ${t.waiting}`) : null,
+            t.overdue_at && new Date(t.overdue_at) <= Date.now() ? el("span", { class: "late" }, "Overdue") : null,
+            t.due_at ? dueTime(t.due_at, "next reminder or deadline", "due", "due") : null,
             el(
               "span",
               { class: "row-meta" },
@@ -246,6 +279,7 @@ function describe(e) {
     case "assistant_message":
       return ["threadbot answered", el("div", { class: "ev-body" }, e.text)];
     case "tool_call":
+      if (e.ruled === false) return [`threadbot calls ${e.name} (no approval needed: its rule on the arguments)`, el("pre", {}, pretty(e.arguments))];
       if (e.name === HUMAN_INPUT) {
         const opts = e.arguments.options;
         return [
@@ -271,6 +305,7 @@ function describe(e) {
     case "human_response":
       return [`${who_of(e.source)} answered`, el("div", { class: "ev-body" }, e.text)];
     case "approval":
+      if (e.responded) return [`${who_of(e.source)} replied instead of deciding`, el("div", { class: "ev-body" }, e.comment || "")];
       return [
         `${e.approved ? "approved" : "rejected"} by ${who_of(e.source)}`,
         e.comment ? el("div", { class: "ev-body" }, e.comment) : null,
@@ -278,6 +313,12 @@ function describe(e) {
       ];
     case "delivered":
       return [`delivered #${e.of_seq} to ${e.channel}`];
+    case "reminder":
+      return [`reminded ${(e.to || []).join(", ") || "nobody"} about ${e.call_id}`];
+    case "escalated":
+      return [`escalated ${e.call_id} to ${(e.to || []).join(", ")}: they may decide too`];
+    case "cancelled":
+      return [`cancelled by ${who_of(e.source)}`, e.reason ? el("div", { class: "ev-body" }, e.reason) : null];
     case "error":
       return [`${e.fatal ? "stopped" : "error"} (${e.kind})`, el("div", { class: "ev-body" }, e.message)];
     default:
@@ -333,16 +374,32 @@ async function send(card, path, payload) {
   return true;
 }
 
-function renderPending(threadId, pending) {
+// The cards of what the thread waits for: one per open call (several when
+// the agent asked for several things at once), each answered on its own.
+function renderPending(threadId, calls, ended) {
   const box = document.getElementById("pending");
-  const key = pending ? pending.call_id : null;
+  const key = JSON.stringify([ended, calls.map((p) => [p.call_id, p.allowed, (p.approved_by || []).length, p.approvers])]);
   if (key === shownPending) return; // keep what the person is typing
   shownPending = key;
-  if (!pending) {
-    box.replaceChildren();
-    return;
+  const cards = calls.map((p) => pendingCard(threadId, p));
+  if (!ended) cards.push(cancelCard(threadId));
+  box.replaceChildren(...cards);
+}
+
+function timing(pending) {
+  const parts = [];
+  if (pending.deadline) parts.push(dueTime(pending.deadline, pending.kind === "approval" ? "Decide" : "Answer", "Deadline passed", "deadline"));
+  if (pending.remind_at) parts.push(dueTime(pending.remind_at, "reminder", "reminded", "muted"));
+  if (pending.approvals_required) {
+    const so_far = (pending.approved_by || []).join(", ");
+    parts.push(el("span", {}, `Needs ${pending.approvals_required} approvals from different people${so_far ? ` (so far: ${so_far})` : ""}.`));
   }
+  return parts.length ? el("p", { class: "timing" }, ...parts) : null;
+}
+
+function pendingCard(threadId, pending) {
   const base = `/threads/${encodeURIComponent(threadId)}`;
+  const id = pending.call_id.replace(/[^A-Za-z0-9_-]/g, "_");
   let card;
   if (!pending.allowed) {
     // Offer only what this person may do; say who may.
@@ -350,16 +407,18 @@ function renderPending(threadId, pending) {
     const what = pending.kind === "question" ? "The agent asks" : pending.kind === "approval" ? `Approve ${pending.tool}?` : `Waiting for the result of ${pending.tool}`;
     card = el("div", { class: "card" }, el("h2", {}, what),
       pending.kind === "question" ? el("p", { class: "ev-body" }, pending.question || "") : el("pre", {}, pretty(pending.arguments)),
+      timing(pending),
       el("p", { class: "not-yours" }, deciders
         ? `Only ${deciders} may decide this; you may not.`
         : "You may not settle this: it waits for the people in this thread or an approver."));
   } else if (pending.kind === "question") {
-    const area = el("textarea", { id: "answer", name: "answer", required: true });
+    const area = el("textarea", { id: `answer-${id}`, name: "answer", required: true });
     card = el(
       "form",
       { class: "card", onsubmit: (ev) => { ev.preventDefault(); if (area.value.trim()) send(card, `${base}/responses`, { text: area.value.trim(), call_id: pending.call_id }); } },
       el("h2", {}, "The agent asks"),
       el("p", { class: "ev-body" }, pending.question || ""),
+      timing(pending),
       (pending.options || []).length
         ? el(
             "div",
@@ -369,35 +428,59 @@ function renderPending(threadId, pending) {
             ),
           )
         : null,
-      el("label", { for: "answer" }, "Your answer"),
+      el("label", { for: `answer-${id}` }, "Your answer"),
       area,
       el("div", { class: "buttons" }, el("button", { type: "submit", class: "primary" }, "Send answer")),
     );
   } else if (pending.kind === "approval") {
-    const reason = el("textarea", { id: "reason", name: "reason" });
-    const reasonBlock = el("div", { hidden: true }, el("label", { for: "reason" }, "Why reject? The agent reads this."), reason,
+    const reason = el("textarea", { id: `reason-${id}`, name: "reason" });
+    const reasonBlock = el("div", { hidden: true }, el("label", { for: `reason-${id}` }, "Why reject? The agent reads this."), reason,
       el("div", { class: "buttons" }, el("button", { type: "button", class: "danger", onclick: () => {
         if (!reason.value.trim()) { errorBox(card, "Say why, so the agent can do better."); reason.focus(); return; }
         send(card, `${base}/approvals`, { approved: false, comment: reason.value.trim(), call_id: pending.call_id });
       } }, "Reject with this reason")));
+    const reply = el("textarea", { id: `reply-${id}`, name: "reply" });
+    const replyBlock = el("div", { hidden: true }, el("label", { for: `reply-${id}` }, "Your reply: the call does not run, and the agent reads this instead."), reply,
+      el("div", { class: "buttons" }, el("button", { type: "button", class: "primary", onclick: () => {
+        if (!reply.value.trim()) { errorBox(card, "Write what the agent should read."); reply.focus(); return; }
+        send(card, `${base}/approvals`, { respond: reply.value.trim(), call_id: pending.call_id });
+      } }, "Send reply")));
     card = el(
       "div",
       { class: "card" },
       el("h2", {}, `Approve ${pending.tool}?`),
       el("pre", {}, pretty(pending.arguments)),
+      timing(pending),
       el(
         "div",
         { class: "buttons" },
         el("button", { type: "button", class: "primary", onclick: () => send(card, `${base}/approvals`, { approved: true, call_id: pending.call_id }) }, "Approve"),
-        el("button", { type: "button", onclick: () => { reasonBlock.hidden = false; reason.focus(); } }, "Reject…"),
+        el("button", { type: "button", onclick: () => { reasonBlock.hidden = false; replyBlock.hidden = true; reason.focus(); } }, "Reject…"),
+        el("button", { type: "button", onclick: () => { replyBlock.hidden = false; reasonBlock.hidden = true; reply.focus(); } }, "Reply instead…"),
       ),
       reasonBlock,
+      replyBlock,
     );
   } else {
     card = el("div", { class: "card" }, el("h2", {}, `Waiting for the result of ${pending.tool}`),
       el("p", { class: "muted" }, `Post it with POST ${base}/results and call_id ${pending.call_id}.`));
   }
-  box.replaceChildren(card);
+  return card;
+}
+
+function cancelCard(threadId) {
+  const reason = el("input", { id: "cancel-reason", name: "reason", type: "text" });
+  const card = el(
+    "details",
+    { class: "cancel" },
+    el("summary", {}, "Cancel this thread…"),
+    el("p", { class: "muted" }, "It stops whatever it waits for; what is open is settled as cancelled."),
+    el("label", { for: "cancel-reason" }, "Why (optional)"),
+    reason,
+    el("div", { class: "buttons" }, el("button", { type: "button", class: "danger", onclick: () =>
+      send(card, `/threads/${encodeURIComponent(threadId)}/cancel`, { reason: reason.value.trim() || null }) }, "Cancel thread")),
+  );
+  return card;
 }
 
 async function fork(threadId, seq) {
@@ -420,7 +503,7 @@ async function loadThread() {
   badge.className = `badge ${t.status}`;
   badge.textContent = LABEL[t.status] || t.status;
   renderTimeline(threadId, t.events);
-  renderPending(threadId, t.pending);
+  renderPending(threadId, t.pending_calls || (t.pending ? [t.pending] : []), ENDED.includes(t.status));
   status(`Updated ${new Date().toLocaleTimeString()}`);
 }
 
@@ -441,6 +524,7 @@ function every(ms, fn) {
 async function start() {
   await loadMe();
   if (!me && offersSignIn()) return; // the sign-in form is showing
+  setInterval(tickCountdowns, 1000);
   if (document.body.dataset.page === "inbox") startInbox();
   else if (document.body.dataset.page === "thread") every(1500, loadThread);
 }
