@@ -106,6 +106,7 @@ def test_cancel_over_http(
     thread_id = launch(served, fake_openai, ("deploy", {"service": "api", "version": "1"}))
     wait_as_admin(served.url, thread_id, "waiting_for_approval")
     url = f"{served.url}/threads/{thread_id}/cancel"
+
     def written() -> int:  # the reminder, due at 1 s, does not count
         return sum(1 for e in events_of(served, thread_id) if e["type"] != "reminder")
 
