@@ -37,6 +37,7 @@ from .notices import (
     Said,
 )
 from .people import ADMINS, Deciders, People, Person
+from .render import iso_utc
 from .step import next_step
 from .thread import ThreadState, derive
 from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
@@ -85,6 +86,7 @@ __all__ = [
     "Toolbox",
     "UsageError",
     "derive",
+    "iso_utc",
     "load_tools",
     "next_step",
     "seconds",

@@ -29,14 +29,14 @@ from .thread import HUMAN_INPUT, Pending, ThreadState
 __all__ = [
     "event_json",
     "event_line",
-    "iso",
+    "iso_utc",
     "pending_json",
     "thread_json",
     "thread_markdown",
 ]
 
 
-def iso(at: float | None) -> str | None:
+def iso_utc(at: float | None) -> str | None:
     """Unix time as ISO 8601 in UTC, as the API shows times."""
     if at is None:
         return None
@@ -59,9 +59,9 @@ def pending_json(p: Pending | None) -> dict[str, Any] | None:
         out["approvals_required"] = p.approvals_required
         out["approved_by"] = [s.who() for s in p.approved_by]
     if p.deadline_at is not None:
-        out["deadline"] = iso(p.deadline_at)
+        out["deadline"] = iso_utc(p.deadline_at)
     if p.remind_at is not None:
-        out["remind_at"] = iso(p.remind_at)
+        out["remind_at"] = iso_utc(p.remind_at)
     return out
 
 
@@ -163,7 +163,7 @@ def thread_markdown(thread_id: str, state: ThreadState, events: Sequence[Event])
         else:
             lines.append(f"**Waiting for the result** of `{p.name}` (`{p.call_id}`)")
         if p.deadline_at is not None:
-            lines.append(f"  \nDeadline: {iso(p.deadline_at)}")
+            lines.append(f"  \nDeadline: {iso_utc(p.deadline_at)}")
     return "\n".join(lines).rstrip() + "\n"
 
 

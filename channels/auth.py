@@ -100,11 +100,12 @@ def identity_of(scope: Scope) -> Identity:
 
 
 def required_scope(method: str, path: str) -> ScopeName:
-    """What a route needs. Forking copies a thread's decisions with it (an
-    approved call would run again), so it is an admin's."""
+    """What a route needs. Cancelling settles what waits for approval, so it
+    takes as much as approving. Forking copies a thread's decisions with it
+    (an approved call would run again), so it is an admin's."""
     if method in ("GET", "HEAD", "OPTIONS"):
         return "read"
-    if path.endswith("/approvals"):
+    if path.endswith(("/approvals", "/cancel")):
         return "approve"
     if path.endswith("/fork"):
         return "admin"

@@ -12,13 +12,14 @@ nothing and returns the original result.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -31,6 +32,7 @@ from bot import (
     ThreadBot,
     ThreadNotFound,
     UsageError,
+    iso_utc,
 )
 
 from .auth import Authenticate, identity_of
@@ -52,7 +54,13 @@ Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
 Name = Annotated[str, Field(max_length=NAME_MAX)]
 
 StatusName = Literal[
-    "running", "waiting_for_human", "waiting_for_approval", "waiting_for_result", "done", "failed"
+    "running",
+    "waiting_for_human",
+    "waiting_for_approval",
+    "waiting_for_result",
+    "done",
+    "failed",
+    "cancelled",
 ]
 
 
@@ -75,6 +83,12 @@ class Summary(BaseModel):
     origin: str = Field(description="The channel the thread started in: http, slack, email, cli.")
     waiting: str = Field(description="What it waits for, in a few words; empty if nothing.")
     parent_id: str | None = None
+    due_at: str | None = Field(
+        None, description="When its next reminder, escalation or deadline is due (ISO 8601, UTC)."
+    )
+    overdue_at: str | None = Field(
+        None, description="When what it waits for is late: its first reminder or deadline."
+    )
 
 
 class Pending(BaseModel):
@@ -85,18 +99,29 @@ class Pending(BaseModel):
     options: list[str] | None = None
     tool: str | None = None
     arguments: dict[str, Any] | None = None
-    approvers: list[str] | None = None
+    approvers: list[str] | None = Field(
+        None, description="Who may decide, as they stand after any escalation."
+    )
     allowed: bool = Field(description="Whether the caller may settle it.")
     deciders: list[str] | None = Field(
         None, description="An approval's deciders by name; empty when the starter or admins decide."
     )
+    deadline: str | None = Field(None, description="When it is settled if nobody has (ISO 8601).")
+    remind_at: str | None = Field(None, description="When the reminder goes out, if it has not.")
+    approvals_required: int | None = Field(
+        None, description="How many different people must approve, when more than one."
+    )
+    approved_by: list[str] | None = Field(None, description="Who approved so far.")
 
 
 class ThreadOut(BaseModel):
     id: str
     status: StatusName
     title: str
-    pending: Pending | None
+    pending: Pending | None = Field(description="The earliest open call.")
+    pending_calls: list[Pending] = Field(
+        description="Every open call waiting for a person or a result, each settled on its own."
+    )
     events: list[dict[str, Any]]
 
 
@@ -108,13 +133,34 @@ class RespondIn(BaseModel):
 
 
 class ApprovalIn(BaseModel):
-    approved: bool = Field(strict=True)
+    approved: bool | None = Field(
+        None, strict=True, description="Approve or reject; leave out with `respond`."
+    )
     comment: str | None = Field(
         None, max_length=COMMENT_MAX, description="The reason; the model reads it."
+    )
+    respond: str | None = Field(
+        None,
+        min_length=1,
+        max_length=TEXT_MAX,
+        description="Answer instead of deciding: the call does not run; the model reads this.",
     )
     call_id: Name | None = None
     arguments: dict[str, Any] | None = Field(
         None, description="Run the call with these arguments instead of the model's."
+    )
+    user: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ApprovalIn:
+        if (self.approved is None) == (self.respond is None):
+            raise ValueError('give either "approved" (true or false) or "respond" (a text)')
+        return self
+
+
+class CancelIn(BaseModel):
+    reason: str | None = Field(
+        None, max_length=COMMENT_MAX, description="Why; the thread keeps it."
     )
     user: Name | None = None
 
@@ -251,11 +297,20 @@ def create_app(bot: ThreadBot) -> FastAPI:
         request: Request,
         status: StatusName | None = None,
         limit: Annotated[int, Field(ge=1, le=1000)] = 100,
+        overdue: bool = False,
+        order: Literal["recent", "due"] = "recent",
     ) -> list[Summary]:
-        """Threads by most recent activity, optionally of one status: all of
-        them for an admin, else those the caller takes part in or may settle."""
+        """Threads by most recent activity (`order=due`: those with a timer
+        first, soonest due), optionally of one status; `overdue=true`: only
+        those waiting past their first reminder or deadline. All of them for
+        an admin, else those the caller takes part in or may settle."""
         identity = identity_of(request.scope)
-        rows = bot.threads(status=status, limit=limit if identity.admin else 1000)
+        rows = bot.threads(
+            status=status,
+            limit=limit if identity.admin else 1000,
+            overdue_by=time.time() if overdue else None,
+            due_first=order == "due",
+        )
         if not identity.admin:
             me = identity.source(bot.people, None)
             rows = [r for r in rows if bot.may_see(r.id, me)][:limit]
@@ -269,6 +324,8 @@ def create_app(bot: ThreadBot) -> FastAPI:
                 origin=str(json.loads(r.origin or "{}").get("channel", "")),
                 waiting=r.waiting,
                 parent_id=r.parent_id,
+                due_at=iso_utc(r.due_at),
+                overdue_at=iso_utc(r.overdue_at),
             )
             for r in rows
         ]
@@ -318,15 +375,33 @@ def create_app(bot: ThreadBot) -> FastAPI:
     async def approve(
         request: Request, thread_id: str, body: ApprovalIn, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
-        """Approve or reject the call waiting for approval."""
+        """Approve or reject the call waiting for approval, or `respond`
+        instead: the call does not run, and the model reads the text."""
         receipt = await bot.decide(
             thread_id,
-            body.approved,
+            bool(body.approved),
             comment=body.comment,
             call_id=body.call_id,
             arguments=body.arguments,
+            respond=body.respond,
             source=who(request, body.user),
             key=_key(f"{thread_id}:approvals", idempotency_key),
+        )
+        return accepted(receipt)
+
+    @app.post("/threads/{thread_id}/cancel", status_code=202, response_model=Accepted)
+    async def cancel(
+        request: Request, thread_id: str, body: CancelIn, idempotency_key: IdempotencyKey = None
+    ) -> Accepted:
+        """Stop the thread, whatever it waits for (status `cancelled`): its
+        open questions and approvals are settled as cancelled; a tool that
+        already started keeps an unknown outcome. For whoever may write in
+        the thread or settle what it waits for."""
+        receipt = await bot.cancel(
+            thread_id,
+            body.reason,
+            source=who(request, body.user),
+            key=_key(f"{thread_id}:cancel", idempotency_key),
         )
         return accepted(receipt)
 

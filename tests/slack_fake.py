@@ -106,6 +106,29 @@ class FakeSlack:
                 for p in posted
             ]
             return 200, {"ok": True, "messages": messages, "has_more": False}, {}
+        if method == "conversations.open":
+            # One direct message per user, named after them.
+            users = str(args.get("users", ""))
+            if not users or "," in users:
+                return 200, {"ok": False, "error": "not_implemented"}, {}
+            return 200, {"ok": True, "channel": {"id": "D" + users}}, {}
+        if method == "conversations.history":
+            with self.lock:
+                posted = [
+                    c.args
+                    for c in self.calls
+                    if c.method == "chat.postMessage"
+                    and c.args.get("channel") == args.get("channel")
+                    and not c.args.get("thread_ts")
+                ]
+            messages = [
+                {"ts": p["_ts"], "text": p.get("text"), "metadata": p.get("metadata")}
+                for p in reversed(posted)  # newest first, as Slack lists them
+            ]
+            return 200, {"ok": True, "messages": messages, "has_more": False}, {}
+        if method == "views.open":
+            view = args.get("view") or {}
+            return 200, {"ok": True, "view": {**view, "id": f"V{ts.split('.')[0]}"}}, {}
         if method in ("users.info", "users.lookupByEmail"):
             return self._directory(method, args)
         if method == "apps.connections.open":
@@ -351,6 +374,10 @@ class SlackSender:
         )
 
     def submit_reject(self, user: str, view: dict[str, Any], reason: str) -> httpx.Response:
+        return self.submit_form(user, view, reason)
+
+    def submit_form(self, user: str, view: dict[str, Any], text: str) -> httpx.Response:
+        """Submit a form the bot opened (its one text input) as `user`."""
         return self.interaction(
             {
                 "type": "view_submission",
@@ -363,9 +390,7 @@ class SlackSender:
                     "callback_id": view["callback_id"],
                     "private_metadata": view["private_metadata"],
                     "state": {
-                        "values": {
-                            "reason": {"text": {"type": "plain_text_input", "value": reason}}
-                        }
+                        "values": {"reason": {"text": {"type": "plain_text_input", "value": text}}}
                     },
                 },
             }

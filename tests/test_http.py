@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -256,6 +257,143 @@ def test_openapi_schema(client: httpx.Client) -> None:
     markdown = paths["/threads/{thread_id}/markdown"]["get"]["responses"]
     assert list(markdown["200"]["content"]) == ["text/markdown"]
     assert list(markdown["404"]["content"]) == ["application/json"]
+
+
+WRITES = {
+    "/threads/{thread_id}/responses": ("respond", "RespondIn"),
+    "/threads/{thread_id}/approvals": ("approve", "ApprovalIn"),
+    "/threads/{thread_id}/results": ("post_result", "ResultIn"),
+    "/threads/{thread_id}/messages": ("send", "MessageIn"),
+}
+"""The writes served by plain Starlette routes (channels/http.py `_post_write`)."""
+
+
+def test_openapi_describes_the_plain_write_routes(tmp_path: Path) -> None:
+    """As FastAPI described them when it served them: path and header
+    parameters, the body's model, 202 with `Accepted`, the errors."""
+    from bot import ScriptedModel, ThreadBot
+    from channels.http import create_app
+    from store import EventStore
+
+    store = EventStore(tmp_path / "schema.db")
+    try:
+        schema = create_app(ThreadBot(store, ScriptedModel())).openapi()
+    finally:
+        store.close()
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+    for path, (name, body) in WRITES.items():
+        operation = schema["paths"][path]["post"]
+        assert operation["operationId"] == f"{name}_threads__thread_id__{path.rsplit('/')[-1]}_post"
+        assert operation["parameters"] == [
+            {
+                "name": "thread_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "title": "Thread Id"},
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {
+                    "anyOf": [{"type": "string", "maxLength": 255}, {"type": "null"}],
+                    "title": "Idempotency-Key",
+                },
+            },
+        ]
+        assert operation["requestBody"] == {"required": True, "content": ref(body)}
+        responses = operation["responses"]
+        assert responses["202"]["content"] == ref("Accepted")
+        assert sorted(responses) == ["202", "400", "401", "403", "404", "409", "413", "415", "422"]
+        for code in ("400", "401", "403", "404", "409", "413", "415", "422"):
+            assert responses[code]["content"] == ref("ErrorOut"), (path, code)
+        assert body in schema["components"]["schemas"]
+
+
+LONG_KEY = "k" * 256
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "key", "status", "error"),
+    [
+        (b"", None, 422, "invalid request: body: Field required"),
+        (
+            b"[]",
+            None,
+            422,
+            "invalid request: body: Input should be a valid dictionary or object to extract "
+            "fields from",
+        ),
+        (b"{", None, 422, "invalid request: the body is not valid JSON"),
+        (b"{", LONG_KEY, 422, "invalid request: the body is not valid JSON"),
+        (
+            b'{"approved": "yes"}',
+            None,
+            422,
+            "invalid request: approved: Input should be a valid boolean",
+        ),
+        (
+            b"{}",
+            LONG_KEY,
+            422,
+            "invalid request: header.Idempotency-Key: String should have at most 255 "
+            "characters; approved: Field required",
+        ),
+        (b"[" * 2000 + b"]" * 2000, None, 400, "There was an error parsing the body"),
+        (b"\xff{}", None, 400, "There was an error parsing the body"),
+        (b'{"approved": true}', None, 404, "no thread 'nope'"),
+        (b'{"approved": true}', "", 404, "no thread 'nope'"),
+    ],
+)
+async def test_a_plain_write_route_refuses_as_fastapi_did(
+    db_path: Path, body: bytes, key: str | None, status: int, error: str
+) -> None:
+    """The messages FastAPI gave for these bodies and headers when it served
+    the route, in the API's `{"error"}` shape."""
+    from bot import ScriptedModel, ThreadBot
+    from channels.http import create_app, protect
+    from store import EventStore
+
+    store = EventStore(db_path)
+    bot = ThreadBot(store, ScriptedModel())
+    app = protect(create_app(bot), bot, hosts=["127.0.0.1"], local_operator=True)
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/threads/nope/approvals",
+        "raw_path": b"/threads/nope/approvals",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        await bot.close()
+        store.close()
+    assert sent[0]["status"] == status
+    assert json.loads(sent[1]["body"]) == {"error": error}
 
 
 def test_bearer_token(db_path: Path, fake_openai: FakeOpenAI, ledger: Path) -> None:

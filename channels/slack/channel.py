@@ -5,9 +5,11 @@ Inbound, a DM or an @mention launches a thread bound to its Slack thread
 question or continues the conversation; buttons answer options and decide
 approvals. Every inbound message is keyed by its channel and ts, so Slack's
 retries and the `app_mention` + `message` pair for one post land once.
-Outbound, the core's notices (questions, approval requests, answers, and
-the outcome of a posted question or approval) are posted in, or updated in,
-the bound Slack thread, and recorded as `delivered` by the runner.
+Outbound, the core's notices (questions, approval requests, reminders and
+escalations, answers, cancellations, and the outcome of a posted question or
+approval) are posted in, or updated in, the bound Slack thread; for threads
+that started elsewhere, the people Slack reaches get them by direct message
+(outbound.py). The runner records each as `delivered`.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from bot import (
     AwaitingDecision,
     Delivery,
     Notice,
+    Person,
     Question,
     Refused,
     Source,
     ThreadBot,
+    UsageError,
 )
 
 from . import format as fmt
@@ -90,8 +94,11 @@ class SlackChannel:
         self.app.event("message")(self._on_message)
         self.app.action(re.compile(r"^tb_option_\d+$"))(self._on_option)
         self.app.action("tb_approve")(self._on_approve)
-        self.app.action("tb_reject")(self._on_reject)
-        self.app.view("tb_reject_modal")(self._on_reject_submit)
+        self.app.action("tb_reject")(self._on_form)
+        self.app.action("tb_respond")(self._on_form)
+        self.app.action("tb_cancel")(self._on_cancel)
+        self.app.view("tb_reject_modal")(self._on_form_submit)
+        self.app.view("tb_respond_modal")(self._on_form_submit)
 
     def mount(self, api: FastAPI, path: str = "/slack/events") -> None:
         """Serve Slack's events and interactivity on the API's server (HTTP
@@ -198,8 +205,7 @@ class SlackChannel:
             notice = str(e)
             if isinstance(e, AwaitingDecision):
                 notice = (
-                    f"I'm waiting for a decision on `{fmt.escape(e.tool)}`: "
-                    "use Approve or Reject above."
+                    f"I'm waiting for a decision on `{fmt.escape(e.tool)}`: use the buttons above."
                 )
             if self._first_time(key):
                 self._later(
@@ -208,7 +214,7 @@ class SlackChannel:
             return
         self._later(self._react(refs["channel"], refs["ts"]))
 
-    # -- inbound: buttons and the reject modal ---------------------------------
+    # -- inbound: buttons, and the forms for a reason or a reply instead ---------
 
     async def _clicked(
         self, body: dict[str, Any], action: dict[str, Any]
@@ -262,8 +268,15 @@ class SlackChannel:
         else:
             await ack()
 
-    async def _on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()  # nothing is stored yet: the reason comes with the modal
+    async def _on_cancel(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Cancel the thread (Slack asked the clicker to confirm first)."""
+        v, source = await self._clicked(body, action)
+        await self._settle_click(ack, v, source, self.bot.cancel(v["t"], source=source))
+
+    async def _on_form(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Reject, or Reply instead: a form asks for the text. Someone who
+        may not decide is told so, and gets no form."""
+        await ack()  # nothing is stored yet: the text comes with the form
         v, source = await self._clicked(body, action)
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
@@ -276,22 +289,28 @@ class SlackChannel:
             return
         request = self.bot.request(v["t"], v["c"], self.name)
         tool = request.tool if isinstance(request, ApprovalRequest) else "this"
-        modal = fmt.reject_modal(v["t"], v["c"], v["ch"], v["ts"], tool)
+        form = fmt.respond_modal if action["action_id"] == "tb_respond" else fmt.reject_modal
         # The trigger is good for three seconds after the click.
-        self._later(self._open_view(body["trigger_id"], modal))
+        self._later(
+            self._open_view(body["trigger_id"], form(v["t"], v["c"], v["ch"], v["ts"], tool))
+        )
 
-    async def _on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def _on_form_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """The reason for a rejection, or the reply instead of a decision:
+        whoever submits it must be allowed to decide, as for a click."""
         meta = json.loads(view["private_metadata"])
-        reason = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
+        text = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
         source = await self.directory.source(
             body["user"]["id"],
             refs={"channel": meta["ch"], "ts": meta["ts"], "view": view.get("id", "")},
         )
+        t, c = meta["t"], meta["c"]
         try:
-            await self.bot.decide(
-                meta["t"], False, comment=reason, call_id=meta["c"], source=source
-            )
-        except Refused as e:
+            if view.get("callback_id") == "tb_respond_modal":
+                await self.bot.decide(t, False, respond=text, call_id=c, source=source)
+            else:
+                await self.bot.decide(t, False, comment=text, call_id=c, source=source)
+        except (Refused, UsageError) as e:
             await ack(response_action="errors", errors={"reason": str(e)[:150]})
             return
         await ack()
@@ -314,6 +333,9 @@ class SlackChannel:
             log.warning("could not open the reason form: %s", e.response.get("error"))
 
     # -- outbound: see outbound.py -------------------------------------------
+
+    def reaches(self, person: Person) -> bool:
+        return self.poster.reaches(person)
 
     async def deliver(self, notice: Notice) -> Delivery:
         return await self.poster.deliver(notice)

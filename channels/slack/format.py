@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from markdown_to_mrkdwn import SlackMarkdownConverter
@@ -15,9 +16,13 @@ from markdown_to_mrkdwn import SlackMarkdownConverter
 __all__ = [
     "SECTION_LIMIT",
     "approval_blocks",
+    "context",
+    "date",
     "decided_blocks",
     "escape",
     "question_blocks",
+    "reject_modal",
+    "respond_modal",
     "split_mrkdwn",
     "to_mrkdwn",
 ]
@@ -90,9 +95,54 @@ def action_value(thread_id: str, call_id: str, **extra: Any) -> str:
     return json.dumps({"t": thread_id, "c": call_id, **extra}, separators=(",", ":"))
 
 
-def question_blocks(thread_id: str, call_id: str, question: str, options: list[str]) -> list[Block]:
+def date(at: float) -> str:
+    """A time as Slack shows it in each reader's own time zone (the
+    fallback, for clients that cannot, in UTC)."""
+    fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    return f"<!date^{int(at)}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def context(*lines: str) -> Block:
+    """Small grey lines under a post."""
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in lines if t]}
+
+
+def _cancel_button(value: str) -> Block:
+    return {
+        "type": "button",
+        "action_id": "tb_cancel",
+        "style": "danger",
+        "text": {"type": "plain_text", "text": "Cancel thread"},
+        "value": value,
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Cancel the thread?"},
+            "text": {
+                "type": "plain_text",
+                "text": "The agent stops here: nothing it waits for is done.",
+            },
+            "confirm": {"type": "plain_text", "text": "Cancel thread"},
+            "deny": {"type": "plain_text", "text": "Keep it"},
+            "style": "danger",
+        },
+    }
+
+
+def question_blocks(
+    thread_id: str,
+    call_id: str,
+    question: str,
+    options: list[str],
+    *,
+    before: list[str] | None = None,
+    notes: list[str] | None = None,
+) -> list[Block]:
+    """A question, its options as buttons, and a way to cancel the thread.
+    `before`: lines that say why it is here (a reminder, where it started);
+    `notes`: lines under it (its deadline)."""
     text = split_mrkdwn(to_mrkdwn(question) or "?")[0]
-    blocks: list[Block] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    blocks: list[Block] = [context(*before)] if before else []
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    value = action_value(thread_id, call_id)
     if options:
         buttons = [
             {
@@ -107,7 +157,8 @@ def question_blocks(thread_id: str, call_id: str, question: str, options: list[s
         hint = "Pick one, or reply in this thread."
     else:
         hint = "Reply in this thread to answer."
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": hint}]})
+    blocks.append({"type": "actions", "block_id": "tb_thread", "elements": [_cancel_button(value)]})
+    blocks.append(context(hint, *(notes or ())))
     return blocks
 
 
@@ -123,10 +174,20 @@ def approval_text(tool: str, arguments: dict[str, Any]) -> str:
 
 
 def approval_blocks(
-    thread_id: str, call_id: str, tool: str, arguments: dict[str, Any], who_may: str
+    thread_id: str,
+    call_id: str,
+    tool: str,
+    arguments: dict[str, Any],
+    who_may: str,
+    *,
+    before: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[Block]:
+    """An approval request: Approve, Reject, Reply instead, Cancel thread.
+    `before` and `notes` as for `question_blocks`."""
     value = action_value(thread_id, call_id)
-    return [
+    blocks: list[Block] = [context(*before)] if before else []
+    blocks += [
         {"type": "section", "text": {"type": "mrkdwn", "text": approval_text(tool, arguments)}},
         {
             "type": "actions",
@@ -146,10 +207,18 @@ def approval_blocks(
                     "text": {"type": "plain_text", "text": "Reject"},
                     "value": value,
                 },
+                {
+                    "type": "button",
+                    "action_id": "tb_respond",
+                    "text": {"type": "plain_text", "text": "Reply instead"},
+                    "value": value,
+                },
+                _cancel_button(value),
             ],
         },
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": who_may}]},
+        context(who_may, *(notes or ())),
     ]
+    return blocks
 
 
 def decided_blocks(blocks: list[Block], outcome: str) -> list[Block]:
@@ -158,25 +227,46 @@ def decided_blocks(blocks: list[Block], outcome: str) -> list[Block]:
     return [*kept, {"type": "context", "elements": [{"type": "mrkdwn", "text": outcome}]}]
 
 
-def reject_modal(thread_id: str, call_id: str, channel: str, ts: str, tool: str) -> dict[str, Any]:
+def _text_modal(
+    callback_id: str, meta: dict[str, str], title: str, label: str, placeholder: str
+) -> dict[str, Any]:
     return {
         "type": "modal",
-        "callback_id": "tb_reject_modal",
-        "private_metadata": json.dumps({"t": thread_id, "c": call_id, "ch": channel, "ts": ts}),
-        "title": {"type": "plain_text", "text": "Reject"},
-        "submit": {"type": "plain_text", "text": "Reject"},
+        "callback_id": callback_id,
+        "private_metadata": json.dumps(meta),
+        "title": {"type": "plain_text", "text": title},
+        "submit": {"type": "plain_text", "text": title},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             {
                 "type": "input",
                 "block_id": "reason",
-                "label": {"type": "plain_text", "text": _label(f"Why reject {tool}?")},
+                "label": {"type": "plain_text", "text": _label(label)},
                 "element": {
                     "type": "plain_text_input",
                     "action_id": "text",
                     "multiline": True,
-                    "placeholder": {"type": "plain_text", "text": "The agent reads this."},
+                    "placeholder": {"type": "plain_text", "text": placeholder},
                 },
             }
         ],
     }
+
+
+def reject_modal(thread_id: str, call_id: str, channel: str, ts: str, tool: str) -> dict[str, Any]:
+    meta = {"t": thread_id, "c": call_id, "ch": channel, "ts": ts}
+    return _text_modal(
+        "tb_reject_modal", meta, "Reject", f"Why reject {tool}?", "The agent reads this."
+    )
+
+
+def respond_modal(thread_id: str, call_id: str, channel: str, ts: str, tool: str) -> dict[str, Any]:
+    """A reply instead of a decision: the call does not run, the agent reads it."""
+    meta = {"t": thread_id, "c": call_id, "ch": channel, "ts": ts}
+    return _text_modal(
+        "tb_respond_modal",
+        meta,
+        "Reply instead",
+        f"What should the agent do instead of {tool}?",
+        f"{tool} does not run; the agent reads this.",
+    )

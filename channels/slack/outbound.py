@@ -1,45 +1,71 @@
-"""Posting to Slack: questions, approval requests and answers in the bound
-Slack thread, and the update that closes a question or approval once settled."""
+"""Posting to Slack.
+
+In the thread's own Slack thread: questions, approval requests, reminders
+and escalations, answers, failures and cancellations. For a thread that
+started elsewhere (email, the HTTP API), the people Slack reaches get its
+questions and approval requests, reminders and escalations in a direct
+message (or in the channel the people file names for them). Once a request
+is settled, wherever that happened, every post of it is updated: buttons
+gone, and who settled it and how.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 from slack_sdk.errors import SlackApiError
 
 from bot import (
     Answer,
     ApprovalRequest,
+    Cancellation,
     Delivery,
     Failure,
+    FollowUp,
     Notice,
     Outcome,
     People,
+    Person,
     Question,
     Source,
 )
 
 from . import format as fmt
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, mention
+from .settings import WORKING, SlackSettings, mention, route_key
 from .web import WebClients
+from .wording import Wording
 
 __all__ = ["SlackPoster"]
 
 log = logging.getLogger("threadbot.slack")
 
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+HISTORY_PAGES = 5
+"""How far back a direct message is searched for a post that went out just
+before a crash (pages of 200 messages): such a post is among the newest."""
 
-_HOW = {
-    "email:signed": "by email",
-    "email:thread": "by email",
-    "admin-token": "through the API",
-    "operator": "by the operator",
-    "cli": "by the operator",
-    "python": "by the operator",
-}
-_HOW_PREFIX = (("session:", "on the web page"), ("token:", "through the API"))
+Post = tuple[str, list[fmt.Block]]
+"""A message to post: its fallback text and its blocks."""
+
+
+def _slack_id(person: Person) -> str | None:
+    if person.slack:
+        return person.slack
+    return person.id if _USER_ID.match(person.id) else None
+
+
+def _posts_of(refs: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every (channel, ts) a delivery record names."""
+    listed = [tuple(p.split("/", 1)) for p in refs.get("posts", "").split() if "/" in p]
+    if listed:
+        return [(c, t) for c, t in listed]
+    if refs.get("channel") and refs.get("ts"):
+        return [(refs["channel"], refs["ts"])]
+    return []
 
 
 class SlackPoster:
@@ -52,30 +78,45 @@ class SlackPoster:
         self.web = web
         self.settings = settings
         self.directory = directory
+        self.say = Wording(people, self.name)
+
+    def reaches(self, person: Person) -> bool:
+        """Whether Slack reaches this person: they have a Slack user id, or
+        a channel of their own for approvals."""
+        return bool(_slack_id(person) or person.slack_channel)
 
     async def deliver(self, notice: Notice) -> Delivery:
-        origin = notice.origin.refs
-        channel, root = origin["channel"], origin["thread_ts"]
-        thread_id, seq = notice.thread_id, notice.seq
-        posts: list[tuple[str, list[fmt.Block]]]
         match notice:
             case Outcome():
                 return await self.show_outcome(notice)
-            case Question(text=question, options=options):
-                blocks = fmt.question_blocks(thread_id, notice.call_id, question, list(options))
-                posts = [(question, blocks)]
-            case ApprovalRequest(tool=tool, arguments=arguments):
-                who = await self._who_may_approve(notice)
-                blocks = fmt.approval_blocks(thread_id, notice.call_id, tool, dict(arguments), who)
-                posts = [(f"Approval needed: {tool}", blocks)]
+            case Cancellation():
+                return await self.show_cancellation(notice)
+        if not notice.home:
+            return await self._deliver_elsewhere(notice)
+        origin = notice.origin.refs
+        channel, root = origin["channel"], origin["thread_ts"]
+        posts: list[Post]
+        match notice:
+            case Question() | ApprovalRequest():
+                posts = [await self._request_post(notice)]
+            case FollowUp():
+                posts = [self._follow_up_post(notice)]
             case Answer(text=text):
                 posts = fmt.answer_messages(text)
             case Failure(message=message):
                 posts = fmt.answer_messages(f"⚠️ I had to stop: {message}")
             case _:
                 raise ValueError(f"Slack cannot deliver {type(notice).__name__}")
-        # Each post says what it is, so that after a crash the thread can be
-        # searched for posts that went out but were never recorded.
+        first = await self._post(notice, channel, root, posts)
+        await self._unreact(notice.answers)
+        return Delivery(refs={"channel": channel, "ts": first})
+
+    async def _post(self, notice: Notice, channel: str, root: str | None, posts: list[Post]) -> str:
+        """Post the parts in a Slack thread (`root`) or a conversation; the
+        ts of the first. Each post says what it is, so that after a crash
+        the conversation can be searched for posts that went out but were
+        never recorded."""
+        thread_id, seq = notice.thread_id, notice.seq
         done = {} if notice.fresh else await self._posted(channel, root, thread_id, seq)
         first_ts = ""
         for part, (text, blocks) in enumerate(posts):
@@ -94,24 +135,129 @@ class SlackPoster:
                 )
                 ts = str(sent["ts"])
             first_ts = first_ts or ts
-        await self._unreact(notice.answers)
-        return Delivery(refs={"channel": channel, "ts": first_ts})
+        return first_ts
 
-    async def _posted(self, channel: str, root: str, thread_id: str, seq: int) -> dict[int, str]:
-        """The parts of this item already in the Slack thread: part → ts."""
+    async def _posted(
+        self, channel: str, root: str | None, thread_id: str, seq: int
+    ) -> dict[int, str]:
+        """The parts of this item already in the Slack thread (or, without
+        `root`, among the conversation's newest messages): part → ts."""
         found: dict[int, str] = {}
         cursor = None
+        pages = 0
         while True:
-            page = await self.web().conversations_replies(
-                channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
-            )
+            if root is None:
+                page = await self.web().conversations_history(
+                    channel=channel, include_all_metadata=True, limit=200, cursor=cursor
+                )
+            else:
+                page = await self.web().conversations_replies(
+                    channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
+                )
             for m in page.get("messages") or []:
                 payload = (m.get("metadata") or {}).get("event_payload") or {}
                 if payload.get("thread") == thread_id and payload.get("seq") == seq:
                     found[int(payload.get("part", 0))] = str(m["ts"])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
+            pages += 1
+            if not cursor or (root is None and pages >= HISTORY_PAGES):
                 return found
+
+    # -- what is posted ---------------------------------------------------------
+
+    async def _request_post(
+        self, request: Question | ApprovalRequest, before: list[str] | None = None
+    ) -> Post:
+        notes = self.say.notes(request)
+        if isinstance(request, Question):
+            blocks = fmt.question_blocks(
+                request.thread_id,
+                request.call_id,
+                request.text,
+                list(request.options),
+                before=before,
+                notes=notes,
+            )
+            return request.text, blocks
+        who = await self._who_may_approve(request)
+        blocks = fmt.approval_blocks(
+            request.thread_id,
+            request.call_id,
+            request.tool,
+            dict(request.arguments),
+            who,
+            before=before,
+            notes=notes,
+        )
+        return f"Approval needed: {request.tool}", blocks
+
+    def _follow_up_post(self, follow: FollowUp) -> Post:
+        """In the thread: a reminder or an escalation, mentioning the people."""
+        who = self.say.people_mentioned(follow.to)
+        request = follow.request
+        if isinstance(request, ApprovalRequest):
+            what, wanted, verb = f"`{fmt.escape(request.tool)}`", "decision", "decide"
+        else:
+            what, wanted, verb = "The question above", "answer", "answer"
+        if follow.kind == "reminder":
+            text = f"⏰ {who}: {what} still waits for your {wanted}."
+            text += "".join(f" {n}" for n in self.say.notes(request)[:1])
+        else:
+            text = f"⏫ Escalated to {who}: they may {verb} too."
+        text += " Use the buttons above." if isinstance(request, ApprovalRequest) else ""
+        return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
+
+    async def _deliver_elsewhere(self, notice: Notice) -> Delivery:
+        """A request (or its reminder or escalation) of a thread that started
+        elsewhere: to each person Slack reaches, by direct message, or once
+        to each channel the people file names for them."""
+        if isinstance(notice, FollowUp):
+            request = notice.request
+            before = [
+                "⏰ Reminder: this still waits for you."
+                if notice.kind == "reminder"
+                else "⏫ Escalated to you: you may settle this too."
+            ]
+        elif isinstance(notice, Question | ApprovalRequest):
+            request, before = notice, []
+        else:
+            raise ValueError(f"Slack delivers no {type(notice).__name__} outside its threads")
+        before.append(self.say.started(notice.origin))
+        targets: dict[str, list[str]] = {}
+        for person in notice.reach:
+            slack_id = _slack_id(person)
+            key = person.slack_channel or f"@{slack_id}"
+            targets.setdefault(key, []).append(mention(slack_id or person.display))
+        posted: list[str] = []
+        for key, names in targets.items():
+            channel = await self._conversation(key)
+            if channel is None:
+                continue
+            lines = before if key.startswith("@") else [f"For {', '.join(names)}:", *before]
+            post = await self._request_post(request, lines)
+            ts = await self._post(notice, channel, None, [post])
+            posted.append(f"{channel}/{ts}")
+        if not posted:
+            return Delivery(refs={"failed": "nobody could be reached in Slack"})
+        first_channel, first_ts = posted[0].split("/", 1)
+        # A reply in a post's Slack thread reaches the thread it came from.
+        routes = tuple(route_key(*p.split("/", 1)) for p in posted)
+        return Delivery(
+            refs={"channel": first_channel, "ts": first_ts, "posts": " ".join(posted)},
+            routes=routes,
+        )
+
+    async def _conversation(self, key: str) -> str | None:
+        """A channel id as is; `@U…`: the direct message with that user."""
+        if not key.startswith("@"):
+            return key
+        try:
+            opened = await self.web().conversations_open(users=key[1:])
+        except SlackApiError as e:
+            # One person Slack cannot message must not hold the others up.
+            log.warning("could not message %s: %s", key[1:], e.response.get("error"))
+            return None
+        return str((opened.get("channel") or {}).get("id", "")) or None
 
     async def _who_may_approve(self, request: ApprovalRequest) -> str:
         """The core's rule (who decides), for people to read."""
@@ -125,56 +271,59 @@ class SlackPoster:
             ": " + ", ".join(admins) if admins else "."
         )
 
-    def _by(self, source: Source | None) -> str:
-        """Who settled, and how they were authenticated: a click in Slack
-        names the clicker; anything else says where it came from, so that a
-        body naming someone is never shown as that person's own click."""
-        if source is None:
-            return "threadbot"
-        if source.channel == self.name and source.auth == "slack":
-            return mention(source.user or source.who())
-        if source.auth in ("operator", "python") and not source.user and not source.by:
-            return "the operator"  # the local operator, or code in the process
-        person = self.people.identify(source)
-        who = mention(person.display if person else source.who())
-        how = _HOW.get(source.auth or "") or next(
-            (label for prefix, label in _HOW_PREFIX if (source.auth or "").startswith(prefix)),
-            f"through {source.channel}",
-        )
-        by = f" (by {fmt.escape(source.by)} for them)" if source.by else ""
-        return f"{who} {how}{by}"
+    # -- settled: every post says so ----------------------------------------------
 
     async def show_outcome(self, outcome: Outcome) -> Delivery:
-        """Update the question or approval message: buttons gone, outcome shown."""
-        posted = outcome.request.delivered or {}
-        channel, ts = posted.get("channel", ""), posted.get("ts", "")
-        if not ts:
-            return Delivery()
-        by = self._by(outcome.by)
+        """Update every post of the request, its reminders and escalations:
+        buttons gone, the outcome shown."""
+        return await self._update(outcome, self.say.outcome(outcome))
+
+    async def show_cancellation(self, cancel: Cancellation) -> Delivery:
+        """Every post of what the thread waited for says it was cancelled;
+        in the thread's own Slack thread, so does a reply."""
+        updated = [await self._update(r, self.say.outcome(r)) for r in cancel.requests]
+        if not cancel.home:
+            refs = next((d.refs for d in updated if d.refs.get("ts")), {})
+            return Delivery(refs=dict(refs))
+        origin = cancel.origin.refs
+        channel, root = origin["channel"], origin["thread_ts"]
+        text = f"⏹ Cancelled by {self.say.by(cancel.by)}"
+        if cancel.reason:
+            text += f": {fmt.escape(cancel.reason)}"
+        post = (text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
+        ts = await self._post(cancel, channel, root, [post])
+        await self._unreact(cancel.answers)
+        return Delivery(refs={"channel": channel, "ts": ts})
+
+    async def _update(self, outcome: Outcome, text: str) -> Delivery:
         request = outcome.request
         if isinstance(request, Question):
-            text = f"✅ {by} answered: {fmt.escape(outcome.text or '')}"
             head = fmt.to_mrkdwn(request.text)
         else:
-            text = f"✅ Approved by {by}" if outcome.kind == "approved" else f"❌ Rejected by {by}"
-            if outcome.text:
-                text += f": {fmt.escape(outcome.text)}"
             head = fmt.approval_text(request.tool, dict(request.arguments))
-        blocks = fmt.decided_blocks(
-            [
-                {
-                    "type": "section",
-                    "text": {"type": "mrkdwn", "text": fmt.split_mrkdwn(head or "?")[0]},
-                }
-            ],
-            text[:3000],
-        )
-        try:
-            await self.web().chat_update(channel=channel, ts=ts, text=text[:3000], blocks=blocks)
-        except SlackApiError as e:
-            # A deleted message or a missing scope loses only the update.
-            log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
-        return Delivery(refs={"channel": channel, "ts": ts})
+        section = {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": fmt.split_mrkdwn(head or "?")[0]},
+        }
+        blocks = fmt.decided_blocks([section], text[:3000])
+        targets: dict[tuple[str, str], None] = {}
+        for refs in outcome.posts or ((request.delivered,) if request.delivered else ()):
+            targets.update(dict.fromkeys(_posts_of(refs)))
+        for channel, ts in targets:
+            try:
+                await self.web().chat_update(
+                    channel=channel, ts=ts, text=text[:3000], blocks=blocks
+                )
+            except SlackApiError as e:
+                # A deleted message or a missing scope loses only the update.
+                log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
+        if not targets:
+            return Delivery()
+        (channel, ts), *_ = targets
+        refs = {"channel": channel, "ts": ts}
+        if len(targets) > 1:
+            refs["posts"] = " ".join(f"{c}/{t}" for c, t in targets)
+        return Delivery(refs=refs)
 
     async def _unreact(self, answered: Iterable[Source]) -> None:
         """Take the working reaction off the messages answered by this post."""
