@@ -20,6 +20,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -154,7 +155,9 @@ class ApprovalIn(BaseModel):
     @model_validator(mode="after")
     def _one_of(self) -> ApprovalIn:
         if (self.approved is None) == (self.respond is None):
-            raise ValueError('give either "approved" (true or false) or "respond" (a text)')
+            raise PydanticCustomError(
+                "approval", 'give either "approved" (true or false) or "respond" (a text)'
+            )
         return self
 
 

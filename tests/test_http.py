@@ -341,7 +341,7 @@ LONG_KEY = "k" * 256
             LONG_KEY,
             422,
             "invalid request: header.Idempotency-Key: String should have at most 255 "
-            "characters; approved: Field required",
+            'characters; body: give either "approved" (true or false) or "respond" (a text)',
         ),
         (b"[" * 2000 + b"]" * 2000, None, 400, "There was an error parsing the body"),
         (b"\xff{}", None, 400, "There was an error parsing the body"),

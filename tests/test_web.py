@@ -3,6 +3,7 @@ Debian's packages) driven by Playwright, against `threadbot serve`."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,4 +180,54 @@ def test_a_token_is_asked_for(browser: Browser, model: FakeOpenAI, tmp_path: Pat
         assert width <= 390  # no sideways scrolling on a narrow screen
     finally:
         context.close()
+        s.stop()
+
+
+def test_several_waiting_calls_with_countdowns_reply_instead_and_cancel(
+    browser: Browser, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.txt").touch()
+    env = env_for(tmp_path / "t.db", model, tmp_path / "ledger.txt", THREADBOT_DEADLINE="2h")
+    s = ServerProcess(env).start()
+    page = browser.new_page()
+    try:
+        model.add(
+            calls(
+                ("deploy", {"service": "api", "version": "7"}),
+                ("deploy", {"service": "web", "version": "7"}),
+            ),
+            text("api deployed; web waits for staging."),
+        )
+        thread = launch(s, "deploy 7 everywhere", "waiting_for_approval")
+        page.goto(s.url + f"/ui/threads/{thread['id']}")
+        cards = page.locator("#pending .card")
+        expect(cards).to_have_count(2)
+        expect(cards.nth(0)).to_contain_text('"service": "api"')
+        expect(cards.nth(1)).to_contain_text('"service": "web"')
+        countdown = cards.nth(0).locator("time.deadline")
+        expect(countdown).to_have_text(re.compile(r"^Decide in 1 h 59 min$|^Decide in 2 h 0 min$"))
+        # The second first: it gets a reply instead of a decision.
+        cards.nth(1).get_by_role("button", name="Reply instead…").click()
+        cards.nth(1).get_by_label(re.compile("Your reply")).fill("stage web first")
+        cards.nth(1).get_by_role("button", name="Send reply").click()
+        expect(cards).to_have_count(1)
+        cards.nth(0).get_by_role("button", name="Approve").click()
+        expect(page.locator("#state")).to_have_text("Done")
+        expect(page.locator("#timeline")).to_contain_text("replied instead of deciding")
+        assert "stage web first" in model.requests[-1]["messages"][-1]["content"]
+
+        model.add(calls(("deploy", {"service": "db", "version": "8"})))
+        thread = launch(s, "deploy the db", "waiting_for_approval")
+        page.goto(s.url + "/?status=waiting_for_approval")
+        row = page.locator(f"li[data-thread='{thread['id']}']")
+        expect(row.locator("time.due")).to_contain_text("in 1 h 59 min")
+        page.goto(s.url + f"/ui/threads/{thread['id']}")
+        page.get_by_text("Cancel this thread…").click()
+        page.get_by_label("Why (optional)").fill("wrong database")
+        page.get_by_role("button", name="Cancel thread").click()
+        expect(page.locator("#state")).to_have_text("Cancelled")
+        expect(page.locator("#timeline")).to_contain_text("wrong database")
+        expect(page.locator("#pending .card")).to_have_count(0)
+    finally:
+        page.close()
         s.stop()
