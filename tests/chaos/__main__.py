@@ -13,7 +13,7 @@ A third of the threads start over HTTP, a third by email, a third in Slack
 Most threads of each channel that delivers reminders and escalations (HTTP
 always: its threads' notices go to the people the other channels reach) ship
 with `ship_soon` instead: its approval is reminded after 1 s, escalated to a
-Slack user and an address after 2 s and rejected at 3 s. The harness leaves
+Slack user and an address after 2 s and rejected at 5 s. The harness leaves
 some of those to the deadline, approves some between the reminder and the
 deadline, and races the deadline with others (an approval sent within
 0.15 s of it, on a thread of its own).
@@ -269,8 +269,8 @@ class Harness:
                 deadline = datetime.fromisoformat(pending["deadline"]).timestamp()
                 if plan == "race":
                     at = deadline + self.rng.uniform(-0.15, 0.15)
-                else:  # after the reminder (1 s), before the deadline (3 s)
-                    at = deadline - self.rng.uniform(0.5, 1.8)
+                else:  # after the escalation (2 s), before the deadline (5 s)
+                    at = deadline - self.rng.uniform(0.5, 2.8)
                 timer = threading.Timer(
                     max(0.0, at - time.time()), self.approve_late, (thread_id, call_id, plan)
                 )
@@ -305,8 +305,6 @@ class Harness:
             if r is not None:
                 break
             time.sleep(0.1)
-        else:
-            r = None
         with self.lock:
             if r is not None and r.status_code == 202:
                 self.acknowledged.append((thread_id, f"http:{thread_id}:approvals:{key}"))
@@ -476,6 +474,12 @@ class Harness:
             + sum(n for post, n in posted_twice.items() if follow_up(*payload_of(post)))
             + sum(n for (th, seq, _), n in recorded_twice.items() if follow_up(th, seq))
         )
+        for thread_id, t in threads.items():
+            plan = self.plans.get(thread_id, "plain")
+            for e in t["events"]:
+                seen = e.get("call_id") in self.late
+                if plan != "deadline" and e.get("name") == "ship_soon" and not seen:
+                    self.races[f"{plan}: never seen waiting (the server was down)"] += 1
         follow_up_deliveries = collections.Counter(
             ch for (th, seq, ch) in delivered if follow_up(th, seq)
         )

@@ -1,7 +1,7 @@
 """Tools for the kill harness, and its fault points inside the server.
 
 `ship_soon` waits for approval with a reminder after 1 s, an escalation
-after 2 s and a deadline at 3 s (rejected then).
+after 2 s and a deadline at 5 s (rejected then).
 
 Every side effect is a line in the ledger (fsynced), so the harness can count
 how often each call really ran. THREADBOT_CHAOS names where this server
@@ -61,9 +61,9 @@ LEAD = ("U0LEAD", "lead@example.com")
 """Who a call nobody decides in time is escalated to: a Slack user and an address."""
 
 
-@tool(requires_approval=True, remind_after=1, escalate_after=2, escalate_to=LEAD, deadline=3)
+@tool(requires_approval=True, remind_after=1, escalate_after=2, escalate_to=LEAD, deadline=5)
 def ship_soon(order: int, ctx: ToolContext) -> str:
-    """Ship an order that cannot wait: approved within 3 s or not at all (not idempotent)."""
+    """Ship an order that cannot wait: approved within 5 s or not at all (not idempotent)."""
     _maybe_die("tool_started")
     _ledger(f"ship {ctx.call_id}")
     _maybe_die("after_side_effect")
