@@ -377,14 +377,15 @@ class Runner:
 
     async def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
-        lost to a concurrent append. Dropped only if the call was settled
-        meanwhile by someone else."""
+        lost to a concurrent append (nor to a cancellation that came while a
+        tool ran: its outcome is still recorded). Dropped only if the call
+        was settled meanwhile by someone else."""
         while True:
             try:
                 return await self.log.append(thread, new)
             except SeqConflict:
                 thread = self.log.load(thread.id)
-                if all(c.call.call_id != call_id for c in thread.state.open_calls):
+                if (r := thread.state.resolved.get(call_id)) is not None and r.kind != "approved":
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
 
