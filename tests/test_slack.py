@@ -190,8 +190,18 @@ def approval_thread(
     post = posts(slack, channel, 1)[0]
     assert "Approval needed" in post["blocks"][0]["text"]["text"]
     assert "*version:* `2`" in post["blocks"][0]["text"]["text"]
-    thread = thread_of(server, "waiting_for_approval", headers)
-    return {"ts": thread["events"][2]["refs"]["ts"], "blocks": post["blocks"], "thread": thread}
+    # An approver Slack knows only by address may be mailed the request too:
+    # the Slack post's record may come after the mail's.
+    deadline = time.monotonic() + 10
+    while True:
+        thread = thread_of(server, "waiting_for_approval", headers)
+        on_slack = [
+            e for e in thread["events"] if e["type"] == "delivered" and e["channel"] == "slack"
+        ]
+        if on_slack or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return {"ts": on_slack[0]["refs"]["ts"], "blocks": post["blocks"], "thread": thread}
 
 
 def test_approve_by_an_approver(
