@@ -18,8 +18,10 @@ again only after a crash that came between the post and the record (then
     Cancellation     someone cancelled the thread: its posts offer nothing
                      more, and the thread is told
 
-A notice goes to the thread's own channel (`home`) and, for people that
-channel does not reach, to their own channels: then `reach` names them.
+A question or approval request (and its reminder and escalation) goes to
+the thread's own channel (`home`: its conversation) and to each approver on
+their own (`reach`: a direct message, a mail), on the thread's channel if it
+reaches them, else on one that does.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ class Notice:
     trail: tuple[Said, ...] = ()
     """The thread's messages on this channel so far, oldest first."""
     reach: tuple[Person, ...] = ()
-    """On a channel other than the thread's own: the people to reach there
-    (each on their own: a direct message, a mail)."""
+    """The people to reach on this channel each on their own (a direct
+    message, a mail), besides the thread's own conversation when `home`."""
 
     @property
     def home(self) -> bool:
@@ -229,7 +231,7 @@ def build_notice(
                 answers = []  # an outcome's update replies to nobody
     event = events[seq]
     reach: tuple[Person, ...] = ()
-    if channel != origin.channel and isinstance(event, ToolCall | Reminder | Escalated):
+    if isinstance(event, ToolCall | Reminder | Escalated):
         reach = tuple(people.expand((event.reach or {}).get(channel, ())))
     common: dict[str, Any] = {
         "thread_id": thread_id,

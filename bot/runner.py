@@ -377,14 +377,15 @@ class Runner:
 
     async def _append_outcome(self, thread: Thread, new: Sequence[Event], call_id: str) -> Thread:
         """Append what a side effect produced; it happened, so it must not be
-        lost to a concurrent append. Dropped only if the call was settled
-        meanwhile by someone else."""
+        lost to a concurrent append (nor to a cancellation that came while a
+        tool ran: its outcome is still recorded). Dropped only if the call
+        was settled meanwhile by someone else."""
         while True:
             try:
                 return await self.log.append(thread, new)
             except SeqConflict:
                 thread = self.log.load(thread.id)
-                if all(c.call.call_id != call_id for c in thread.state.open_calls):
+                if (r := thread.state.resolved.get(call_id)) is not None and r.kind != "approved":
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
 
@@ -484,22 +485,25 @@ class Runner:
         question = call.name == HUMAN_INPUT
         timers = self.question_timers if question else merge_timers(own, self.approval_timers)
         reach = None
-        if not question:
-            decide = deciders(self.people, call.approvers, thread.state.origin)
+        decide = deciders(self.people, call.approvers, thread.state.origin)
+        if not question and decide.by != "starter":
             reach = self._reach(thread, decide.specs)
         return call.model_copy(update={"timers": timers, "reach": reach})
 
     def _reach(self, thread: Thread, specs: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
-        """Each person `specs` names who the thread's own channel does not
-        reach, on the first other channel that does."""
+        """Where each person `specs` names is reached on their own (a direct
+        message, a mail): on the thread's own channel if it reaches them,
+        else on the first other channel that does. The person who started
+        the thread is there already."""
         origin = thread.state.origin
         home = origin.channel if origin is not None else ""
+        order = sorted(self.outbound.items(), key=lambda item: item[0] != home)
         out: dict[str, tuple[str, ...]] = {}
         for person in self.people.expand(specs):
-            if _reaches(self.outbound.get(home), person):
+            if origin is not None and self.people.named(origin, (person.id,)):
                 continue
-            for name, channel in self.outbound.items():
-                if name != home and _reaches(channel, person):
+            for name, channel in order:
+                if _reaches(channel, person):
                     out[name] = (*out.get(name, ()), person.id)
                     break
         return out or None

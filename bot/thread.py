@@ -545,7 +545,7 @@ class Fold:
         if status in ENDED and self._closing is not None:
             wanted.append((self._closing, home))
         delivered = self._delivered
-        out = [(s, ch) for s, ch in wanted if ch not in delivered.get(s, ())]
+        out = [(s, ch) for s, ch in dict.fromkeys(wanted) if ch not in delivered.get(s, ())]
         return tuple(sorted(out)) if len(out) > 1 else tuple(out)
 
 

@@ -527,3 +527,33 @@ async def test_two_servers_on_one_database_fire_each_deadline_once(
         for b in (one, two):
             await b.close()
             b.store.close()
+
+
+async def test_a_tool_running_when_the_thread_is_cancelled_keeps_its_outcome(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Cancel cannot take back a side effect that started: what the tool
+    reports is still recorded, and the thread stays cancelled."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def charge(amount: int) -> str:
+        """Charge an amount (not idempotent)."""
+        started.set()
+        await release.wait()
+        return f"charged {amount}"
+
+    model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
+    b = ThreadBot(EventStore(tmp_path / "c.db"), model, Toolbox([charge]), people=People(PEOPLE))
+    try:
+        fake_openai.add(calls(("charge", {"amount": 5})), text("never asked"))
+        thread_id = await b.launch("charge 5", source=DAN)
+        await asyncio.wait_for(started.wait(), 5)
+        await b.cancel(thread_id, "stop", source=DAN)
+        release.set()
+        view = await until(b, thread_id, lambda v: v.events[-1].type == "tool_result")
+        assert types(view)[-3:] == ["tool_started", "cancelled", "tool_result"]
+        assert view.state.status == "cancelled" and len(fake_openai.requests) == 1
+    finally:
+        await b.close()
+        b.store.close()

@@ -171,25 +171,32 @@ def test_reminder_and_escalation_reach_people_by_direct_message(
 def test_reminder_and_escalation_in_the_slack_thread(
     server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
 ) -> None:
-    """A thread started in Slack: Lee and Sam are reached in it, so the
-    reminder and the escalation are replies mentioning them; Sam may then
-    decide with the request's own buttons."""
-    dms = count(slack, "DUSAM")
+    """A thread started in Slack: the request, the reminder and the
+    escalation are posted in it, mentioning the people, and each approver
+    also gets them by DM (they may not be in that channel): Lee the request
+    and the reminder, Sam the escalation, with buttons, and approves there."""
+    lee, sam = count(slack, "DULEE"), count(slack, "DUSAM")
     model.add(calls(("restart", {"service": "web"})))
     sender.event(mention("C_REM", "restart web"))
     request = posts(slack, "C_REM", 1)[0]
+    assert "tb_approve" in buttons(request)
+    dm = posts(slack, "DULEE", lee + 1)[-1]
+    assert "tb_approve" in buttons(dm) and "From a thread" in json.dumps(dm["blocks"])
     reminder = posts(slack, "C_REM", 2)[1]
     assert "<@ULEE>" in reminder["text"] and "still waits for your decision" in reminder["text"]
     escalation = posts(slack, "C_REM", 3)[2]
     assert "Escalated to <@USAM>: they may decide too" in escalation["text"]
     assert all(p["thread_ts"] == request["thread_ts"] for p in (reminder, escalation))
+    sam_dm = posts(slack, "DUSAM", sam + 1)[-1]
+    assert "Escalated to you" in json.dumps(sam_dm["blocks"]) and "tb_approve" in buttons(sam_dm)
     model.add(text("Restarted web."))
-    sender.click("USAM", msg(request), "C_REM", "tb_approve")
+    sender.click("USAM", msg(sam_dm), "DUSAM", "tb_approve")
     posts(slack, "C_REM", 4)
-    for post in (request, reminder, escalation):
+    for post in (request, dm, sam_dm):
         updated(slack, post["_ts"], "Approved by <@USAM>")
     time.sleep(0.3)
-    assert count(slack, "C_REM") == 4 and count(slack, "DUSAM") == dms
+    assert count(slack, "C_REM") == 4  # nothing twice
+    assert (count(slack, "DULEE"), count(slack, "DUSAM")) == (lee + 2, sam + 1)
 
 
 def test_a_deadline_rejects_and_the_post_says_so(
@@ -314,7 +321,11 @@ def test_two_approval_posts_answered_in_reverse_order(
     sender.click("ULEE", msg(second), "C_PAR", "tb_approve")
     updated(slack, second["_ts"], "Approved by <@ULEE>")
     thread_id = thread_id_of(first)
-    assert get(server, thread_id)["status"] == "waiting_for_approval"
+    deadline = time.monotonic() + 10
+    while "tool_result" not in [e["type"] for e in get(server, thread_id)["events"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert get(server, thread_id)["status"] == "waiting_for_approval"  # the first still waits
     model.add(text("Deployed both."))
     sender.click("UPAT", msg(first), "C_PAR", "tb_approve")
     updated(slack, first["_ts"], "Approved by <@UPAT>")

@@ -1,9 +1,11 @@
 """The email channel: an SMTP server in, an SMTP relay out.
 
 Inbound, a mail to the bot's address starts a thread (from the senders
-THREADBOT_EMAIL_SENDERS allows). Answers and decisions come only to the
-signed reply address the question was sent with, from the person it was sent
-to (see `tokens`); a mail found only by its In-Reply-To/References adds a
+THREADBOT_EMAIL_SENDERS allows). Answers, decisions, responses and
+cancellations come only to the signed reply address a mail was sent with,
+from the person it was sent to (see `tokens`): the core reads the text
+against what that mail delivered, and a reply whose first word is "cancel"
+cancels the thread. A mail found only by its In-Reply-To/References adds a
 message from one of the thread's people, never an answer. A mail is parsed,
 checked and appended before the server answers 250, so an accepted mail is
 never lost; the agent runs after. Refusals write nothing. Automatic mail
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import secrets
 from collections.abc import Mapping
 from email.message import EmailMessage
@@ -24,10 +27,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bot import (
     ApprovalRequest,
-    AwaitingDecision,
     Delivery,
+    FollowUp,
     Notice,
     NotWaiting,
+    Person,
     Question,
     Refused,
     Source,
@@ -46,8 +50,8 @@ __all__ = ["EmailChannel"]
 log = logging.getLogger("threadbot.email")
 
 _USE_REPLY_TO = (
-    "550 5.7.1 Answers and decisions are taken only as a reply to the address "
-    "the request came from (its Reply-To); nothing was recorded"
+    "550 5.7.1 Answers, decisions and cancellations are taken only as a reply to "
+    "the address the bot's mail came from (its Reply-To); nothing was recorded"
 )
 
 
@@ -169,10 +173,12 @@ class EmailChannel:
         """A mail found by its headers only: a message from one of the
         thread's people, never an answer or a decision."""
         source = self._source(mail, "email:thread")
-        if isinstance(self._replied_post(thread_id, mail), Question | ApprovalRequest):
+        if isinstance(self._replied_post(thread_id, mail), Question | ApprovalRequest | FollowUp):
             return _USE_REPLY_TO
         if not mail.text:
             return "550 5.6.0 The message has no text"
+        if _cancelling(mail.text) is not None:
+            return _USE_REPLY_TO
         try:
             await self.bot.send(thread_id, mail.text, source=source, key=key)
         except NotWaiting:
@@ -206,17 +212,26 @@ class EmailChannel:
         if not mail.text:
             return "550 5.6.0 The message has no text"
         source = self._source(mail, "email:signed")
+        reason = _cancelling(mail.text)
+        if reason is not None and not self._cancel_is_an_option(thread_id, reply.seq):
+            try:
+                await self.bot.cancel(thread_id, reason or None, source=source, key=key)
+            except Refused as e:
+                return f"550 5.7.1 {_one_line(str(e))}"
+            return "250 2.0.0 Accepted (the conversation is cancelled)"
         try:
             await self.bot.reply(thread_id, mail.text, source=source, key=key, to=reply.seq)
-        except AwaitingDecision:
-            request = self.bot.notice(thread_id, reply.seq, self.name)
-            assert isinstance(request, ApprovalRequest)
-            reply_to = self.tokens.reply_address(thread_id, reply.seq, mail.sender)
-            await self.postman.explain_choices(request, mail.sender, reply_to, mail.message_id)
-            return "250 2.0.0 Accepted (not a decision: the choices were sent)"
         except (Refused, UsageError) as e:
             return f"550 5.7.1 {_one_line(str(e))}"
         return "250 2.0.0 Accepted"
+
+    def _cancel_is_an_option(self, thread_id: str, seq: int) -> bool:
+        """Whether "cancel" answers the question replied to (one of its options)."""
+        notice = self.bot.notice(thread_id, seq, self.name)
+        request = notice.request if isinstance(notice, FollowUp) else notice
+        return isinstance(request, Question) and any(
+            o.strip().lower() == "cancel" for o in request.options
+        )
 
     def _source(self, mail: InboundMail, auth: str) -> Source:
         return email_source(
@@ -229,6 +244,9 @@ class EmailChannel:
         )
 
     # -- outbound ---------------------------------------------------------------
+
+    def reaches(self, person: Person) -> bool:
+        return self.postman.reaches(person)
 
     async def deliver(self, notice: Notice) -> Delivery:
         return await self.postman.deliver(notice)
@@ -250,6 +268,15 @@ class EmailChannel:
             "It works once, within 15 minutes. If you did not ask to sign in, ignore this mail."
         )
         await self.postman.send(msg)
+
+
+_CANCEL = re.compile(r"^\s*cancel\b[\s.,:;!-]*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _cancelling(text: str) -> str | None:
+    """The reason, when a reply's first word is "cancel" ("" for none)."""
+    found = _CANCEL.match(text)
+    return found.group(1).strip() if found else None
 
 
 def _one_line(text: str) -> str:

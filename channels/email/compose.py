@@ -1,18 +1,17 @@
-"""Writing outbound mail: threaded, signed reply address, text and HTML."""
+"""Building outbound mail: threaded, signed reply address, text and HTML
+(what it says is in `texts`)."""
 
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
-from typing import Any
 
 from .parse import one_line
 
-__all__ = ["approval_text", "build_mail", "question_text", "reply_subject", "waiting_text"]
+__all__ = ["build_mail", "reply_subject"]
 
 _RE = re.compile(r"^\s*(re|aw|sv|antw)\s*:\s*", re.IGNORECASE)
 
@@ -23,40 +22,6 @@ def reply_subject(subject: str) -> str:
     while _RE.match(bare):
         bare = _RE.sub("", bare, count=1)
     return f"Re: {bare.strip() or 'threadbot'}"
-
-
-def question_text(question: str, options: Sequence[str]) -> str:
-    lines = [question.strip(), ""]
-    if options:
-        lines.append("Reply with one of these (the number or the text):")
-        lines += [f"  {i}. {o}" for i, o in enumerate(options, 1)]
-    else:
-        lines.append("Reply to this email with your answer.")
-    return "\n".join(lines)
-
-
-def _arguments(arguments: dict[str, Any]) -> list[str]:
-    return [
-        f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
-        for k, v in arguments.items()
-    ]
-
-
-def approval_text(tool: str, arguments: dict[str, Any]) -> str:
-    lines = [f"Approval needed before I run {tool}:", "", *_arguments(arguments)]
-    lines += [
-        "",
-        'To run it, reply with "approve" (or "yes") on the first line.',
-        'To stop it, reply with "reject" (or "no") and your reason; I will read it.',
-    ]
-    return "\n".join(lines)
-
-
-def waiting_text(tool: str, arguments: dict[str, Any], deciders: str) -> str:
-    """For someone who sees the request but may not decide it."""
-    lines = [f"Before I run {tool}, it needs approval by {deciders}:", "", *_arguments(arguments)]
-    lines += ["", "I asked them, and will write here when it is decided."]
-    return "\n".join(lines)
 
 
 def _html(text: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import smtplib
 from collections.abc import Mapping
 from email.message import EmailMessage
@@ -18,17 +17,30 @@ from pathlib import Path
 from bot import (
     Answer,
     ApprovalRequest,
+    Cancellation,
     Delivery,
     Failure,
+    FollowUp,
     Notice,
     Outcome,
     People,
+    Person,
     Question,
 )
 
-from .compose import approval_text, build_mail, question_text, reply_subject, waiting_text
-from .recipients import approval_recipients
+from .compose import build_mail, reply_subject
+from .recipients import approval_recipients, email_source
 from .settings import EmailSettings, hostport
+from .texts import (
+    approval_text,
+    asked_too,
+    cancelled_text,
+    escalated_note,
+    question_text,
+    reminder_text,
+    started_where,
+    waiting_text,
+)
 from .tokens import ReplyTokens
 
 __all__ = ["Postman", "route_key", "sent_ids"]
@@ -50,35 +62,90 @@ class Postman:
         self.settings = settings
         self.tokens = tokens
 
+    def reaches(self, person: Person) -> bool:
+        """Whether mail reaches this person: they have an address."""
+        return bool(person.emails)
+
     def letters(self, notice: Notice) -> list[tuple[str, str]]:
         """(recipient, text) for each mail that delivers the notice."""
+        if not notice.home:
+            return self._elsewhere(notice)
         starter = notice.origin.user or ""
         match notice:
-            case Question(text=question, options=options):
-                return [(starter, question_text(question, options))]
-            case ApprovalRequest(tool=tool, arguments=arguments):
+            case Question():
+                return [(starter, question_text(notice))]
+            case ApprovalRequest():
                 recipients, deciders = approval_recipients(self.people, notice)
                 return [
                     (
                         r.address,
-                        approval_text(tool, dict(arguments))
-                        if r.decides
-                        else waiting_text(tool, dict(arguments), deciders),
+                        approval_text(notice) if r.decides else waiting_text(notice, deciders),
                     )
                     for r in recipients
                 ]
+            case FollowUp(kind="reminder", request=request):
+                return [(a, reminder_text(request)) for a in self._addresses(notice.to)]
+            case FollowUp(request=request):
+                # The people it was escalated to get the whole request; the
+                # person who asked hears who else was asked.
+                asked = self._addresses(notice.to)
+                out = [(a, self._request_text(request, a, [asked_too(request)])) for a in asked]
+                if starter and starter not in asked:
+                    out.append((starter, escalated_note(request, notice.named)))
+                return out
+            case Cancellation(by=by, reason=reason):
+                return [(starter, cancelled_text(by, reason))]
             case Answer(text=text):
                 return [(starter, text)]
             case Failure(message=message):
                 return [(starter, f"I had to stop: {message}")]
         raise ValueError(f"email cannot deliver {type(notice).__name__}")
 
+    def _elsewhere(self, notice: Notice) -> list[tuple[str, str]]:
+        """For a thread that started on another channel: a mail to each
+        person it reaches by mail, saying where it started and who asked."""
+        lead = [started_where(notice.origin)]
+        out = []
+        for person in notice.reach:
+            if not person.emails:
+                continue
+            address = person.emails[0]
+            match notice:
+                case FollowUp(kind="reminder", request=request):
+                    text = reminder_text(request, lead=lead)
+                case FollowUp(request=request):
+                    text = self._request_text(request, address, [*lead, asked_too(request)])
+                case Question() | ApprovalRequest():
+                    text = self._request_text(notice, address, lead)
+                case _:
+                    raise ValueError(
+                        f"email mails no {type(notice).__name__} outside the thread's conversation"
+                    )
+            out.append((address, text))
+        return out
+
+    def _request_text(
+        self, request: Question | ApprovalRequest, address: str, lead: list[str]
+    ) -> str:
+        if isinstance(request, Question):
+            return question_text(request, lead=lead)
+        if request.may_decide(email_source(self.people, address, auth="email:signed")):
+            return approval_text(request, lead=lead)
+        deciders = approval_recipients(self.people, request)[1]
+        return waiting_text(request, deciders, lead=lead, home=request.home)
+
+    def _addresses(self, specs: tuple[str, ...]) -> list[str]:
+        """The address of each person `specs` name who has one."""
+        return [p.emails[0] for p in self.people.expand(specs) if p.emails]
+
     async def deliver(self, notice: Notice) -> Delivery:
-        if isinstance(notice, Outcome):
+        if isinstance(notice, Outcome) or (isinstance(notice, Cancellation) and not notice.home):
             return Delivery()  # a mail cannot be taken back; the web page shows the outcome
         ids, to = [], []
         letters = self.letters(notice)
         if not letters:
+            if isinstance(notice, FollowUp):
+                return Delivery()  # the people it reminds are on other channels
             raise ValueError(f"nobody to mail #{notice.seq} to")
         for recipient, text in letters:
             message_id = self.tokens.message_id(notice.thread_id, notice.seq, recipient)
@@ -90,14 +157,40 @@ class Postman:
         return Delivery(refs=refs, routes=tuple(route_key(i) for i in ids))
 
     def mail(
-        self,
-        notice: Notice,
-        recipient: str,
-        text: str,
-        message_id: str,
-        reply_to: str,
-        in_reply_to: str | None = None,
+        self, notice: Notice, recipient: str, text: str, message_id: str, reply_to: str
     ) -> EmailMessage:
+        if notice.home:
+            subject = reply_subject(notice.origin.refs.get("subject", ""))
+            references, in_reply_to = self._conversation(notice)
+        else:
+            # Not in a conversation of theirs: a reminder or escalation
+            # follows the request mail this person got, if any.
+            request = notice.request if isinstance(notice, FollowUp) else notice
+            assert isinstance(request, Question | ApprovalRequest)
+            subject = (
+                f"Approval needed: {request.tool}"
+                if isinstance(request, ApprovalRequest)
+                else "A question for you"
+            )
+            references, in_reply_to = [], None
+            if request is not notice:
+                subject = f"Re: {subject}"
+                first = self.tokens.message_id(notice.thread_id, request.seq, recipient)
+                references, in_reply_to = [first], first
+        return build_mail(
+            sender=self.tokens.address,
+            reply_to=reply_to,
+            to=[recipient],
+            subject=subject,
+            text=text,
+            message_id=message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+        )
+
+    @staticmethod
+    def _conversation(notice: Notice) -> tuple[list[str], str | None]:
+        """References and In-Reply-To that keep a mail in the thread's conversation."""
         ids: list[str] = []
         last_inbound: str | None = None
         for said in notice.trail:
@@ -107,29 +200,7 @@ class Postman:
                 if said.inbound:
                     last_inbound = mid
         # The first message and the latest ones: clients thread on either.
-        references = ids[:1] + ids[1:][-9:]
-        return build_mail(
-            sender=self.tokens.address,
-            reply_to=reply_to,
-            to=[recipient],
-            subject=reply_subject(notice.origin.refs.get("subject", "")),
-            text=text,
-            message_id=message_id,
-            in_reply_to=in_reply_to or last_inbound,
-            references=references,
-        )
-
-    async def explain_choices(
-        self, request: ApprovalRequest, recipient: str, reply_to: str, in_reply_to: str
-    ) -> None:
-        text = (
-            f"I could not read a decision in your reply: {request.tool} is waiting for "
-            'approval.\n\nReply with "approve" (or "yes") on the first line to run it, '
-            'or "reject" (or "no") followed by your reason.'
-        )
-        # Not a delivery to record, so not one to resend: any unique id will do.
-        message_id = f"<tb.help.{secrets.token_hex(10)}@{self.tokens.domain or 'threadbot'}>"
-        await self.send(self.mail(request, recipient, text, message_id, reply_to, in_reply_to))
+        return ids[:1] + ids[1:][-9:], last_inbound
 
     async def send(self, msg: EmailMessage) -> None:
         if self.settings.relay is None:

@@ -1,10 +1,10 @@
 """Posting to Slack.
 
 In the thread's own Slack thread: questions, approval requests, reminders
-and escalations, answers, failures and cancellations. For a thread that
-started elsewhere (email, the HTTP API), the people Slack reaches get its
-questions and approval requests, reminders and escalations in a direct
-message (or in the channel the people file names for them). Once a request
+and escalations, answers, failures and cancellations. Approvers Slack
+reaches also get the approval requests, reminders and escalations in a
+direct message (or in the channel the people file names for them), for a
+thread that started here or elsewhere (email, the HTTP API). Once a request
 is settled, wherever that happened, every post of it is updated: buttons
 gone, and who settled it and how.
 """
@@ -92,7 +92,10 @@ class SlackPoster:
             case Cancellation():
                 return await self.show_cancellation(notice)
         if not notice.home:
-            return await self._deliver_elsewhere(notice)
+            posted = await self._reach_people(notice)
+            if not posted:
+                return Delivery(refs={"failed": "nobody could be reached in Slack"})
+            return self._delivery(posted)
         origin = notice.origin.refs
         channel, root = origin["channel"], origin["thread_ts"]
         posts: list[Post]
@@ -109,7 +112,11 @@ class SlackPoster:
                 raise ValueError(f"Slack cannot deliver {type(notice).__name__}")
         first = await self._post(notice, channel, root, posts)
         await self._unreact(notice.answers)
-        return Delivery(refs={"channel": channel, "ts": first})
+        if not notice.reach:
+            return Delivery(refs={"channel": channel, "ts": first})
+        # Each approver also gets it on their own, where the buttons reach
+        # them whether or not they are in this conversation.
+        return self._delivery([f"{channel}/{first}", *await self._reach_people(notice)])
 
     async def _post(self, notice: Notice, channel: str, root: str | None, posts: list[Post]) -> str:
         """Post the parts in a Slack thread (`root`) or a conversation; the
@@ -207,10 +214,10 @@ class SlackPoster:
         text += " Use the buttons above." if isinstance(request, ApprovalRequest) else ""
         return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
 
-    async def _deliver_elsewhere(self, notice: Notice) -> Delivery:
-        """A request (or its reminder or escalation) of a thread that started
-        elsewhere: to each person Slack reaches, by direct message, or once
-        to each channel the people file names for them."""
+    async def _reach_people(self, notice: Notice) -> list[str]:
+        """A request (or its reminder or escalation) to each person in
+        `notice.reach`, by direct message, or once to each channel the people
+        file names for them: the posts made, as "channel/ts"."""
         if isinstance(notice, FollowUp):
             request = notice.request
             before = [
@@ -237,8 +244,9 @@ class SlackPoster:
             post = await self._request_post(request, lines)
             ts = await self._post(notice, channel, None, [post])
             posted.append(f"{channel}/{ts}")
-        if not posted:
-            return Delivery(refs={"failed": "nobody could be reached in Slack"})
+        return posted
+
+    def _delivery(self, posted: list[str]) -> Delivery:
         first_channel, first_ts = posted[0].split("/", 1)
         # A reply in a post's Slack thread reaches the thread it came from.
         routes = tuple(route_key(*p.split("/", 1)) for p in posted)
