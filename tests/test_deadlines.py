@@ -557,3 +557,31 @@ async def test_a_tool_running_when_the_thread_is_cancelled_keeps_its_outcome(
     finally:
         await b.close()
         b.store.close()
+
+
+async def test_the_requester_never_counts_even_after_a_deadline_or_an_operator_answered(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """An answer by the deadline or by an operator does not make them the one
+    who asked: Ann, whose message led to the call, still does not count."""
+    b = bot_for(
+        tmp_path / "four.db",
+        fake_openai,
+        question_timers=make_timers("THREADBOT_QUESTION_*", deadline=1, approval=False),
+    )
+    try:
+        fake_openai.add(ask("Which table?"), calls(("drop_table", {"name": "t"})))
+        by_deadline = await b.launch("drop a table", source=ANN)
+        await until(b, by_deadline, lambda v: v.state.status == "waiting_for_approval")
+        fake_openai.add(ask("Which table?"), calls(("drop_table", {"name": "u"})))
+        by_operator = await b.launch("drop another table", source=ANN)
+        await until(b, by_operator, lambda v: v.state.status == "waiting_for_human")
+        await b.respond(by_operator, "u")  # the operator, in the process
+        await until(b, by_operator, lambda v: v.state.status == "waiting_for_approval")
+        for thread_id in (by_deadline, by_operator):
+            with pytest.raises(NotAllowed, match="asked"):
+                await b.decide(thread_id, True, source=ANN)
+        assert ran == []
+    finally:
+        await b.close()
+        b.store.close()
