@@ -30,6 +30,7 @@ from bot import (
     Receipt,
     Refused,
     Source,
+    Status,
     ThreadBot,
     ThreadNotFound,
     UsageError,
@@ -54,15 +55,7 @@ OPTION_MAX = 1_000
 Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
 Name = Annotated[str, Field(max_length=NAME_MAX)]
 
-StatusName = Literal[
-    "running",
-    "waiting_for_human",
-    "waiting_for_approval",
-    "waiting_for_result",
-    "done",
-    "failed",
-    "cancelled",
-]
+StatusName = Status
 
 
 class LaunchIn(BaseModel):

@@ -138,6 +138,14 @@ async def until(bot: ThreadBot, thread_id: str, check: Any, within: float = 8.0)
         await asyncio.sleep(0.05)
 
 
+def deploy_then_end(body: dict[str, Any]) -> Any:
+    """The model for many threads at once, which ask in any order: the first
+    turn proposes a deploy, the second ends."""
+    if body["messages"][-1]["role"] == "user":
+        return calls(("deploy", {"service": "api"}))
+    return text("ok")
+
+
 def types(view: Any) -> list[str]:
     return [e.type for e in view.events]
 
@@ -251,13 +259,7 @@ async def test_an_approval_racing_the_deadline_has_exactly_one_outcome_50_times(
     try:
         n = 50
 
-        def by_turn(body: dict[str, Any]) -> Any:
-            # Threads ask in any order: the first turn proposes, the second ends.
-            if body["messages"][-1]["role"] == "user":
-                return calls(("deploy", {"service": "api"}))
-            return text("ok")
-
-        fake_openai.add(*[by_turn] * (2 * n))
+        fake_openai.add(*[deploy_then_end] * (2 * n))
         ids = [await b.launch("deploy api", source=ANN) for _ in range(n)]
         for thread_id in ids:
             await until(b, thread_id, lambda v: v.state.pending is not None)
@@ -507,12 +509,7 @@ async def test_two_servers_on_one_database_fire_each_deadline_once(
     the checked append let one of them fire it."""
     db = tmp_path / "shared.db"
 
-    def by_turn(body: dict[str, Any]) -> Any:
-        if body["messages"][-1]["role"] == "user":
-            return calls(("deploy", {"service": "api"}))
-        return text("ok")
-
-    fake_openai.add(*[by_turn] * 40)
+    fake_openai.add(*[deploy_then_end] * 40)
     one, two = bot_for(db, fake_openai), bot_for(db, fake_openai)
     try:
         ids = [await one.launch("deploy api", source=ANN) for _ in range(20)]
