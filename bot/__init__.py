@@ -39,7 +39,7 @@ from .notices import (
 from .people import ADMINS, Deciders, People, Person
 from .render import iso_utc
 from .step import next_step
-from .thread import ThreadState, derive
+from .thread import Status, ThreadState, derive
 from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "Said",
     "ScriptedModel",
     "Source",
+    "Status",
     "ThreadBot",
     "ThreadNotFound",
     "ThreadState",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from .errors import UsageError
-from .events import Approval, Event, HumanResponse, Source, UserMessage
+from .events import DEADLINE, Approval, Event, HumanResponse, Source, UserMessage
 
 __all__ = ["ADMINS", "Deciders", "People", "Person", "deciders", "may_settle", "takes_part"]
 
@@ -287,6 +287,20 @@ def _one(people: People, a: Source, b: Source) -> bool:
     return people.same(a, b) or (a.user, a.person, a.auth, a.by) == (b.user, b.person, b.auth, b.by)
 
 
+def requesters(events: Sequence[Event]) -> list[Source]:
+    """Whose messages led to what the agent does next: the last person who
+    wrote, and everyone who answered its questions since (an answer given
+    by an operator or by a deadline does not take their place)."""
+    out: list[Source] = []
+    for e in reversed(events):
+        if isinstance(e, HumanResponse) and e.source != DEADLINE:
+            out.append(e.source)
+        elif isinstance(e, UserMessage):
+            out.append(e.source)
+            break
+    return out
+
+
 def may_settle(
     people: People,
     events: Sequence[Event],
@@ -311,19 +325,20 @@ def may_settle(
       this deployment knows them; a stranger never approves their own
       request: the admins do.
     - When several approvals are required, each comes from someone else, and
-      never from the person whose message led to the call.
+      never from those whose messages led to the call (`requesters`).
     - Those a call was escalated to may settle it too.
     - An answer or a result: whoever started the thread or wrote in it, the
       approvers, and the admins.
     """
     humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
+    asked = requesters(events[:call_seq])
     if kind == "approval" and approvals_required > 1:
         if any(_one(people, source, a) for a in approved_by):
             return (
                 f"already approved by {source.who()}; it needs {approvals_required} "
                 "approvals from different people"
             )
-        if humans and people.same(source, humans[-1]):
+        if any(people.same(source, r) for r in asked):
             return "the person who asked does not count among the approvers it needs"
     if source.admin:
         return None
@@ -338,8 +353,7 @@ def may_settle(
         if specs:
             if not people.named(source, specs):
                 return "not one of the approvers (" + ", ".join(people.describe(specs)) + ")"
-            requester = humans[-1] if humans else None
-            if not self_approval and people.same(source, requester):
+            if not self_approval and any(people.same(source, r) for r in asked):
                 return "someone other than the person who asked must approve this (four eyes)"
             return None
         if is_admin:

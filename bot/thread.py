@@ -54,15 +54,6 @@ Status = Literal[
     "failed",
     "cancelled",
 ]
-STATUSES: tuple[Status, ...] = (
-    "running",
-    "waiting_for_human",
-    "waiting_for_approval",
-    "waiting_for_result",
-    "done",
-    "failed",
-    "cancelled",
-)
 ENDED: tuple[Status, ...] = ("done", "failed", "cancelled")
 
 

@@ -30,6 +30,7 @@ from bot import (
     Receipt,
     Refused,
     Source,
+    Status,
     ThreadBot,
     ThreadNotFound,
     UsageError,
@@ -54,15 +55,7 @@ OPTION_MAX = 1_000
 Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
 Name = Annotated[str, Field(max_length=NAME_MAX)]
 
-StatusName = Literal[
-    "running",
-    "waiting_for_human",
-    "waiting_for_approval",
-    "waiting_for_result",
-    "done",
-    "failed",
-    "cancelled",
-]
+StatusName = Status
 
 
 class LaunchIn(BaseModel):
@@ -158,6 +151,10 @@ class ApprovalIn(BaseModel):
             raise PydanticCustomError(
                 "approval", 'give either "approved" (true or false) or "respond" (a text)'
             )
+        if self.respond is not None and (self.comment is not None or self.arguments is not None):
+            raise PydanticCustomError(
+                "approval", '"respond" is the whole answer: it takes no "comment" or "arguments"'
+            )
         return self
 
 
@@ -206,8 +203,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _key(route: str, value: str | None) -> str | None:
-    return f"http:{route}:{value}" if value else None
+def _key(request: Request, route: str, value: str | None) -> str | None:
+    """An Idempotency-Key as stored: one person's retry is a duplicate of
+    their own request, never of someone else's that used the same key."""
+    if not value:
+        return None
+    identity = identity_of(request.scope)
+    return f"http:{identity.auth}:{identity.person or identity.name}:{route}:{value}"
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
@@ -291,7 +293,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
     ) -> Created:
         """Start a thread. The agent runs in the background: poll the thread or list by status."""
         thread_id = await bot.launch(
-            body.text, source=who(request, body.user), key=_key("threads", idempotency_key)
+            body.text, source=who(request, body.user), key=_key(request, "threads", idempotency_key)
         )
         return Created(id=thread_id, status=bot.get(thread_id).state.status)
 
@@ -370,7 +372,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
             call_id=body.call_id,
             option=body.option,
             source=who(request, body.user),
-            key=_key(f"{thread_id}:responses", idempotency_key),
+            key=_key(request, f"{thread_id}:responses", idempotency_key),
         )
         return accepted(receipt)
 
@@ -388,7 +390,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
             arguments=body.arguments,
             respond=body.respond,
             source=who(request, body.user),
-            key=_key(f"{thread_id}:approvals", idempotency_key),
+            key=_key(request, f"{thread_id}:approvals", idempotency_key),
         )
         return accepted(receipt)
 
@@ -404,7 +406,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
             thread_id,
             body.reason,
             source=who(request, body.user),
-            key=_key(f"{thread_id}:cancel", idempotency_key),
+            key=_key(request, f"{thread_id}:cancel", idempotency_key),
         )
         return accepted(receipt)
 
@@ -419,7 +421,7 @@ def create_app(bot: ThreadBot) -> FastAPI:
             body.output,
             is_error=body.is_error,
             source=who(request, body.user),
-            key=_key(f"{thread_id}:results", idempotency_key),
+            key=_key(request, f"{thread_id}:results", idempotency_key),
         )
         return accepted(receipt)
 
@@ -433,17 +435,21 @@ def create_app(bot: ThreadBot) -> FastAPI:
             thread_id,
             body.text,
             source=who(request, body.user),
-            key=_key(f"{thread_id}:messages", idempotency_key),
+            key=_key(request, f"{thread_id}:messages", idempotency_key),
         )
         return accepted(receipt)
 
     @app.post("/threads/{thread_id}/fork", status_code=201, response_model=Forked)
-    async def fork(thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None) -> Forked:
+    async def fork(
+        request: Request, thread_id: str, body: ForkIn, idempotency_key: IdempotencyKey = None
+    ) -> Forked:
         """A new thread with a copy of events 0..at; it goes on from there.
 
         Retried with the same `Idempotency-Key`, it returns the thread the
         first request made, with 201 again, and makes no other."""
-        new_id = await bot.fork(thread_id, body.at, key=_key(f"{thread_id}:fork", idempotency_key))
+        new_id = await bot.fork(
+            thread_id, body.at, key=_key(request, f"{thread_id}:fork", idempotency_key)
+        )
         return Forked(id=new_id, parent_id=thread_id, at=body.at)
 
     return app

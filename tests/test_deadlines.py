@@ -138,6 +138,14 @@ async def until(bot: ThreadBot, thread_id: str, check: Any, within: float = 8.0)
         await asyncio.sleep(0.05)
 
 
+def deploy_then_end(body: dict[str, Any]) -> Any:
+    """The model for many threads at once, which ask in any order: the first
+    turn proposes a deploy, the second ends."""
+    if body["messages"][-1]["role"] == "user":
+        return calls(("deploy", {"service": "api"}))
+    return text("ok")
+
+
 def types(view: Any) -> list[str]:
     return [e.type for e in view.events]
 
@@ -251,13 +259,7 @@ async def test_an_approval_racing_the_deadline_has_exactly_one_outcome_50_times(
     try:
         n = 50
 
-        def by_turn(body: dict[str, Any]) -> Any:
-            # Threads ask in any order: the first turn proposes, the second ends.
-            if body["messages"][-1]["role"] == "user":
-                return calls(("deploy", {"service": "api"}))
-            return text("ok")
-
-        fake_openai.add(*[by_turn] * (2 * n))
+        fake_openai.add(*[deploy_then_end] * (2 * n))
         ids = [await b.launch("deploy api", source=ANN) for _ in range(n)]
         for thread_id in ids:
             await until(b, thread_id, lambda v: v.state.pending is not None)
@@ -507,12 +509,7 @@ async def test_two_servers_on_one_database_fire_each_deadline_once(
     the checked append let one of them fire it."""
     db = tmp_path / "shared.db"
 
-    def by_turn(body: dict[str, Any]) -> Any:
-        if body["messages"][-1]["role"] == "user":
-            return calls(("deploy", {"service": "api"}))
-        return text("ok")
-
-    fake_openai.add(*[by_turn] * 40)
+    fake_openai.add(*[deploy_then_end] * 40)
     one, two = bot_for(db, fake_openai), bot_for(db, fake_openai)
     try:
         ids = [await one.launch("deploy api", source=ANN) for _ in range(20)]
@@ -554,6 +551,34 @@ async def test_a_tool_running_when_the_thread_is_cancelled_keeps_its_outcome(
         view = await until(b, thread_id, lambda v: v.events[-1].type == "tool_result")
         assert types(view)[-3:] == ["tool_started", "cancelled", "tool_result"]
         assert view.state.status == "cancelled" and len(fake_openai.requests) == 1
+    finally:
+        await b.close()
+        b.store.close()
+
+
+async def test_the_requester_never_counts_even_after_a_deadline_or_an_operator_answered(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """An answer by the deadline or by an operator does not make them the one
+    who asked: Ann, whose message led to the call, still does not count."""
+    b = bot_for(
+        tmp_path / "four.db",
+        fake_openai,
+        question_timers=make_timers("THREADBOT_QUESTION_*", deadline=1, approval=False),
+    )
+    try:
+        fake_openai.add(ask("Which table?"), calls(("drop_table", {"name": "t"})))
+        by_deadline = await b.launch("drop a table", source=ANN)
+        await until(b, by_deadline, lambda v: v.state.status == "waiting_for_approval")
+        fake_openai.add(ask("Which table?"), calls(("drop_table", {"name": "u"})))
+        by_operator = await b.launch("drop another table", source=ANN)
+        await until(b, by_operator, lambda v: v.state.status == "waiting_for_human")
+        await b.respond(by_operator, "u")  # the operator, in the process
+        await until(b, by_operator, lambda v: v.state.status == "waiting_for_approval")
+        for thread_id in (by_deadline, by_operator):
+            with pytest.raises(NotAllowed, match="asked"):
+                await b.decide(thread_id, True, source=ANN)
+        assert ran == []
     finally:
         await b.close()
         b.store.close()

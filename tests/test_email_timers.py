@@ -278,7 +278,7 @@ def test_cancel_by_mail(server: ServerProcess, relay: CaptureRelay, model: FakeO
     thread_id, first = start(server, relay, "deploy the web app")
     request = wait_mail(relay, thread_id, LEAD, "Approval needed before I run deploy")
     told = wait_mail(relay, thread_id, ANN, "needs approval by lead@example.com")
-    assert 'reply with "cancel"' in text_of(request) and 'reply with "cancel"' in text_of(told)
+    assert "cancel: " in text_of(request) and "cancel: " in text_of(told)
     n = len(events(server, thread_id, "waiting_for_approval"))
     # Someone else cannot cancel: not with another's reply address, nor by headers.
     assert b"made for someone else" in reply_refused(server, request, "cancel mine now", EVE)
@@ -372,3 +372,18 @@ def test_a_question_reminder_by_mail_is_answered_by_replying_to_it(
     assert (answer["text"], answer["source"]["auth"]) == ("us", "email:signed")
     wait_mail(relay, thread_id, ANN, "Opened a bucket in us.")
     no_mail_twice(relay, thread_id, events(server, thread_id))
+
+
+def test_an_answer_that_starts_with_cancel_is_an_answer(
+    server: ServerProcess, relay: CaptureRelay, model: FakeOpenAI
+) -> None:
+    """Only a first line of "cancel" alone (or "cancel: reason") cancels."""
+    model.add(ask("What should I do with the deploy?"))
+    thread_id, _ = start(server, relay, "the deploy looks stuck")
+    question = wait_mail(relay, thread_id, ANN, "What should I do with the deploy?")
+    model.add(text("Cancelled the deploy; staging next."))
+    reply(server, question, "Cancel the deploy, use staging", sender=ANN)
+    evs = events(server, thread_id, "done")
+    answer = next(e for e in evs if e["type"] == "human_response")
+    assert answer["text"] == "Cancel the deploy, use staging"
+    assert not [e for e in evs if e["type"] == "cancelled"]

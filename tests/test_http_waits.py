@@ -93,11 +93,42 @@ def test_approvals_take_a_decision_or_a_response_not_both(
     thread_id = launch(served, fake_openai, ("deploy", {"service": "api", "version": "1"}))
     wait_as_admin(served.url, thread_id, "waiting_for_approval")
     url = f"{served.url}/threads/{thread_id}/approvals"
-    for body in ({}, {"approved": True, "respond": "both"}, {"respond": ""}, {"respond": 3}):
+    for body in (
+        {},
+        {"approved": True, "respond": "both"},
+        {"respond": ""},
+        {"respond": 3},
+        {"respond": "x", "comment": "y"},
+        {"respond": "x", "arguments": {"service": "web", "version": "1"}},
+    ):
         r = httpx.post(url, json=body, headers=bearer(ADMIN))
         assert r.status_code == 422, (body, r.text)
         assert "error" in r.json()
     assert [e["type"] for e in events_of(served, thread_id)][-1] != "approval"
+
+
+def test_an_idempotency_key_is_each_persons_own(
+    served: ServerProcess, env: dict[str, str], fake_openai: FakeOpenAI
+) -> None:
+    """Two people who happen to send the same key are two requests: the
+    second approval is recorded, and a stranger is refused, not told
+    "duplicate"."""
+    fake_openai.add(calls(("deploy", {"service": "api", "version": "1"})), text("Done."))
+    r = httpx.post(f"{served.url}/threads", json={"text": "go"}, headers=bearer(ADMIN))
+    thread_id = r.json()["id"]
+    wait_as_admin(served.url, thread_id, "waiting_for_approval")
+    url = f"{served.url}/threads/{thread_id}/approvals"
+    same = {"Idempotency-Key": "approve-1"}
+    bob = bearer(token_for(env, "bob", "--scope", "approve"))
+    r = httpx.post(url, json={"approved": True}, headers={**bob, **same})
+    assert r.status_code == 403  # Bob is no approver: refused, whatever the key
+    ann = bearer(token_for(env, "ann", "--scope", "approve"))
+    r = httpx.post(url, json={"approved": True}, headers={**ann, **same})
+    assert r.status_code == 202 and r.json()["duplicate"] is False
+    r = httpx.post(url, json={"approved": True}, headers={**bob, **same})
+    assert r.status_code == 409  # not a duplicate of Ann's: already settled, by Ann
+    r = httpx.post(url, json={"approved": True}, headers={**ann, **same})
+    assert r.status_code == 202 and r.json()["duplicate"] is True
 
 
 def test_cancel_over_http(

@@ -86,7 +86,7 @@ def test_a_listed_approver_approves_their_own_request_unless_four_eyes() -> None
 
 
 def test_four_eyes_looks_at_whoever_led_to_the_call() -> None:
-    # Bob started the thread, Ann's answer led to the call: Ann may not approve.
+    # Bob asked, Ann's answer shaped the call: neither may approve it.
     events: list[Event] = [
         UserMessage(text="deploy", source=slack("U_BOB")),
         ToolCall(call_id="q", name="request_human_input", arguments={"question": "which?"}),
@@ -96,11 +96,12 @@ def test_four_eyes_looks_at_whoever_led_to_the_call() -> None:
             name="deploy",
             arguments={},
             requires_approval=True,
-            approvers=("ann", "bob"),
+            approvers=("ann", "bob", "root"),
         ),
     ]
     assert decide(PEOPLE, events, slack("U_ANN"), self_approval=False) is not None
-    assert decide(PEOPLE, events, slack("U_BOB"), self_approval=False) is None
+    assert decide(PEOPLE, events, slack("U_BOB"), self_approval=False) is not None
+    assert decide(PEOPLE, events, mail("root@example.com"), self_approval=False) is None
 
 
 def test_with_no_approver_a_known_starter_decides() -> None:

@@ -4,8 +4,8 @@ Inbound, a mail to the bot's address starts a thread (from the senders
 THREADBOT_EMAIL_SENDERS allows). Answers, decisions, responses and
 cancellations come only to the signed reply address a mail was sent with,
 from the person it was sent to (see `tokens`): the core reads the text
-against what that mail delivered, and a reply whose first word is "cancel"
-cancels the thread. A mail found only by its In-Reply-To/References adds a
+against what that mail delivered, and a reply whose first line is "cancel"
+(or "cancel: reason") cancels the thread. A mail found only by its In-Reply-To/References adds a
 message from one of the thread's people, never an answer. A mail is parsed,
 checked and appended before the server answers 250, so an accepted mail is
 never lost; the agent runs after. Refusals write nothing. Automatic mail
@@ -270,13 +270,19 @@ class EmailChannel:
         await self.postman.send(msg)
 
 
-_CANCEL = re.compile(r"^\s*cancel\b[\s.,:;!-]*(.*)$", re.IGNORECASE | re.DOTALL)
+_CANCEL = re.compile(r"^cancel(?:\s*[:\-\u2013\u2014]\s*(.*)|\s*[.!]?)$", re.IGNORECASE)
 
 
 def _cancelling(text: str) -> str | None:
-    """The reason, when a reply's first word is "cancel" ("" for none)."""
-    found = _CANCEL.match(text)
-    return found.group(1).strip() if found else None
+    """The reason ("" for none), when a reply's first line is "cancel" alone
+    or "cancel: reason" (the reason may follow on the next lines). An answer
+    that only starts with the word ("Cancel the deploy, use staging") is an
+    answer."""
+    first, _, rest = text.strip().partition("\n")
+    found = _CANCEL.match(first.strip())
+    if found is None:
+        return None
+    return f"{found.group(1) or ''}\n{rest}".strip()
 
 
 def _one_line(text: str) -> str:

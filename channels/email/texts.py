@@ -44,7 +44,7 @@ _HOW_TO_DECIDE = [
     'To run it, reply with "approve" (or "yes") on the first line.',
     'To stop it, reply with "reject" (or "no") and your reason; I will read it.',
     "Any other reply answers instead of deciding: it does not run, and I read what you wrote.",
-    'To stop the whole conversation, reply with "cancel" and a reason.',
+    'To stop the whole conversation, reply "cancel: " and your reason.',
 ]
 
 
@@ -119,7 +119,7 @@ def waiting_text(
     lines += [
         "",
         "I asked them, and will write here when it is decided." if home else "I asked them.",
-        'To stop the whole conversation, reply with "cancel" and a reason.',
+        'To stop the whole conversation, reply "cancel: " and your reason.',
     ]
     return "\n".join(lines)
 
@@ -135,7 +135,7 @@ def reminder_text(request: Question | ApprovalRequest, *, lead: Sequence[str] = 
     lines += [
         "",
         'Reply "approve" to run it, "reject" and a reason to stop it, any other text to '
-        'answer instead of deciding, or "cancel" and a reason to stop the conversation.',
+        'answer instead of deciding, or "cancel: " and your reason to stop the conversation.',
     ]
     return "\n".join(lines)
 
