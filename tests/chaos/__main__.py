@@ -287,7 +287,7 @@ class Harness:
             "POST", f"/threads/{thread_id}/{route}", json=payload, headers={"Idempotency-Key": key}
         )
         if r is not None and r.status_code == 202:
-            self.acknowledged.append((thread_id, f"http:{thread_id}:{route}:{key}"))
+            self.acknowledged.append((thread_id, f"{thread_id}:{route}:{key}"))
         return str(body["status"])
 
     def approve_late(self, thread_id: str, call_id: str, plan: str) -> None:
@@ -307,7 +307,7 @@ class Harness:
             time.sleep(0.1)
         with self.lock:
             if r is not None and r.status_code == 202:
-                self.acknowledged.append((thread_id, f"http:{thread_id}:approvals:{key}"))
+                self.acknowledged.append((thread_id, f"{thread_id}:approvals:{key}"))
                 self.races[f"{plan}: approved by the person"] += 1
             elif r is not None and r.status_code == 409:
                 self.races[f"{plan}: the deadline came first"] += 1
@@ -397,7 +397,10 @@ class Harness:
         now = time.time()
         done = sum(t["status"] == "done" for t in threads.values())
         keys = {e.get("key") for t in threads.values() for e in t["events"] if e.get("key")}
-        missing = [k for _, k in self.acknowledged if k not in keys]
+        # Stored as "http:<who sent it>:<thread>:<route>:<Idempotency-Key>".
+        missing = [
+            a for _, a in self.acknowledged if not any(str(k).endswith(f":{a}") for k in keys)
+        ]
         ledger = collections.Counter(
             line.split()[1] for line in self.ledger.read_text().splitlines()
         )
