@@ -16,3 +16,9 @@ def deploy(service: str) -> str:
 def restart(service: str) -> str:
     """Restart a service: Sam (in Slack) decides."""
     return f"restarted {service}"
+
+
+@tool(requires_approval=True, approvers=["pat"])
+def purge(cache: str) -> str:
+    """Purge a cache: Pat decides, in the approvals channel the people file names."""
+    return f"purged {cache}"

@@ -58,3 +58,34 @@ def test_tune_is_on_unless_turned_off(raw: str | None, expected: bool) -> None:
 def test_a_bad_tune_value_is_refused() -> None:
     with pytest.raises(UsageError, match=r"THREADBOT_TUNE must be on or off, not 'fast'"):
         Settings.from_env({"THREADBOT_TUNE": "fast"})
+
+
+def test_timer_defaults_come_from_the_environment() -> None:
+    s = Settings.from_env(
+        {
+            "THREADBOT_REMIND_AFTER": "10m",
+            "THREADBOT_DEADLINE": "4h",
+            "THREADBOT_ON_DEADLINE": "fail",
+            "THREADBOT_QUESTION_DEADLINE": "90",
+        }
+    )
+    assert s.approval_timers is not None and s.question_timers is not None
+    assert (s.approval_timers.remind_after, s.approval_timers.deadline) == (600.0, 14400.0)
+    assert s.approval_timers.on_deadline == "fail"
+    assert s.question_timers.deadline == 90.0 and s.question_timers.remind_after is None
+    assert Settings.from_env({}).approval_timers is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"THREADBOT_ON_DEADLINE": "approve"}, "THREADBOT_ON_DEADLINE"),
+        ({"THREADBOT_QUESTION_ON_DEADLINE": "maybe"}, "THREADBOT_QUESTION_ON_DEADLINE"),
+        ({"THREADBOT_DEADLINE": "soon"}, "THREADBOT_DEADLINE"),
+        ({"THREADBOT_ESCALATE_AFTER": "1h"}, "escalate_to"),
+        ({"THREADBOT_QUESTION_REMIND_AFTER": "-5"}, "THREADBOT_QUESTION_REMIND_AFTER"),
+    ],
+)
+def test_bad_timer_defaults_are_refused_by_name(env: dict[str, str], named: str) -> None:
+    with pytest.raises(UsageError, match=named):
+        Settings.from_env(env)

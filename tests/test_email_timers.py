@@ -292,7 +292,7 @@ def test_cancel_by_mail(server: ServerProcess, relay: CaptureRelay, model: FakeO
     cancelled = next(e for e in evs if e["type"] == "cancelled")
     assert cancelled["reason"] == "wrong service, I meant the api"
     assert (cancelled["source"]["user"], cancelled["source"]["auth"]) == (ANN, "email:signed")
-    mailed = wait_mail(relay, thread_id, ANN, f"Cancelled by {ANN}: wrong service")
+    mailed = wait_mail(relay, thread_id, ANN, "Cancelled by Ann: wrong service")
     assert mailed["In-Reply-To"] == first["Message-ID"]
     assert ran(evs) == []
     # Too late for the approver, and nothing left to cancel.

@@ -60,13 +60,19 @@ def _timers(env: Mapping[str, str], kind: str) -> Timers | None:
     (approvals: THREADBOT_REMIND_AFTER, ...) or `"QUESTION_"`. A default
     deadline never approves: only a tool may say so."""
     name = f"THREADBOT_{kind}"
+    on_deadline = (env.get(f"{name}ON_DEADLINE") or "").strip().lower() or None
+    if on_deadline not in (None, "reject", "fail"):
+        raise UsageError(
+            f"{name}ON_DEADLINE must be reject or fail, not {on_deadline!r} "
+            "(only a tool may approve itself at its deadline)"
+        )
     return make_timers(
         f"{name}*",
         remind_after=_maybe_seconds(env, f"{name}REMIND_AFTER"),
         escalate_after=_maybe_seconds(env, f"{name}ESCALATE_AFTER"),
         escalate_to=_list(env, f"{name}ESCALATE_TO"),
         deadline=_maybe_seconds(env, f"{name}DEADLINE"),
-        on_deadline=(env.get(f"{name}ON_DEADLINE") or "").strip().lower() or None,
+        on_deadline=on_deadline,
         approval=False,
     )
 

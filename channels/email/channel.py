@@ -238,7 +238,6 @@ class EmailChannel:
             self.bot.people,
             mail.sender,
             auth=auth,
-            name=mail.sender_name,
             message_id=mail.message_id,
             subject=mail.subject,
         )

@@ -22,15 +22,15 @@ class Recipient:
     decides: bool
 
 
-def email_source(
-    people: People, address: str, *, auth: str, name: str | None = None, **refs: str
-) -> Source:
-    """An email source, naming the person behind the address when known."""
+def email_source(people: People, address: str, *, auth: str, **refs: str) -> Source:
+    """An email source, naming the person behind the address when known. The
+    display name of a `From` header is whatever the sender typed: it names
+    nobody (the address, or the people file's name, does)."""
     person = people.find(address)
     return Source(
         channel="email",
         user=address.lower(),
-        name=name or None,
+        name=person.display if person is not None else None,
         auth=auth,
         person=person.id if person is not None else None,
         refs=refs,

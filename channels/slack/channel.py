@@ -43,6 +43,7 @@ from bot import (
     Refused,
     Source,
     ThreadBot,
+    ThreadNotFound,
     UsageError,
 )
 
@@ -50,7 +51,7 @@ from . import format as fmt
 from .outbound import SlackPoster
 from .payloads import shape_problem
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, mention, route_key
+from .settings import WORKING, SlackSettings, mention, post_route_key, route_key
 from .web import WebClients, base_url
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
@@ -173,6 +174,11 @@ class SlackChannel:
             "team": str(body.get("team_id", "")),
         }
         thread_id = self.bot.routed(route_key(channel, root))
+        # Under a request posted to an approver elsewhere than the thread's
+        # own conversation, only those who may write in the thread may.
+        members_only = thread_id is None
+        if thread_id is None:
+            thread_id = self.bot.routed(post_route_key(channel, root))
         if thread_id is None:
             if not (mentioned or event.get("channel_type") == "im"):
                 return  # a channel conversation that is not for us
@@ -193,14 +199,18 @@ class SlackChannel:
             return
         if not text or self.bot.received(key):
             return
-        await self._continue(thread_id, text, await self.directory.source(user, refs=refs), key)
+        source = await self.directory.source(user, refs=refs)
+        await self._continue(thread_id, text, source, key, members_only=members_only)
 
-    async def _continue(self, thread_id: str, text: str, source: Source, key: str) -> None:
-        """A reply in the bound Slack thread: the core decides what it is.
-        Anyone in the Slack conversation may write in it."""
+    async def _continue(
+        self, thread_id: str, text: str, source: Source, key: str, *, members_only: bool
+    ) -> None:
+        """A reply in a Slack thread bound to the thread: the core decides
+        what it is. Anyone in the thread's own Slack conversation may write
+        in it; under a post to an approver, only who may write in the thread."""
         refs = source.refs
         try:
-            await self.bot.reply(thread_id, text, source=source, key=key, members_only=False)
+            await self.bot.reply(thread_id, text, source=source, key=key, members_only=members_only)
         except Refused as e:
             notice = str(e)
             if isinstance(e, AwaitingDecision):
@@ -298,19 +308,22 @@ class SlackChannel:
     async def _on_form_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         """The reason for a rejection, or the reply instead of a decision:
         whoever submits it must be allowed to decide, as for a click."""
-        meta = json.loads(view["private_metadata"])
-        text = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
+        try:
+            meta = json.loads(view["private_metadata"])
+            t, c, ch, ts = (str(meta[k]) for k in ("t", "c", "ch", "ts"))
+            text = (view["state"]["values"]["reason"]["text"].get("value") or "").strip()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            await ack(response_action="errors", errors={"reason": "This is not a threadbot form."})
+            return
         source = await self.directory.source(
-            body["user"]["id"],
-            refs={"channel": meta["ch"], "ts": meta["ts"], "view": view.get("id", "")},
+            body["user"]["id"], refs={"channel": ch, "ts": ts, "view": view.get("id", "")}
         )
-        t, c = meta["t"], meta["c"]
         try:
             if view.get("callback_id") == "tb_respond_modal":
                 await self.bot.decide(t, False, respond=text, call_id=c, source=source)
             else:
                 await self.bot.decide(t, False, comment=text, call_id=c, source=source)
-        except (Refused, UsageError) as e:
+        except (Refused, UsageError, ThreadNotFound) as e:
             await ack(response_action="errors", errors={"reason": str(e)[:150]})
             return
         await ack()

@@ -35,7 +35,7 @@ from bot import (
 
 from . import format as fmt
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, mention, route_key
+from .settings import WORKING, SlackSettings, mention, post_route_key
 from .web import WebClients
 from .wording import Wording
 
@@ -248,8 +248,9 @@ class SlackPoster:
 
     def _delivery(self, posted: list[str]) -> Delivery:
         first_channel, first_ts = posted[0].split("/", 1)
-        # A reply in a post's Slack thread reaches the thread it came from.
-        routes = tuple(route_key(*p.split("/", 1)) for p in posted)
+        # A reply under a post reaches the thread it came from (from those
+        # who may write in it: an approvals channel holds others too).
+        routes = tuple(post_route_key(*p.split("/", 1)) for p in posted)
         return Delivery(
             refs={"channel": first_channel, "ts": first_ts, "posts": " ".join(posted)},
             routes=routes,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import format as fmt
 
-__all__ = ["WORKING", "SlackSettings", "mention", "route_key"]
+__all__ = ["WORKING", "SlackSettings", "mention", "post_route_key", "route_key"]
 
 WORKING = "eyes"
 """The reaction put on a message while the agent works on it."""
@@ -18,7 +18,15 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 
 
 def route_key(channel: str, thread_ts: str) -> str:
+    """The thread's own Slack conversation: anyone in it may write."""
     return f"slack:{channel}:{thread_ts}"
+
+
+def post_route_key(channel: str, ts: str) -> str:
+    """A post of a request to an approver (a direct message, their approvals
+    channel): a reply under it reaches the thread, from people who may write
+    in it only."""
+    return f"slack:post:{channel}:{ts}"
 
 
 def mention(who: str | None) -> str:

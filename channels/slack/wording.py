@@ -39,8 +39,10 @@ class Wording:
             return mention(source.user or source.who()), ""
         if source.auth in ("operator", "python") and not source.user and not source.by:
             return "the operator", ""  # the local operator, or code in the process
+        # Never a mention made of what another channel says (a mail's display
+        # name may be "U024BE7LH"): the directory's name, else the address.
         person = self.people.identify(source)
-        who = mention(person.display if person else source.who())
+        who = fmt.escape(person.display if person else source.who())
         how = _HOW.get(source.auth or "") or next(
             (label for prefix, label in _HOW_PREFIX if (source.auth or "").startswith(prefix)),
             f"through {source.channel}",

@@ -259,13 +259,14 @@ def _proc(pid: int) -> tuple[float, int]:
 def serve_idle(db: Path, seconds: float) -> dict[str, Any]:
     """A real `threadbot serve` on the database while nothing is due: its
     RSS and the CPU it uses, read from /proc."""
-    from ..fakes import ServerProcess  # not in the measured process: it holds httpx
+    from ..fakes import ServerProcess, free_port  # not in the measured process
 
     env = {
         "THREADBOT_DB": str(db),
         "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # never called: nothing is due
         "OPENAI_API_KEY": "k",
         "THREADBOT_MODEL": "idle",
+        "THREADBOT_SMTP": f"127.0.0.1:{free_port()}",  # not the default port, maybe taken
     }
     server = ServerProcess(env).start()
     try:
