@@ -32,6 +32,7 @@ __all__ = [
     "ToolResult",
     "ToolStarted",
     "UserMessage",
+    "by_deadline",
     "dump_event",
     "event_from_dict",
     "load_event",
@@ -88,6 +89,12 @@ class Source(BaseModel):
 
 DEADLINE = Source(channel="system", auth="deadline", name="the deadline")
 """Who settles a call whose deadline passed."""
+
+
+def by_deadline(source: Source) -> bool:
+    """Whether `source` is the deadline's (compared by what identifies it,
+    which is much cheaper than comparing whole models)."""
+    return source.auth == DEADLINE.auth and source.channel == DEADLINE.channel
 
 
 class Timers(BaseModel):

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from .events import (
-    DEADLINE,
     Approval,
     AssistantMessage,
     Cancelled,
@@ -45,6 +44,7 @@ from .events import (
     Source,
     ToolCall,
     UserMessage,
+    by_deadline,
 )
 from .people import Deciders, People, Person, deciders, may_settle
 from .thread import HUMAN_INPUT
@@ -168,7 +168,7 @@ class Outcome(Notice):
     @property
     def by_deadline(self) -> bool:
         """Settled because nobody did in time."""
-        return self.by == DEADLINE
+        return by_deadline(self.by)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,7 +410,7 @@ def _open_at(events: Sequence[Event], seq: int) -> list[str]:
         match e:
             case ToolCall() if e.name == HUMAN_INPUT or e.requires_approval:
                 needed[e.call_id] = e.approvals_required or 1
-            case Approval(approved=True) if e.call_id in needed and e.source != DEADLINE:
+            case Approval(approved=True) if e.call_id in needed and not by_deadline(e.source):
                 needed[e.call_id] -= 1
                 if needed[e.call_id] <= 0:
                     del needed[e.call_id]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from .errors import UsageError
-from .events import DEADLINE, Approval, Event, HumanResponse, Source, UserMessage
+from .events import Approval, Event, HumanResponse, Source, UserMessage, by_deadline
 
 __all__ = ["ADMINS", "Deciders", "People", "Person", "deciders", "may_settle", "takes_part"]
 
@@ -293,7 +293,7 @@ def requesters(events: Sequence[Event]) -> list[Source]:
     by an operator or by a deadline does not take their place)."""
     out: list[Source] = []
     for e in reversed(events):
-        if isinstance(e, HumanResponse) and e.source != DEADLINE:
+        if isinstance(e, HumanResponse) and not by_deadline(e.source):
             out.append(e.source)
         elif isinstance(e, UserMessage):
             out.append(e.source)
@@ -330,20 +330,19 @@ def may_settle(
     - An answer or a result: whoever started the thread or wrote in it, the
       approvers, and the admins.
     """
-    humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
-    asked = requesters(events[:call_seq])
     if kind == "approval" and approvals_required > 1:
         if any(_one(people, source, a) for a in approved_by):
             return (
                 f"already approved by {source.who()}; it needs {approvals_required} "
                 "approvals from different people"
             )
-        if any(people.same(source, r) for r in asked):
+        if any(people.same(source, r) for r in requesters(events[:call_seq])):
             return "the person who asked does not count among the approvers it needs"
     if source.admin:
         return None
     if source.user is None and source.person is None:
         return "an anonymous source cannot answer or decide"
+    humans = [e.source for e in events[:call_seq] if isinstance(e, UserMessage | HumanResponse)]
     who = people.identify(source)
     is_admin = who is not None and ADMINS in who.groups
     origin = humans[0] if humans else None
@@ -353,7 +352,9 @@ def may_settle(
         if specs:
             if not people.named(source, specs):
                 return "not one of the approvers (" + ", ".join(people.describe(specs)) + ")"
-            if not self_approval and any(people.same(source, r) for r in asked):
+            if not self_approval and any(
+                people.same(source, r) for r in requesters(events[:call_seq])
+            ):
                 return "someone other than the person who asked must approve this (four eyes)"
             return None
         if is_admin:

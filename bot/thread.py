@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from .events import (
-    DEADLINE,
     Approval,
     AssistantMessage,
     Cancelled,
@@ -28,6 +27,7 @@ from .events import (
     ToolResult,
     ToolStarted,
     UserMessage,
+    by_deadline,
 )
 
 __all__ = [
@@ -345,7 +345,7 @@ class Fold:
                 if (c := self.open_calls.pop(e.call_id, None)) is not None:
                     self._resolve(c, Resolution("answer", seq, e.source, c.seq))
                 self._batch_of.pop(e.call_id, None)
-                if e.source != DEADLINE:
+                if not by_deadline(e.source):
                     self.errors = self.turns = 0
             case UserMessage():
                 if self.origin is None:
@@ -393,7 +393,7 @@ class Fold:
             return
         if e.approved:
             approvals = (*c.approvals, e)
-            if len(approvals) < (c.call.approvals_required or 1) and e.source != DEADLINE:
+            if len(approvals) < (c.call.approvals_required or 1) and not by_deadline(e.source):
                 self.open_calls[e.call_id] = c._replace(approvals=approvals)
             else:
                 self.open_calls[e.call_id] = c._replace(approval=e, approvals=approvals)
@@ -403,7 +403,7 @@ class Fold:
             self._batch_of.pop(e.call_id, None)
             kind: Literal["rejected", "responded"] = "responded" if e.responded else "rejected"
             self._resolve(c, Resolution(kind, seq, e.source, c.seq))
-        if e.source != DEADLINE:
+        if not by_deadline(e.source):
             self.errors = self.turns = 0
 
     def _posted_on(self, c: OpenCall) -> set[str]:
