@@ -516,10 +516,10 @@ class ThreadBot:
         may, by name."""
         view = self.get(thread_id)
         body = view.json()
-        body["pending"] = self.pending_json(thread_id, source, view=view)
         body["pending_calls"] = [
             self._pending_json(thread_id, source, view, p) for p in view.state.waiting
         ]
+        body["pending"] = body["pending_calls"][0] if body["pending_calls"] else None
         return body
 
     def pending_json(

@@ -47,7 +47,7 @@ from .events import (
     by_deadline,
 )
 from .people import Deciders, People, Person, deciders, may_settle
-from .thread import HUMAN_INPUT
+from .thread import HUMAN_INPUT, derive
 
 __all__ = [
     "Answer",
@@ -272,7 +272,7 @@ def build_notice(
             )
         case Cancelled():
             settled = []
-            for call_id in _open_at(events, seq):
+            for call_id in _cancelled_by(events, seq):
                 request = _request(thread_id, events, seq, call_id, channel, people)
                 if request is not None:
                     outcome = _outcome(common, request, None, events, seq, channel)
@@ -403,22 +403,10 @@ def _outcome(
     return Outcome(**fields, kind="cancelled", by=cancel.source, text=cancel.reason)
 
 
-def _open_at(events: Sequence[Event], seq: int) -> list[str]:
-    """The questions and approval requests still open just before `seq`."""
-    needed: dict[str, int] = {}
-    for e in events[:seq]:
-        match e:
-            case ToolCall() if e.name == HUMAN_INPUT or e.requires_approval:
-                needed[e.call_id] = e.approvals_required or 1
-            case Approval(approved=True) if e.call_id in needed and not by_deadline(e.source):
-                needed[e.call_id] -= 1
-                if needed[e.call_id] <= 0:
-                    del needed[e.call_id]
-            case HumanResponse() | Approval():
-                needed.pop(e.call_id, None)
-            case Cancelled():
-                needed.clear()
-    return list(needed)
+def _cancelled_by(events: Sequence[Event], seq: int) -> list[str]:
+    """The calls the cancellation at `seq` settled, as the thread's state has them."""
+    resolved = derive(events[: seq + 1]).resolved
+    return [call_id for call_id, r in resolved.items() if r.kind == "cancelled" and r.seq == seq]
 
 
 class Outbound(Protocol):

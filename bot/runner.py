@@ -485,9 +485,10 @@ class Runner:
         question = call.name == HUMAN_INPUT
         timers = self.question_timers if question else merge_timers(own, self.approval_timers)
         reach = None
-        decide = deciders(self.people, call.approvers, thread.state.origin)
-        if not question and decide.by != "starter":
-            reach = self._reach(thread, decide.specs)
+        if not question:
+            decide = deciders(self.people, call.approvers, thread.state.origin)
+            if decide.by != "starter":  # the starter is in the thread already
+                reach = self._reach(thread, decide.specs)
         return call.model_copy(update={"timers": timers, "reach": reach})
 
     def _reach(self, thread: Thread, specs: Sequence[str]) -> dict[str, tuple[str, ...]] | None:

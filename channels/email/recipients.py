@@ -38,13 +38,10 @@ def email_source(people: People, address: str, *, auth: str, **refs: str) -> Sou
 
 
 def _addresses(people: People, spec: str) -> list[str]:
-    if spec.startswith("group:"):
-        group = spec[6:]
-        return [e for p in people.persons if group in p.groups for e in p.emails]
+    """The addresses an approver entry names: itself, or its people's."""
     if "@" in spec:
         return [spec.lower()]
-    person = people.find(spec)
-    return list(person.emails) if person is not None else []
+    return [address for person in people.expand([spec]) for address in person.emails]
 
 
 def approval_recipients(people: People, request: ApprovalRequest) -> tuple[list[Recipient], str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterable, Mapping
 
 from slack_sdk.errors import SlackApiError
@@ -35,7 +34,7 @@ from bot import (
 
 from . import format as fmt
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, mention, post_route_key
+from .settings import WORKING, SlackSettings, is_user_id, mention, post_route_key
 from .web import WebClients
 from .wording import Wording
 
@@ -43,7 +42,6 @@ __all__ = ["SlackPoster"]
 
 log = logging.getLogger("threadbot.slack")
 
-_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 HISTORY_PAGES = 5
 """How far back a direct message is searched for a post that went out just
 before a crash (pages of 200 messages): such a post is among the newest."""
@@ -55,7 +53,7 @@ Post = tuple[str, list[fmt.Block]]
 def _slack_id(person: Person) -> str | None:
     if person.slack:
         return person.slack
-    return person.id if _USER_ID.match(person.id) else None
+    return person.id if is_user_id(person.id) else None
 
 
 def _posts_of(refs: Mapping[str, str]) -> list[tuple[str, str]]:

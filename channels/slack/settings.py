@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from . import format as fmt
 
-__all__ = ["WORKING", "SlackSettings", "mention", "post_route_key", "route_key"]
+__all__ = [
+    "WORKING",
+    "SlackSettings",
+    "is_user_id",
+    "mention",
+    "post_route_key",
+    "route_key",
+]
 
 WORKING = "eyes"
 """The reaction put on a message while the agent works on it."""
@@ -29,9 +36,14 @@ def post_route_key(channel: str, ts: str) -> str:
     return f"slack:post:{channel}:{ts}"
 
 
+def is_user_id(who: str | None) -> bool:
+    """Whether `who` has the shape of a Slack user id."""
+    return bool(who and _USER_ID.match(who))
+
+
 def mention(who: str | None) -> str:
     """A user id as a Slack mention; anything else as plain text."""
-    if who and _USER_ID.match(who):
+    if is_user_id(who):
         return f"<@{who}>"
     return fmt.escape(who or "someone")
 
