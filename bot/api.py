@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store import Credentials, DuplicateKey, EventStore, SeqConflict, ThreadRow
+from store import Credentials, DuplicateKey, SeqConflict, Store, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
 from .engine import Engine
@@ -102,7 +102,7 @@ class ThreadView:
 class ThreadBot:
     def __init__(
         self,
-        store: EventStore,
+        store: Store,
         model: Model,
         tools: Toolbox | None = None,
         *,
@@ -115,7 +115,6 @@ class ThreadBot:
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
     ) -> None:
-        self._path = store.path
         self._log = ThreadLog(store)
         self._home = threading.get_ident()
         self.model = model
@@ -152,7 +151,7 @@ class ThreadBot:
         return self._log
 
     @property
-    def store(self) -> EventStore:
+    def store(self) -> Store:
         """The store the bot was given (its owner closes it)."""
         return self._log.store
 
@@ -163,14 +162,14 @@ class ThreadBot:
         launch; channels added before are kept."""
         if isinstance(self.runner, Engine):
             return
-        if self._path == ":memory:":
+        if self.store.url == ":memory:":
             raise UsageError("an in-memory store cannot be shared with another thread")
         outbound = self.runner.outbound
         engine = Engine(
             # Built on the engine's thread, with a connection of its own that
             # the engine closes when it stops.
             lambda: Runner(
-                ThreadLog(EventStore(self._path)),
+                ThreadLog(self.store.reopen()),
                 self.model,
                 self.tools,
                 outbound=outbound,

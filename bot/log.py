@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from store import EventStore, NewRow, SeqConflict, UnknownThread
+from store import NewRow, SeqConflict, Store, UnknownThread
 
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
@@ -63,7 +63,7 @@ def deliver_to(state: ThreadState) -> str:
 
 
 class ThreadLog:
-    def __init__(self, store: EventStore, *, cache_events: int = 20_000) -> None:
+    def __init__(self, store: Store, *, cache_events: int = 20_000) -> None:
         self.store = store
         self.cache_events = cache_events
         """Events kept in memory (about 1.5 KB each), besides pinned threads'."""

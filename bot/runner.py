@@ -158,6 +158,13 @@ class Runner:
         """The operator's reminder and deadline for questions."""
         self._timers: asyncio.Task[None] | None = None
         self._timers_wake: asyncio.Event | None = None
+        self._next_timer: float | None = None
+        """When the timer task wakes next (None: at its next look)."""
+        self._watchers: list[asyncio.Task[None]] = []
+        """Listening for other replicas' changes; looking for orphaned threads."""
+        self._lease_waits: dict[str, asyncio.Event] = {}
+        """Threads waiting here for another runner's lease, woken when it is freed."""
+        self.log.store.hold_presence(self.owner)
 
     # -- scheduling ---------------------------------------------------------
 
@@ -177,8 +184,12 @@ class Runner:
         """Start the one task that wakes threads when a timer of theirs is
         due (the store keeps each thread's next one, indexed)."""
         if self._timers is None:
+            loop = asyncio.get_running_loop()
             self._timers_wake = asyncio.Event()
-            self._timers = asyncio.get_running_loop().create_task(self._watch_timers())
+            self._timers = loop.create_task(self._watch_timers())
+            self._watchers.append(loop.create_task(self.log.store.listen(self._notified)))
+            if self.log.store.takeover_every is not None:
+                self._watchers.append(loop.create_task(self._take_over()))
 
     async def _watch_timers(self) -> None:
         assert self._timers_wake is not None
@@ -193,10 +204,39 @@ class Runner:
                 log.exception("looking for due timers failed; trying again shortly")
                 following = None
             wait = TIMER_LOOK if following is None else min(TIMER_LOOK, following - time.time())
+            self._next_timer = time.time() + wait
             self._timers_wake.clear()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._timers_wake.wait(), wait)
+
+    def _notified(self, thread_id: str, due_at: float | None) -> None:
+        """Another connection changed the thread (or freed its lease)."""
+        if (waiting := self._lease_waits.get(thread_id)) is not None:
+            waiting.set()
+        if (
+            due_at is not None
+            and self._timers_wake is not None
+            and (self._next_timer is None or due_at < self._next_timer)
+        ):
+            self._timers_wake.set()
+
+    async def _take_over(self) -> None:
+        """Every few seconds, run the threads that a runner which died on
+        another host (or nobody) left with work to do."""
+        store = self.log.store
+        assert store.takeover_every is not None
+        while True:
+            await asyncio.sleep(store.takeover_every)
+            try:
+                orphans = store.orphans(self.owner, self.outbound)
+            except Exception:
+                log.exception("looking for threads left by a dead runner failed")
+                continue
+            for thread_id in orphans:
+                if thread_id not in self._tasks:
+                    log.info("thread %s: taken over from a runner that is gone", thread_id)
+                    self.kick(thread_id)
 
     def active(self) -> list[str]:
         return list(self._tasks)
@@ -225,6 +265,8 @@ class Runner:
         if self._timers is not None:
             tasks.append(self._timers)
             self._timers = None
+        tasks += self._watchers
+        self._watchers = []
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -285,23 +327,32 @@ class Runner:
         if await store.acquire_async(thread_id, self.owner, self.lease_ttl):
             return True
         holder = store.lease_owner(thread_id)
-        return (
-            holder is not None
-            and _is_dead(holder, self.owner)
-            and store.acquire(thread_id, self.owner, self.lease_ttl, steal_from=holder)
+        if holder is None or holder == self.owner:
+            return False
+        gone = store.owner_gone(holder)
+        return (gone if gone is not None else _is_dead(holder, self.owner)) and store.acquire(
+            thread_id, self.owner, self.lease_ttl, steal_from=holder
         )
 
     async def _take_lease(self, thread_id: str) -> bool:
         """Wait for the lease while the thread still has work; another
         process may be running it."""
         delay = 0.05
-        while not await self._acquire(thread_id):
-            thread = self.log.load(thread_id)
-            if isinstance(self._decide(thread), Wait | Stop):
-                return False  # the other process finished it
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        return True
+        freed = self._lease_waits.setdefault(thread_id, asyncio.Event())
+        try:
+            while True:
+                freed.clear()  # before trying: a release meanwhile is not missed
+                if await self._acquire(thread_id):
+                    return True
+                thread = self.log.load(thread_id)
+                if isinstance(self._decide(thread), Wait | Stop):
+                    return False  # the other process finished it
+                # Woken when the lease is freed, where the store tells.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(freed.wait(), delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            self._lease_waits.pop(thread_id, None)
 
     def _renew_later(self) -> None:
         """While runs last, renew their leases every third of their time, all

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .sqlite import EventStore
+from .base import Store
 
 __all__ = ["SCOPES", "Credentials", "Session", "Token"]
 
@@ -49,8 +49,8 @@ class Session:
 
 
 class Credentials:
-    def __init__(self, store: EventStore) -> None:
-        self.db = store.db
+    def __init__(self, store: Store) -> None:
+        self.db = store
 
     # -- API tokens: `tb_<id>_<secret>` ---------------------------------------
 
@@ -59,16 +59,10 @@ class Credentials:
         token_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
         with self.db.atomic():
-            self.db.table("tokens").insert(
-                {
-                    "id": token_id,
-                    "person": person,
-                    "scope": scope,
-                    "hash": _hash(secret),
-                    "created_at": time.time(),
-                    "expires_at": expires_at,
-                    "revoked_at": None,
-                }
+            self.db.execute(
+                "INSERT INTO tokens (id, person, scope, hash, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [token_id, person, scope, _hash(secret), time.time(), expires_at],
             )
         return token_id, f"{TOKEN_PREFIX}{token_id}_{secret}"
 
@@ -110,14 +104,10 @@ class Credentials:
         session = Session(person, auth, secrets.token_urlsafe(24), time.time() + ttl)
         with self.db.atomic():
             self.db.execute("DELETE FROM sessions WHERE expires_at < ?", [time.time()])
-            self.db.table("sessions").insert(
-                {
-                    "hash": _hash(cookie),
-                    "person": session.person,
-                    "auth": session.auth,
-                    "csrf": session.csrf,
-                    "expires_at": session.expires_at,
-                }
+            self.db.execute(
+                "INSERT INTO sessions (hash, person, auth, csrf, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [_hash(cookie), session.person, session.auth, session.csrf, session.expires_at],
             )
         return cookie, session
 
@@ -138,13 +128,9 @@ class Credentials:
         secret = secrets.token_urlsafe(32)
         with self.db.atomic():
             self.db.execute("DELETE FROM sign_in_links WHERE expires_at < ?", [time.time()])
-            self.db.table("sign_in_links").insert(
-                {
-                    "hash": _hash(secret),
-                    "person": person,
-                    "expires_at": time.time() + ttl,
-                    "used_at": None,
-                }
+            self.db.execute(
+                "INSERT INTO sign_in_links (hash, person, expires_at) VALUES (?, ?, ?)",
+                [_hash(secret), person, time.time() + ttl],
             )
         return secret
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,62 +27,38 @@ from sqlite_utils import Database
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
 from .migrations import migrations
-from .writer import GroupCommit, without_fsync
+from .rows import THREAD_COLUMNS as _THREAD_COLUMNS
+from .rows import NewRow, ThreadRow, now_iso
+from .writer import GroupCommit
 
 __all__ = ["EventStore", "NewRow", "ThreadRow"]
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class NewRow:
-    type: str
-    body: str
-    key: str | None = None
+Op = Callable[[sqlite3.Connection], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadRow:
-    id: str
-    status: str
-    title: str
-    origin: str
-    created_at: str
-    updated_at: str
-    last_seq: int
-    parent_id: str | None
-    parent_seq: int | None
-    waiting: str = ""
-    """What the thread waits for, in a few words (empty when it does not)."""
-    due_at: float | None = None
-    """When its next reminder, escalation or deadline is due (Unix time)."""
-    overdue_at: float | None = None
-    """When what it waits for became (or becomes) late: its first timer."""
-
-
-_THREAD_COLUMNS = (
-    "id, status, title, origin, created_at, updated_at, last_seq, parent_id, parent_seq, waiting, "
-    "due_at, overdue_at"
-)
-
-
-_stamp: tuple[int, str] = (0, "")
-
-
-def _now() -> str:
-    """The time in ISO 8601 to the millisecond; formatted once per millisecond
-    (a batch of appends shares a few)."""
-    global _stamp
-    ms = time.time_ns() // 1_000_000
-    if ms != _stamp[0]:
-        at = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-        _stamp = (ms, at)
-    return _stamp[1]
+@contextmanager
+def without_fsync(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
+    """Commits on `conn` skip the fsync meanwhile; then its own setting,
+    `synchronous`, is back."""
+    conn.execute("PRAGMA synchronous = OFF")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
 class EventStore:
+    takeover_every: float | None = None
+    """One file is on one host: a process that dies has its threads resumed
+    when it starts again (or by another process on the file, once their
+    leases expire)."""
+
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = str(path)
+        self.url = self.path
+        self._durable = durable
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db = Database(conn)
         # Another process (the CLI beside a server) may hold the write lock
@@ -94,14 +69,30 @@ class EventStore:
         # FULL: an acknowledged append survives a power cut, not only a crash.
         self._synchronous = "FULL" if durable else "NORMAL"
         self.db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        self._group = GroupCommit(conn, self._synchronous)
+        self._group: GroupCommit[sqlite3.Connection] = GroupCommit(self._batch)
         migrations.apply(self.db)
         self._data_version = self._read_data_version()
         self._version_checked = False
 
+    def _batch(self, ops: list[tuple[Op, bool]], durable: bool) -> list[tuple[bool, Any]]:
+        conn = self.db.conn
+        with nullcontext() if durable else without_fsync(conn, self._synchronous):
+            return _commit(conn, ops)
+
     def close(self) -> None:
         self._group.flush()
         self.db.close()
+
+    def reopen(self) -> EventStore:
+        if self.path == ":memory:":
+            raise ValueError("an in-memory database cannot be opened again")
+        return EventStore(self.path, durable=self._durable)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, list(params))
+
+    def atomic(self) -> AbstractContextManager[Any]:
+        return self.db.atomic()
 
     # -- writing ------------------------------------------------------------
     #
@@ -227,6 +218,18 @@ class EventStore:
             return op(conn)
         with without_fsync(conn, self._synchronous), self.db.atomic():
             return op(conn)
+
+    def hold_presence(self, owner: str) -> None:
+        pass  # a runner on this host is judged by its pid
+
+    def owner_gone(self, owner: str) -> bool | None:
+        return None
+
+    def orphans(self, owner: str, channels: Iterable[str]) -> list[str]:
+        return []
+
+    async def listen(self, notify: Callable[[str, float | None], None]) -> None:
+        return  # other connections' commits are seen through `changed_elsewhere`
 
     def changed_elsewhere(self) -> bool:
         """Whether another connection (another process, mostly) committed
@@ -374,7 +377,7 @@ def _create(
     due_at: float | None = None,
     overdue_at: float | None = None,
 ) -> None:
-    now = _now()
+    now = now_iso()
     try:
         conn.execute(
             f"INSERT INTO threads ({_THREAD_COLUMNS}, deliver_to) VALUES ({','.join('?' * 13)})",
@@ -419,7 +422,7 @@ def _append(
         "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ? AND last_seq = ?",
         [
             status,
-            _now(),
+            now_iso(),
             last,
             deliver_to,
             waiting,
@@ -491,3 +494,35 @@ def _raise_duplicate(conn: sqlite3.Connection, rows: Sequence[NewRow]) -> None:
     for row in rows:
         if row.key is not None and (found := _find_key(conn, row.key)) is not None:
             raise DuplicateKey(row.key, *found) from None
+
+
+def _commit(conn: sqlite3.Connection, ops: list[tuple[Op, bool]]) -> list[tuple[bool, Any]]:
+    results: list[tuple[bool, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if len(ops) == 1:  # alone, an op's failure undoes the whole transaction
+            try:
+                results.append((True, ops[0][0](conn)))
+            except Exception as e:
+                conn.execute("ROLLBACK")
+                return [(False, e)]
+        else:
+            for op, guarded in ops:
+                if not guarded:
+                    results.append((True, op(conn)))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(conn)))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((False, e))
+                conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except Exception as e:
+        # Nothing of the batch is stored (a full disk, a lock held too long):
+        # every caller hears so, none is told its write landed.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(False, e)] * len(ops)
+    return results

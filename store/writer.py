@@ -21,41 +21,29 @@ committed without an fsync.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit", "without_fsync"]
+__all__ = ["Batch", "GroupCommit"]
 
 T = TypeVar("T")
+C = TypeVar("C")
+"""The store's connection type, which each op is handed."""
 
-Op = Callable[[sqlite3.Connection], Any]
-
-
-@contextmanager
-def without_fsync(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
-    """Commits on `conn` skip the fsync meanwhile; then its own setting,
-    `synchronous`, is back."""
-    conn.execute("PRAGMA synchronous = OFF")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
+Batch = Callable[[list[tuple[Callable[[C], Any], bool]], bool], list[tuple[bool, Any]]]
+"""Runs ops in one transaction, each `(op, guarded)`, durably or not; returns
+each op's `(ok, result or exception)`. A guarded op runs in a savepoint of
+its own; if the transaction itself fails, every op gets its exception."""
 
 
-class GroupCommit:
-    def __init__(self, conn: sqlite3.Connection, synchronous: str) -> None:
-        self._conn = conn
-        self._synchronous = synchronous
-        """The connection's own setting, restored after a batch without fsync."""
-        self._jobs: list[tuple[Op, bool, asyncio.Future[Any]]] = []
+class GroupCommit(Generic[C]):
+    def __init__(self, batch: Batch[C]) -> None:
+        self._batch = batch
+        self._jobs: list[tuple[Callable[[C], Any], bool, asyncio.Future[Any]]] = []
         self._durable = 0
         """Durable ops in the batch being formed."""
 
-    def submit(
-        self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True
-    ) -> asyncio.Future[T]:
+    def submit(self, op: Callable[[C], T], *, durable: bool = True) -> asyncio.Future[T]:
         """Queue `op` to run inside the next batch's transaction; the future
         holds its return value (or exception) once the batch is committed (on
         disk, if any op of the batch is `durable`). A durable op runs in a
@@ -73,10 +61,8 @@ class GroupCommit:
         durable, self._durable = self._durable, 0
         if not jobs:
             return
-        conn = self._conn
         try:
-            with nullcontext() if durable else without_fsync(conn, self._synchronous):
-                results = _commit(conn, [(op, d) for op, d, _ in jobs])
+            results = self._batch([(op, d) for op, d, _ in jobs], durable > 0)
         except Exception as e:  # a closed connection, say: nobody may wait forever
             results = [(False, e)] * len(jobs)
         for (_, _, fut), (ok, value) in zip(jobs, results, strict=True):
@@ -86,35 +72,3 @@ class GroupCommit:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
-
-
-def _commit(conn: sqlite3.Connection, ops: list[tuple[Op, bool]]) -> list[tuple[bool, Any]]:
-    results: list[tuple[bool, Any]] = []
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        if len(ops) == 1:  # alone, an op's failure undoes the whole transaction
-            try:
-                results.append((True, ops[0][0](conn)))
-            except Exception as e:
-                conn.execute("ROLLBACK")
-                return [(False, e)]
-        else:
-            for op, guarded in ops:
-                if not guarded:
-                    results.append((True, op(conn)))
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((True, op(conn)))
-                except Exception as e:
-                    conn.execute("ROLLBACK TO op")
-                    results.append((False, e))
-                conn.execute("RELEASE op")
-        conn.execute("COMMIT")
-    except Exception as e:
-        # Nothing of the batch is stored (a full disk, a lock held too long):
-        # every caller hears so, none is told its write landed.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        return [(False, e)] * len(ops)
-    return results

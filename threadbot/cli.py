@@ -312,11 +312,11 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
 def _tokens(settings: Settings, args: argparse.Namespace) -> None:
     """Tokens are kept in the database: whoever can open it is the operator."""
     from bot.durations import seconds
-    from store import Credentials, EventStore
+    from store import Credentials, open_store
 
     from .serve import build_people
 
-    store = EventStore(settings.db)
+    store = open_store(settings.db)
     try:
         credentials = Credentials(store)
         if args.tokens_command == "create":

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.api import ThreadBot
 from bot.context import DEFAULT_SYSTEM_PROMPT
@@ -15,7 +16,7 @@ from bot.errors import UsageError
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
-from store import EventStore
+from store import Store, is_postgres_url, open_store
 
 from .config import DEFAULT_TOOLS, Settings
 from .process import tune_for_serving
@@ -46,9 +47,9 @@ def build_people(settings: Settings) -> People:
     )
 
 
-def build_bot(settings: Settings, store: EventStore | None = None) -> ThreadBot:
+def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
     return ThreadBot(
-        store or EventStore(settings.db),
+        store or open_store(settings.db),
         build_model(settings),
         load_tools(settings.tools or DEFAULT_TOOLS),
         system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
@@ -69,7 +70,7 @@ def _banner(
 ) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (web page: /, API schema: /openapi.json)"]
-    lines.append(f"  store:  {settings.db}")
+    lines.append(f"  store:  {_without_password(settings.db)}")
     if settings.uses_demo_model:
         lines.append(
             f"  model:  {bot.model.name} — set OPENAI_API_KEY or OPENAI_BASE_URL for a real one"
@@ -119,8 +120,22 @@ def _auth_line(settings: Settings, people: People) -> str:
 
 
 def _outbox_beside(db: str) -> str:
-    """Without a relay, outbound mail is kept next to the database."""
+    """Without a relay, outbound mail is kept next to the database (or in
+    the working directory, for a database on a server)."""
+    if is_postgres_url(db):
+        return str(Path("outbox").resolve())
     return str(Path(db).resolve().parent / "outbox")
+
+
+def _without_password(db: str) -> str:
+    """A database URL as shown in the banner and logs."""
+    if not is_postgres_url(db):
+        return db
+    url = urlsplit(db)
+    if url.password is None:
+        return db
+    netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
+    return urlunsplit(url._replace(netloc=netloc))
 
 
 async def serve(settings: Settings) -> None:

@@ -1,0 +1,748 @@
+"""The durable event log over PostgreSQL: one database, replicas on several hosts.
+
+The same rows and promises as the SQLite store (see `sqlite`): an append is
+checked against the seq its writer expected, a delivery key is stored once,
+the projection lands in the append's transaction, and an append is
+acknowledged once it is committed (`synchronous_commit` on; batches of lease
+writes alone skip waiting for the flush).
+
+What several hosts add:
+- **Who is alive.** A runner holds a session-level advisory lock named after
+  it on a connection of its own (`hold_presence`). The server drops the lock
+  when that connection ends: at once when the process dies, and within the
+  TCP keepalive window set below when its host vanishes. A lease whose owner
+  holds no such lock belongs to a dead runner and may be taken.
+- **Wake-ups.** Triggers NOTIFY on every change of a thread's row and every
+  freed lease; `listen` hands them to the runner, so an answer stored by one
+  replica reaches the one that waits for the thread at once.
+- **Migrations** run under an advisory lock, so replicas starting together
+  apply each one once.
+
+Connections come from a small psycopg pool, which replaces a broken one: a
+restart of the server fails the statements in flight, not the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .errors import DuplicateKey, SeqConflict, UnknownThread
+from .rows import THREAD_COLUMNS, NewRow, ThreadRow, now_iso
+from .writer import GroupCommit
+
+__all__ = ["PostgresStore", "migrate"]
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+Op = Callable[[Conn], Any]
+
+log = logging.getLogger("threadbot.store")
+
+CHANNEL = "threadbot"
+"""The NOTIFY channel: payload `thread_id` or `thread_id due_at`."""
+
+TAKEOVER_EVERY = 2.0
+"""Seconds between a runner's looks for threads whose runner died."""
+
+UNCLAIMED_DELIVERY = 300.0
+"""Seconds after which an undelivered thread that nobody holds is taken up
+(the longest wait between a runner's own delivery retries)."""
+
+MIGRATIONS_LOCK = 0x7468726561646274  # "threadbt"
+
+KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""Client side: a server that vanished is noticed within about 11 s."""
+
+SERVER_KEEPALIVE = (
+    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
+)
+"""Server side, for the presence connection: a runner whose host vanished
+(no FIN, no RST) loses its presence lock within about 11 s."""
+
+
+def _sql(query: str) -> str:
+    """Statements beside the log are written with `?` placeholders, as for SQLite."""
+    return query.replace("?", "%s")
+
+
+# -- the schema ----------------------------------------------------------------------
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_schema",
+        # The same tables as SQLite's migrations leave (see store.migrations
+        # for what each is for), written at once.
+        """
+        CREATE TABLE events (
+            thread_id text NOT NULL,
+            seq integer NOT NULL,
+            type text NOT NULL,
+            key text,
+            body text NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        );
+        CREATE UNIQUE INDEX events_key ON events (key) WHERE key IS NOT NULL;
+        CREATE TABLE threads (
+            id text PRIMARY KEY,
+            status text NOT NULL,
+            title text NOT NULL,
+            origin text NOT NULL,
+            created_at text NOT NULL,
+            updated_at text NOT NULL,
+            last_seq integer NOT NULL,
+            parent_id text,
+            parent_seq integer,
+            waiting text NOT NULL DEFAULT '',
+            deliver_to text NOT NULL DEFAULT '',
+            due_at double precision,
+            overdue_at double precision
+        );
+        CREATE INDEX threads_status ON threads (status, updated_at);
+        CREATE INDEX threads_updated ON threads (updated_at);
+        CREATE INDEX threads_deliver_to ON threads (deliver_to) WHERE deliver_to <> '';
+        CREATE INDEX threads_due ON threads (due_at) WHERE due_at IS NOT NULL;
+        CREATE TABLE routes (ref text PRIMARY KEY, thread_id text NOT NULL);
+        CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+        CREATE TABLE leases (
+            thread_id text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at double precision NOT NULL
+        );
+        CREATE INDEX leases_owner ON leases (owner);
+        CREATE TABLE tokens (
+            id text PRIMARY KEY,
+            person text NOT NULL,
+            scope text NOT NULL,
+            hash text NOT NULL,
+            created_at double precision NOT NULL,
+            expires_at double precision,
+            revoked_at double precision
+        );
+        CREATE TABLE sessions (
+            hash text PRIMARY KEY,
+            person text NOT NULL,
+            auth text NOT NULL,
+            csrf text NOT NULL,
+            expires_at double precision NOT NULL
+        );
+        CREATE TABLE sign_in_links (
+            hash text PRIMARY KEY,
+            person text NOT NULL,
+            expires_at double precision NOT NULL,
+            used_at double precision
+        );
+        -- Every change to a thread's row (an append, a projection rewrite)
+        -- and every freed lease wakes the replicas that listen.
+        CREATE FUNCTION threadbot_thread_changed() RETURNS trigger AS $$
+        BEGIN
+            PERFORM pg_notify('threadbot', NEW.id || ' ' || coalesce(NEW.due_at::text, ''));
+            RETURN NULL;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER threads_changed AFTER INSERT OR UPDATE ON threads
+            FOR EACH ROW EXECUTE FUNCTION threadbot_thread_changed();
+        CREATE FUNCTION threadbot_lease_freed() RETURNS trigger AS $$
+        BEGIN
+            PERFORM pg_notify('threadbot', OLD.thread_id);
+            RETURN NULL;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER leases_freed AFTER DELETE ON leases
+            FOR EACH ROW EXECUTE FUNCTION threadbot_lease_freed();
+        """,
+    ),
+]
+
+
+def migrate(conn: Conn) -> list[str]:
+    """Apply the migrations not yet applied, one replica at a time; returns
+    the names applied here."""
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATIONS_LOCK])
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS threadbot_migrations "
+            "(name text PRIMARY KEY, applied_at double precision NOT NULL)"
+        )
+        done = {r[0] for r in conn.execute("SELECT name FROM threadbot_migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO threadbot_migrations (name, applied_at) VALUES (%s, %s)",
+                [name, time.time()],
+            )
+            applied.append(name)
+    return applied
+
+
+# -- the store -----------------------------------------------------------------------
+
+
+class PostgresStore:
+    takeover_every: float | None = TAKEOVER_EVERY
+
+    def __init__(self, url: str, *, durable: bool = True) -> None:
+        self.url = url
+        self._durable = durable
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=2,
+            kwargs={"autocommit": True, **KEEPALIVE},
+            open=True,
+            name="threadbot",
+        )
+        self._pool.wait(timeout=30)
+        self._in_tx: Conn | None = None
+        """The connection of the `atomic` block being run, if any."""
+        self._presence: Conn | None = None
+        self._presence_owner: str | None = None
+        self._group: GroupCommit[Conn] = GroupCommit(self._batch)
+        with self._conn() as conn:
+            migrate(conn)
+
+    def reopen(self) -> PostgresStore:
+        return PostgresStore(self.url, durable=self._durable)
+
+    def close(self) -> None:
+        self._group.flush()
+        if self._presence is not None:
+            self._presence.close()
+            self._presence = None
+        self._pool.close()
+
+    @contextmanager
+    def _conn(self) -> Iterator[Conn]:
+        if self._in_tx is not None:
+            yield self._in_tx
+            return
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _batch(self, ops: list[tuple[Op, bool]], durable: bool) -> list[tuple[bool, Any]]:
+        with self._conn() as conn:
+            return _commit(conn, ops, durable=durable and self._durable)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def create(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
+        self._write(partial(_create, thread_id=thread_id, rows=rows, **projection))
+
+    async def create_async(self, thread_id: str, rows: Sequence[NewRow], **projection: Any) -> None:
+        await self._group.submit(partial(_create, thread_id=thread_id, rows=rows, **projection))
+
+    def append(
+        self, thread_id: str, expected_seq: int, rows: Sequence[NewRow], **projection: Any
+    ) -> int:
+        return int(
+            self._write(
+                partial(
+                    _append,
+                    thread_id=thread_id,
+                    expected_seq=expected_seq,
+                    rows=rows,
+                    **projection,
+                )
+            )
+        )
+
+    async def append_async(
+        self, thread_id: str, expected_seq: int, rows: Sequence[NewRow], **projection: Any
+    ) -> int:
+        op = partial(
+            _append, thread_id=thread_id, expected_seq=expected_seq, rows=rows, **projection
+        )
+        return int(await self._group.submit(op))
+
+    def _write(self, op: Callable[[Conn], T], *, durable: bool = True) -> T:
+        with self._conn() as conn:
+            ok, value = _commit(conn, [(op, False)], durable=durable and self._durable)[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def rewrite_projection(
+        self,
+        thread_id: str,
+        last_seq: int,
+        *,
+        status: str,
+        title: str,
+        deliver_to: str = "",
+        waiting: str = "",
+        due_at: float | None = None,
+        overdue_at: float | None = None,
+    ) -> bool:
+        def rewrite(conn: Conn) -> bool:
+            # The thread's row is locked first: an append waits for this.
+            conn.execute("SELECT 1 FROM threads WHERE id = %s FOR UPDATE", [thread_id])
+            last = conn.execute(
+                "SELECT max(seq) FROM events WHERE thread_id = %s", [thread_id]
+            ).fetchone()
+            if last is None or last[0] != last_seq:
+                return False
+            conn.execute(
+                "UPDATE threads SET status = %s, title = %s, last_seq = %s, deliver_to = %s, "
+                "waiting = %s, due_at = %s, overdue_at = %s WHERE id = %s",
+                [status, title, last_seq, deliver_to, waiting, due_at, overdue_at, thread_id],
+            )
+            return True
+
+        return self._write(rewrite)
+
+    def all_thread_ids(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT id FROM threads ORDER BY id")]
+
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire(
+        self, thread_id: str, owner: str, ttl: float, *, steal_from: str | None = None
+    ) -> bool:
+        return bool(
+            self._write(
+                partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=steal_from),
+                durable=False,
+            )
+        )
+
+    async def acquire_async(self, thread_id: str, owner: str, ttl: float) -> bool:
+        op = partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=None)
+        return bool(await self._group.submit(op, durable=False))
+
+    def lease_owner(self, thread_id: str) -> str | None:
+        row = self._one(
+            "SELECT owner FROM leases WHERE thread_id = %s AND expires_at >= %s",
+            [thread_id, time.time()],
+        )
+        return str(row[0]) if row else None
+
+    def release(self, thread_id: str, owner: str) -> None:
+        self._write(partial(_release, thread_id=thread_id, owner=owner), durable=False)
+
+    async def release_async(self, thread_id: str, owner: str) -> None:
+        await self._group.submit(partial(_release, thread_id=thread_id, owner=owner), durable=False)
+
+    def renew_all(self, owner: str, ttl: float) -> set[str]:
+        self._keep_presence()
+
+        def renew(conn: Conn) -> set[str]:
+            rows = conn.execute(
+                "UPDATE leases SET expires_at = %s WHERE owner = %s RETURNING thread_id",
+                [time.time() + ttl, owner],
+            )
+            return {r[0] for r in rows}
+
+        return self._write(renew, durable=False)
+
+    def release_all(self, owner: str) -> None:
+        self._write(
+            lambda conn: conn.execute("DELETE FROM leases WHERE owner = %s", [owner]),
+            durable=False,
+        )
+
+    # -- runners on several hosts ----------------------------------------------------
+
+    def hold_presence(self, owner: str) -> None:
+        self._presence_owner = owner
+        self._keep_presence()
+
+    def _keep_presence(self) -> None:
+        """(Re)open the presence connection and take the owner's lock on it;
+        a server restart ends the old one."""
+        owner = self._presence_owner
+        if owner is None:
+            return
+        if self._presence is not None and not self._presence.closed:
+            try:
+                self._presence.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                self._presence.close()
+        conn = psycopg.connect(self.url, autocommit=True, **KEEPALIVE)
+        conn.execute(SERVER_KEEPALIVE)
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [owner])
+        self._presence = conn
+
+    def owner_gone(self, owner: str) -> bool | None:
+        """Whether no connection holds `owner`'s presence lock (tried from
+        the pool's connection, which never holds one, and let go at once)."""
+
+        def probe(conn: Conn) -> bool:
+            row = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [owner]
+            ).fetchone()
+            return bool(row and row[0])
+
+        return self._write(probe, durable=False)
+
+    def orphans(self, owner: str, channels: Iterable[str]) -> list[str]:
+        """Threads left by a dead runner (its lease stands, its presence lock
+        is gone), and threads nobody holds: running ones a moment after their
+        last append, undelivered ones after the longest delivery backoff
+        (a live runner retries those itself, sooner)."""
+        names = list(channels)
+        undelivered = " OR ".join("t.deliver_to LIKE %s" for _ in names) or "false"
+        now = time.time()
+        rows = self._rows(
+            "SELECT t.id, l.owner FROM threads t LEFT JOIN leases l ON l.thread_id = t.id "
+            f"WHERE (t.status = 'running' OR {undelivered}) AND (l.owner IS NULL AND ("
+            f"  (t.status = 'running' AND t.updated_at < %s) OR t.updated_at < %s"
+            ") OR l.owner <> %s)",
+            [
+                *(f"% {n} %" for n in names),
+                now_iso(now - TAKEOVER_EVERY),
+                now_iso(now - UNCLAIMED_DELIVERY),
+                owner,
+            ],
+        )
+        gone: dict[str, bool] = {}
+        found = []
+        for thread_id, holder in rows:
+            if holder is not None:
+                if holder not in gone:
+                    gone[holder] = bool(self.owner_gone(holder))
+                if not gone[holder]:
+                    continue
+            found.append(thread_id)
+        return found
+
+    async def listen(self, notify: Callable[[str, float | None], None]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                aconn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, **KEEPALIVE
+                )
+                async with aconn:
+                    await aconn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.5
+                    async for n in aconn.notifies():
+                        thread_id, _, due = n.payload.partition(" ")
+                        notify(thread_id, float(due) if due else None)
+            except asyncio.CancelledError:
+                raise
+            except psycopg.Error as e:
+                log.warning("listening for other replicas' changes failed (%s); again shortly", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def changed_elsewhere(self) -> bool:
+        # The server keeps no cheap counter of other sessions' commits: a
+        # cached thread is caught up with one indexed query each time.
+        return True
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._conn() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._conn() as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def load_json(self, thread_id: str) -> bytes | None:
+        row = self._one(
+            "SELECT '[' || string_agg(body, ',' ORDER BY seq) || ']' FROM events "
+            "WHERE thread_id = %s",
+            [thread_id],
+        )
+        return row[0].encode() if row and row[0] is not None else None
+
+    def load(self, thread_id: str, *, upto: int | None = None) -> list[str]:
+        last = (1 << 30) if upto is None else min(upto, (1 << 31) - 1)
+        rows = self._rows(
+            "SELECT body FROM events WHERE thread_id = %s AND seq <= %s ORDER BY seq",
+            [thread_id, last],
+        )
+        return [r[0] for r in rows]
+
+    def load_from(self, thread_id: str, seq: int) -> list[str]:
+        rows = self._rows(
+            "SELECT body FROM events WHERE thread_id = %s AND seq >= %s ORDER BY seq",
+            [thread_id, seq],
+        )
+        return [r[0] for r in rows]
+
+    def thread(self, thread_id: str) -> ThreadRow | None:
+        row = self._one(f"SELECT {THREAD_COLUMNS} FROM threads WHERE id = %s", [thread_id])
+        return ThreadRow(*row) if row else None
+
+    def threads(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        overdue_by: float | None = None,
+        due_first: bool = False,
+    ) -> list[ThreadRow]:
+        where: list[str] = []
+        params: list[str | int | float] = []
+        if status is not None:
+            where.append("status = %s")
+            params.append(status)
+        if before is not None:
+            where.append("updated_at < %s")
+            params.append(before)
+        if overdue_by is not None:
+            where.append("overdue_at <= %s")
+            params.append(overdue_by)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "due_at ASC NULLS LAST, updated_at DESC" if due_first else "updated_at DESC"
+        sql = f"SELECT {THREAD_COLUMNS} FROM threads {clause} ORDER BY {order} LIMIT %s"
+        return [ThreadRow(*r) for r in self._rows(sql, [*params, limit])]
+
+    def undelivered_ids(self, channels: Iterable[str]) -> list[str]:
+        names = list(channels)
+        if not names:
+            return []
+        like = " OR ".join("deliver_to LIKE %s" for _ in names)
+        sql = f"SELECT id FROM threads WHERE deliver_to <> '' AND ({like})"
+        return [r[0] for r in self._rows(sql, [f"% {n} %" for n in names])]
+
+    def due_ids(self, now: float, *, limit: int = 1000) -> list[str]:
+        sql = "SELECT id FROM threads WHERE due_at <= %s ORDER BY due_at LIMIT %s"
+        return [r[0] for r in self._rows(sql, [now, limit])]
+
+    def next_due(self, now: float) -> float | None:
+        row = self._one("SELECT min(due_at) FROM threads WHERE due_at > %s", [now])
+        return row[0] if row else None
+
+    def thread_ids(self, *, status: str) -> list[str]:
+        return [r[0] for r in self._rows("SELECT id FROM threads WHERE status = %s", [status])]
+
+    def find_key(self, key: str) -> tuple[str, int] | None:
+        with self._conn() as conn:
+            return _find_key(conn, key)
+
+    def meta(self, key: str, default: str) -> str:
+        def get(conn: Conn) -> str:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                [key, default],
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = %s", [key]).fetchone()
+            assert row is not None
+            return str(row[0])
+
+        return self._write(get)
+
+    def route(self, ref: str) -> str | None:
+        row = self._one("SELECT thread_id FROM routes WHERE ref = %s", [ref])
+        return row[0] if row else None
+
+    # -- rows beside the log ------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        with self._conn() as conn:
+            return conn.execute(_sql(sql), params)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Conn]:
+        if self._in_tx is not None:  # nested: a savepoint
+            with self._in_tx.transaction():
+                yield self._in_tx
+            return
+        with self._pool.connection() as conn, conn.transaction():
+            self._in_tx = conn
+            try:
+                yield conn
+            finally:
+                self._in_tx = None
+
+
+# -- writes, on whichever connection runs them ------------------------------------------
+
+
+def _commit(conn: Conn, ops: list[tuple[Op, bool]], *, durable: bool) -> list[tuple[bool, Any]]:
+    results: list[tuple[bool, Any]] = []
+    try:
+        with conn.transaction():
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            if len(ops) == 1:  # alone, an op's failure undoes the whole transaction
+                try:
+                    results.append((True, ops[0][0](conn)))
+                except Exception as e:
+                    results.append((False, e))
+                    raise _Undo from None
+            else:
+                for op, guarded in ops:
+                    if not guarded:
+                        results.append((True, op(conn)))
+                        continue
+                    try:
+                        with conn.transaction():  # a savepoint
+                            results.append((True, op(conn)))
+                    except Exception as e:
+                        results.append((False, e))
+    except _Undo:
+        return results
+    except Exception as e:
+        # Nothing of the batch is stored (the server went away, say): every
+        # caller hears so, none is told its write landed.
+        return [(False, e)] * len(ops)
+    return results
+
+
+class _Undo(Exception):
+    """Roll the transaction back, the op's own error already noted."""
+
+
+def _create(
+    conn: Conn,
+    thread_id: str,
+    rows: Sequence[NewRow],
+    *,
+    status: str,
+    title: str,
+    origin: str,
+    parent: tuple[str, int] | None = None,
+    routes: Iterable[str] = (),
+    deliver_to: str = "",
+    waiting: str = "",
+    due_at: float | None = None,
+    overdue_at: float | None = None,
+) -> None:
+    now = now_iso()
+    inserted = conn.execute(
+        f"INSERT INTO threads ({THREAD_COLUMNS}, deliver_to) "
+        f"VALUES ({','.join(['%s'] * 13)}) ON CONFLICT (id) DO NOTHING",
+        [
+            thread_id,
+            status,
+            title,
+            origin,
+            now,
+            now,
+            len(rows) - 1,
+            parent[0] if parent else None,
+            parent[1] if parent else None,
+            waiting,
+            due_at,
+            overdue_at,
+            deliver_to,
+        ],
+    ).rowcount
+    if inserted != 1:
+        raise SeqConflict(thread_id, 0)
+    _insert(conn, thread_id, 0, rows, routes)
+
+
+def _append(
+    conn: Conn,
+    thread_id: str,
+    expected_seq: int,
+    rows: Sequence[NewRow],
+    *,
+    status: str,
+    routes: Iterable[str] = (),
+    deliver_to: str = "",
+    waiting: str = "",
+    due_at: float | None = None,
+    overdue_at: float | None = None,
+) -> int:
+    last = expected_seq + len(rows) - 1
+    # A concurrent append to the same thread waits here for the other's
+    # commit, then finds last_seq moved on: exactly one of them wins.
+    updated = conn.execute(
+        "UPDATE threads SET status = %s, updated_at = %s, last_seq = %s, deliver_to = %s, "
+        "waiting = %s, due_at = %s, overdue_at = %s WHERE id = %s AND last_seq = %s",
+        [
+            status,
+            now_iso(),
+            last,
+            deliver_to,
+            waiting,
+            due_at,
+            overdue_at,
+            thread_id,
+            expected_seq - 1,
+        ],
+    ).rowcount
+    if updated != 1:
+        known = conn.execute("SELECT 1 FROM threads WHERE id = %s", [thread_id]).fetchone()
+        raise SeqConflict(thread_id, expected_seq) if known else UnknownThread(thread_id)
+    _insert(conn, thread_id, expected_seq, rows, routes)
+    return last
+
+
+def _insert(
+    conn: Conn,
+    thread_id: str,
+    first_seq: int,
+    rows: Sequence[NewRow],
+    routes: Iterable[str],
+) -> None:
+    # ON CONFLICT DO NOTHING keeps the transaction usable after a clash, so
+    # that the clash can be named (a stored key, or a seq taken by a writer
+    # that did not update the projection); the caller's error undoes the rest.
+    with conn.cursor() as cur:
+        values = [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)]
+        if len(values) == 1:
+            cur.execute(
+                "INSERT INTO events (thread_id, seq, type, key, body) VALUES (%s,%s,%s,%s,%s) "
+                "ON CONFLICT DO NOTHING",
+                values[0],
+            )
+            stored = cur.rowcount
+        else:
+            stored = 0
+            for value in values:  # executemany's rowcount is not per row on every version
+                cur.execute(
+                    "INSERT INTO events (thread_id, seq, type, key, body) "
+                    "VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    value,
+                )
+                stored += cur.rowcount
+        if stored != len(values):
+            for row in rows:
+                if row.key is None or (found := _find_key(conn, row.key)) is None:
+                    continue
+                # A key found among this append's own rows is no duplicate.
+                if found[0] != thread_id or found[1] < first_seq:
+                    raise DuplicateKey(row.key, *found)
+            raise SeqConflict(thread_id, first_seq)
+        refs = [(ref, thread_id) for ref in routes]
+        if refs:
+            cur.executemany(
+                "INSERT INTO routes (ref, thread_id) VALUES (%s, %s) "
+                "ON CONFLICT (ref) DO UPDATE SET thread_id = excluded.thread_id",
+                refs,
+            )
+
+
+def _acquire(conn: Conn, thread_id: str, owner: str, ttl: float, steal_from: str | None) -> bool:
+    now = time.time()
+    cursor = conn.execute(
+        "INSERT INTO leases (thread_id, owner, expires_at) VALUES (%s, %s, %s) "
+        "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
+        "expires_at = excluded.expires_at "
+        "WHERE leases.owner = excluded.owner OR leases.expires_at < %s OR leases.owner = %s",
+        [thread_id, owner, now + ttl, now, steal_from or ""],
+    )
+    return cursor.rowcount == 1
+
+
+def _release(conn: Conn, thread_id: str, owner: str) -> None:
+    conn.execute("DELETE FROM leases WHERE thread_id = %s AND owner = %s", [thread_id, owner])
+
+
+def _find_key(conn: Conn, key: str) -> tuple[str, int] | None:
+    row = conn.execute("SELECT thread_id, seq FROM events WHERE key = %s", [key]).fetchone()
+    return (row[0], row[1]) if row else None
