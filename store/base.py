@@ -126,6 +126,10 @@ class Store(Protocol):
         """Run one statement written with `?` placeholders."""
         ...
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement (with `?` placeholders) once per row."""
+        ...
+
     def atomic(self) -> AbstractContextManager[Any]:
         """A transaction around the statements run inside it."""
         ...

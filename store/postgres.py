@@ -552,6 +552,10 @@ class PostgresStore:
         with self._conn() as conn:
             return conn.execute(_sql(sql), params)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.executemany(_sql(sql), rows)
+
     @contextmanager
     def atomic(self) -> Iterator[Conn]:
         if self._in_tx is not None:  # nested: a savepoint

@@ -91,6 +91,9 @@ class EventStore:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, list(params))
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.db.conn.executemany(sql, rows)
+
     def atomic(self) -> AbstractContextManager[Any]:
         return self.db.atomic()
 

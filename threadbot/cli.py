@@ -97,7 +97,10 @@ def _print_state(view: dict[str, Any], *, since: int = 0) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threadbot", description=__doc__.split("\n\n")[0])
-    p.add_argument("--db", help="SQLite file (THREADBOT_DB, default ./threadbot.db)")
+    p.add_argument(
+        "--db",
+        help="SQLite file or postgresql:// URL (THREADBOT_DB, default ./threadbot.db)",
+    )
     p.add_argument("--http", help="host:port of the server (THREADBOT_HTTP)")
     p.add_argument("--tools", help="tools module or .py file (THREADBOT_TOOLS)")
     p.add_argument("--model", help="model name, or 'demo' (THREADBOT_MODEL)")
@@ -154,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="every token: id, person, scope, expiry, revoked")
     s = tsub.add_parser("revoke", help="revoke a token by its id")
     s.add_argument("id")
+    s = sub.add_parser(
+        "migrate", help="copy every thread into another database (SQLite to PostgreSQL, say)"
+    )
+    s.add_argument("--from", dest="source", help="the database copied (default: --db)")
+    s.add_argument("--to", dest="target", required=True, help="an empty database: path or URL")
     s = sub.add_parser("fork", help="copy a thread up to an event into a new thread")
     s.add_argument("id")
     s.add_argument("--at", type=int, required=True)
@@ -349,6 +357,30 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> None:
         store.close()
 
 
+def _migrate(source_db: str, target_db: str) -> None:
+    """Stop the servers on the source first: what they append meanwhile is
+    not copied."""
+    from store import StoreError, open_store
+    from store.copy import copy_store
+
+    if source_db == target_db:
+        raise UsageError("--from and --to name the same database")
+    source = open_store(source_db)
+    try:
+        target = open_store(target_db)
+        try:
+            report = copy_store(source, target)
+        except StoreError as e:
+            raise UsageError(str(e)) from e
+        finally:
+            target.close()
+    finally:
+        source.close()
+    for table, count in report.rows.items():
+        print(f"{table:<14} {count:>9} rows")
+    print("copied and checked: the same rows on both sides, every thread's events identical")
+
+
 def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
@@ -364,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tokens":
             _tokens(settings, args)
+            return 0
+        if args.command == "migrate":
+            _migrate(args.source or settings.db, args.target)
             return 0
         local_only = args.local or args.command == "reindex"
         remote = None if local_only else Remote.find(settings)
