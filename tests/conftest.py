@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from hypothesis import settings
 from bot import OpenAIModel, ThreadBot, load_tools
 from store import EventStore
 
+from . import pg
 from .fakes import FakeOpenAI, stop_strays
 
 if TYPE_CHECKING:
@@ -27,6 +29,33 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def _no_stray_servers() -> Iterator[None]:
     yield
     stop_strays()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Postgres]:
+    """The session's PostgreSQL: `THREADBOT_TEST_POSTGRES`'s server, else one of our own.
+
+    Skipped where there is none, except in CI, where a missing PostgreSQL fails."""
+    url = pg.external_url()
+    if url:
+        yield pg.Postgres(url)
+        return
+    reason = pg.available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not available in CI: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL not available: {reason}")
+    with pg.PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: pg.Postgres) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped after it."""
+    name = f"threadbot_test_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
 
 
 @pytest.fixture
