@@ -12,12 +12,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -129,7 +129,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
@@ -138,6 +138,14 @@ class FakeOpenAI:
         finally:
             server.shutdown()
             server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed while it waited for a reply (a server under test)
+        # resets its connection: not an error of the fake's.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def free_port() -> int:
@@ -184,22 +192,34 @@ def stop_strays() -> None:
 
 
 class ServerProcess:
-    """`threadbot serve` as a subprocess, as an operator runs it."""
+    """`threadbot serve` as a subprocess, as an operator runs it.
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    `host`: the address it serves on; `prefix`: a command it runs under
+    (`ip netns exec NAME`, for a server on a host of its own)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> None:
+        self.host = host
         self.port = port or free_port()
-        self.env = {**clean_environ(), **env, "THREADBOT_HTTP": f"127.0.0.1:{self.port}"}
+        self.prefix = list(prefix)
+        self.env = {**clean_environ(), **env, "THREADBOT_HTTP": f"{host}:{self.port}"}
         self.proc: Any = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 20) -> ServerProcess:
+    def start(self, timeout: float = 20) -> Self:
         # Closed in close(): it outlives this method, holding the server's log.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "threadbot", "serve"],
+            [*self.prefix, sys.executable, "-m", "threadbot", "serve"],
             cwd=REPO,
             env=self.env,
             stdout=self._out,

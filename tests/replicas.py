@@ -1,0 +1,355 @@
+"""Several `threadbot serve` replicas on one PostgreSQL, and what they share.
+
+A replica is `threadbot serve` as a subprocess with its own HTTP and SMTP
+ports; every replica talks to the same fake model, fake Slack Web API, mail
+relay and tool ledger. The model is a stateless script: a thread's first
+message names its plan (`plan t1: ask deploy`), and each request is answered
+with the plan's first step the conversation has not made yet, so that a
+replica that takes a thread over gets the replies the dead one would have.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .fakes import REPO, FakeOpenAI, Reply, ServerProcess, calls, free_port, text
+from .mail_fake import CaptureRelay, text_of
+from .slack_fake import SECRET, FakeSlack
+
+ADMIN = {"Authorization": "Bearer replica-admin"}
+BOT = "bot@example.com"
+ANN = "ann@example.com"
+LEAD = "lead@example.com"
+"""Who approves by mail."""
+TOOLS = REPO / "tests" / "replica_tools.py"
+
+STEPS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "ask": ("request_human_input", lambda tag: {"question": f"Which region for {tag}?"}),
+    "deploy": ("deploy", lambda tag: {"service": tag, "version": "1"}),
+    "charge": ("slow_charge", lambda tag: {"amount": 1}),
+    "fetch": ("slow_fetch", lambda tag: {"key": tag}),
+    "lookup": ("lookup", lambda tag: {"name": tag}),
+}
+"""A plan's step → the tool the model calls and its arguments. A step
+written `fetch~` is answered after the model thinks for `Brain.think` s;
+`askfetch` asks a question and fetches at once (two calls in one reply)."""
+
+_PLAN = re.compile(r"plan (\S+): ([\w~ ]+)")
+
+
+def plan_reply(body: dict[str, Any], think: float) -> Reply:
+    """The model's reply: the plan's next step, or `<tag> done` at its end."""
+    messages = body["messages"]
+    first = next(m["content"] for m in messages if m["role"] == "user")
+    found = _PLAN.search(first)
+    if found is None:
+        return text("I follow plans only.")
+    tag, steps = found[1], found[2].split()
+    made = sum(1 for m in messages if m["role"] == "assistant" and m.get("tool_calls"))
+    if made >= len(steps):
+        return text(f"{tag} done")
+    step = steps[made]
+    if step.endswith("~"):
+        time.sleep(think)
+    if step == "askfetch":
+        return calls(*((name, args(tag)) for name, args in (STEPS["ask"], STEPS["fetch"])))
+    name, args = STEPS[step.rstrip("~")]
+    return calls((name, args(tag)))
+
+
+@dataclass
+class Brain(FakeOpenAI):
+    """The fake model, answering every request by its thread's plan."""
+
+    think: float = 2.0
+    asked_at: list[float] = field(default_factory=list)
+    """When each of `requests` came."""
+
+    def next_reply(self, body: dict[str, Any]) -> Reply:
+        with self.lock:
+            self.requests.append(body)
+            self.asked_at.append(time.time())
+        return plan_reply(body, self.think)
+
+    def asked(self, tag: str) -> list[float]:
+        """When the model was asked about the thread tagged `tag`."""
+        with self.lock:
+            return [
+                at
+                for at, b in zip(self.asked_at, self.requests, strict=True)
+                if f"plan {tag}:" in json_text(b)
+            ]
+
+
+def json_text(body: dict[str, Any]) -> str:
+    return " ".join(str(m.get("content")) for m in body["messages"])
+
+
+class Replica(ServerProcess):
+    """One replica: `threadbot serve` on the shared database, with an SMTP
+    port of its own."""
+
+    def __init__(
+        self,
+        db: str,
+        model: FakeOpenAI,
+        ledger: Path,
+        *,
+        slack: FakeSlack | None = None,
+        relay: CaptureRelay | None = None,
+        slow: float = 3.0,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+        fakes_at: str | None = None,
+        **extra: str,
+    ) -> None:
+        """`fakes_at`: the address at which the replica reaches the fakes
+        (by default theirs, 127.0.0.1); `extra`: more settings."""
+
+        def at(url: str) -> str:
+            return url.replace("127.0.0.1", fakes_at) if fakes_at else url
+
+        self.smtp_port = free_port()
+        env = {
+            "THREADBOT_DB": db,
+            "OPENAI_BASE_URL": at(model.base_url),
+            "OPENAI_API_KEY": "test",
+            "THREADBOT_MODEL": "fake-model",
+            "THREADBOT_TOOLS": str(TOOLS),
+            "THREADBOT_TEST_LEDGER": str(ledger),
+            "THREADBOT_TEST_SLOW": str(slow),
+            "THREADBOT_API_TOKEN": ADMIN["Authorization"].split()[1],
+            "THREADBOT_SMTP": f"{host}:{self.smtp_port}",
+            "THREADBOT_EMAIL": BOT,
+        }  # No THREADBOT_SECRET: the replicas share the one kept in the database.
+        if relay is not None:
+            env["THREADBOT_SMTP_RELAY"] = at(f"127.0.0.1:{relay.port}")
+        if slack is not None:
+            env.update(
+                SLACK_BOT_TOKEN="xoxb-test",
+                SLACK_SIGNING_SECRET=SECRET,
+                SLACK_API_URL=at(slack.api_url),
+            )
+        super().__init__({**env, **extra}, host=host, prefix=prefix)
+
+    def launch(self, body: str, key: str | None = None) -> str:
+        headers = {**ADMIN, **({"Idempotency-Key": key} if key else {})}
+        r = httpx.post(f"{self.url}/threads", json={"text": body}, headers=headers, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def post(self, path: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+        headers = {**ADMIN, **({"Idempotency-Key": key} if key else {})}
+        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=10)
+
+    def thread(self, thread_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/threads/{thread_id}", headers=ADMIN, timeout=10)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait(self, thread_id: str, *statuses: str, timeout: float = 20) -> dict[str, Any]:
+        """The thread once it is in one of `statuses`, with nothing left to
+        deliver (what it posted is recorded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.thread(thread_id)
+            if body["status"] in statuses and not undelivered(body):
+                return body
+            assert time.monotonic() < deadline, (statuses, body)
+            time.sleep(0.02)
+
+    def send_mail(self, msg: EmailMessage, *, to: str = BOT) -> None:
+        sender = msg["From"].addresses[0].addr_spec
+        with smtplib.SMTP(self.host, self.smtp_port, timeout=10) as smtp:
+            smtp.sendmail(sender, [to], msg.as_bytes())
+
+
+def undelivered(body: dict[str, Any]) -> bool:
+    """Whether the bot still owes a channel a post of the thread: the last
+    event it would post has no `delivered` record yet (HTTP posts nothing)."""
+    events = body["events"]
+    origin = events[0].get("source", {}).get("channel")
+    if origin not in ("slack", "email"):
+        return False
+    return bool(events[-1]["type"] != "delivered")
+
+
+def types(body: dict[str, Any]) -> list[str]:
+    return [e["type"] for e in body["events"]]
+
+
+def ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"]).timestamp()
+
+
+def first_after(body: dict[str, Any], at: float) -> float | None:
+    """When the first event after `at` (Unix time) was made, if any was."""
+    return next((ts(e) for e in body["events"] if ts(e) > at), None)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.02)
+    return found
+
+
+def ledger_lines(ledger: Path, word: str) -> list[str]:
+    return [line for line in ledger.read_text().splitlines() if line.startswith(word)]
+
+
+def summary(seconds: list[float]) -> str:
+    return f"n={len(seconds)} p50={statistics.median(seconds):.2f}s max={max(seconds):.2f}s"
+
+
+def both(*jobs: Callable[[], None]) -> None:
+    """Run the jobs at once, each on a thread; re-raise the first failure."""
+    failed: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:
+            failed.append(e)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+
+
+def only_thread(r: Replica, title: str) -> dict[str, Any]:
+    """The one thread with this title (there must be exactly one)."""
+    listed = httpx.get(f"{r.url}/threads?limit=1000", headers=ADMIN, timeout=10).json()
+    found = [t for t in listed if t["title"] == title]
+    assert len(found) == 1, found
+    return r.thread(found[0]["id"])
+
+
+# -- mail ----------------------------------------------------------------------------
+
+
+def mails(relay: CaptureRelay) -> list[EmailMessage]:
+    with relay.lock:
+        return [c.message for c in relay.messages]
+
+
+def wait_mail(
+    relay: CaptureRelay, says: str, thread_id: str | None = None, timeout: float = 20
+) -> EmailMessage:
+    """The bot's mail (of the thread, if given) whose text has `says`, once it came."""
+
+    def find() -> EmailMessage | None:
+        for m in mails(relay):
+            if says in text_of(m) and thread_id in (None, thread_of_mail(m)):
+                return m
+        return None
+
+    found: EmailMessage = wait_until(find, timeout, says)
+    return found
+
+
+def thread_of_mail(msg: EmailMessage) -> str:
+    """The thread a mail of the bot's belongs to (its Message-ID names it)."""
+    found = re.match(r"<tb\.([0-9a-f]+)\.", str(msg["Message-ID"]))
+    assert found, msg["Message-ID"]
+    return found[1]
+
+
+def reply_address(msg: EmailMessage) -> str:
+    return str(msg["Reply-To"].addresses[0].addr_spec)
+
+
+def answer_to(msg: EmailMessage, body: str, *, sender: str = "ann@example.com") -> EmailMessage:
+    """A reply to the bot's mail, as a person writes it."""
+    out = EmailMessage()
+    out["From"] = sender
+    out["To"] = reply_address(msg)
+    out["Subject"] = "Re: " + str(msg["Subject"]).removeprefix("Re: ")
+    out["Message-ID"] = f"<r{uuid.uuid4().hex}@client.example>"
+    out["In-Reply-To"] = msg["Message-ID"]
+    out.set_content(body)
+    return out
+
+
+def new_mail(subject: str, body: str, *, sender: str = "ann@example.com") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Ann Example <{sender}>"
+    msg["To"] = BOT
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<m{uuid.uuid4().hex}@client.example>"
+    msg.set_content(body)
+    return msg
+
+
+# -- a replica killed mid-run ----------------------------------------------------------
+
+INTERRUPTED = "interrupted, outcome unknown"
+
+KILL_PLANS = {"charge": "charge", "fetch": "fetch", "think": "lookup~"}
+"""What each thread is doing when its replica is killed: a slow
+non-idempotent tool, a slow idempotent one, a slow model."""
+
+
+def kill_mid_run(
+    victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
+) -> dict[str, float]:
+    """Start one thread of each `KILL_PLANS` on `victim`, SIGKILL it while
+    each is in the middle of its slow part, and check that `survivor`
+    finishes them: nothing lost, the non-idempotent tool reported as
+    interrupted and never run again, the idempotent one run again to its
+    end. Returns each thread's takeover time: from the kill to the
+    survivor's first append (`charge`), or to the survivor's start of the
+    work (running the tool again, asking the model again)."""
+    tags = {kind: f"{round_}{kind}" for kind in KILL_PLANS}
+    ids = {kind: victim.launch(f"plan {tags[kind]}: {plan}") for kind, plan in KILL_PLANS.items()}
+    wait_until(lambda: "tool_started" in types(victim.thread(ids["charge"])), what="charge")
+    wait_until(lambda: ledger_lines(ledger, f"fetch start {tags['fetch']} "), what="fetch")
+    wait_until(lambda: brain.asked(tags["think"]), what="the model")
+    killed_at = time.time()
+    victim.kill()
+    took: dict[str, float] = {}
+    for kind, thread_id in ids.items():
+        done = survivor.wait(thread_id, "done", timeout=30)
+        first = first_after(done, killed_at)
+        assert first is not None
+        took[kind] = first - killed_at
+        assert done["events"][-1]["text"] == f"{tags[kind]} done"
+        tag = tags[kind]
+        results = [e for e in done["events"] if e["type"] == "tool_result"]
+        calls_made = [e for e in done["events"] if e["type"] == "tool_call"]
+        assert len(results) == len(calls_made) == 1, done["events"]
+        (result,) = results
+        call_id = calls_made[0]["call_id"]
+        if kind == "charge":
+            assert result["is_error"] and result["output"].startswith(INTERRUPTED)
+            assert len([ln for ln in ledger_lines(ledger, "charge ") if call_id in ln]) == 1
+        elif kind == "fetch":
+            assert result == {**result, "output": f"report {tag}", "is_error": False}
+            started = ledger_lines(ledger, f"fetch start {tag} ")
+            assert len(started) == 2 and len(ledger_lines(ledger, f"fetch end {tag} ")) == 1
+            took[kind] = float(started[1].rpartition("at=")[2]) - killed_at
+        else:
+            assert not result["is_error"]
+            asked = brain.asked(tag)  # by each replica for the call, then for the end
+            assert len(asked) == 3
+            took[kind] = asked[1] - killed_at
+    return took
