@@ -161,7 +161,8 @@ def test_sqlite_a_database_from_before_timers_keeps_what_it_had_to_deliver(
     store = EventStore(path)
     assert store.undelivered_ids(["slack", "email"]) == ["pending"]
     assert store.undelivered_ids(["email"]) == []
-    assert store.thread("pending") is not None and store.thread("pending").due_at is None
+    pending = store.thread("pending")
+    assert pending is not None and pending.due_at is None
 
 
 # -- appends ---------------------------------------------------------------------------
