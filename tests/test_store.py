@@ -468,6 +468,25 @@ async def test_reindex_rebuilds_the_projection_from_the_events(
         bot.store.close()
 
 
+def test_atomic_commits_all_or_nothing(make_store: MakeStore) -> None:
+    store, other = make_store(), make_store()
+    with store.atomic():
+        store.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [("a", "1"), ("b", "2")])
+        assert store.execute("SELECT count(*) FROM meta").fetchone()[0] == 2
+        assert other.execute("SELECT count(*) FROM meta").fetchone()[0] == 0  # not yet
+    assert other.meta("a", "x") == "1" and other.meta("b", "x") == "2"
+    with pytest.raises(ZeroDivisionError), store.atomic():
+        store.execute("UPDATE meta SET value = 'changed'")
+        _ = 1 / 0
+    with store.atomic():
+        store.execute("INSERT INTO meta (key, value) VALUES ('c', '3')")
+        with pytest.raises(ZeroDivisionError), store.atomic():  # a savepoint
+            store.execute("DELETE FROM meta")
+            _ = 1 / 0
+    rows = other.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    assert [tuple(r) for r in rows] == [("a", "1"), ("b", "2"), ("c", "3")]
+
+
 # -- settings, leases, credentials ---------------------------------------------------------
 
 
