@@ -338,8 +338,6 @@ def test_a_killed_runner_is_gone_at_once_and_its_threads_are_orphans(
     assert store.owner_gone("runner-dead") is False
     assert store.owner_gone("runner-live") is False
     assert store.owner_gone("runner-never-started") is True
-    # A thread nobody holds is left a moment to the runner that just wrote it.
-    store.create("unheld-new", [row(0)], status="running", title="new", origin="{}")
     assert store.orphans("runner-me", ["slack"]) == ["unheld-old"]
     # Another store object (another replica) sees this process as alive too.
     other = open_store(pg_url)
@@ -356,13 +354,16 @@ def test_a_killed_runner_is_gone_at_once_and_its_threads_are_orphans(
         "unheld-old",
     ]
     assert sorted(store.orphans("runner-me", ["email"])) == ["dead-running", "unheld-old"]
-    # The caller's own thread is an orphan to the others, never to itself.
+    # The caller's own thread (above) is no orphan to another replica either: its runner lives.
     assert "mine" not in other.orphans("runner-other", ["slack"])
     assert store.owner_gone("runner-live") is False
     # The lease of the dead runner can be taken, by stealing from it.
     assert not store.acquire("dead-running", "runner-me", 30)
     assert store.acquire("dead-running", "runner-me", 30, steal_from="runner-dead")
     assert "dead-running" not in store.orphans("runner-me", ["slack"])
+    # A running thread nobody holds is left a moment to the runner that just wrote it.
+    store.create("unheld-new", [row(0)], status="running", title="new", origin="{}")
+    assert sorted(store.orphans("runner-me", ["slack"])) == ["dead-undelivered", "unheld-old"]
     other.close()
     store.close()
 
