@@ -54,7 +54,8 @@ def pg_url(postgres: pg.Postgres) -> Iterator[str]:
 
 
 def _own_server() -> pg.PostgresServer:
-    """A server of our own, or the reason there is none (a skip locally, a failure in CI)."""
+    """A server of our own to start; where none can run, the test is skipped
+    (locally) or fails (in CI)."""
     reason = pg.available()
     if reason is not None:
         if os.environ.get("CI"):

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -176,12 +175,10 @@ class PostgresServer(Postgres):
             raise
         return self
 
-    def restart(self, down: float = 0.0) -> None:
+    def restart(self) -> None:
         """Stop the server as an operator's restart does (every session is
-        ended), stay down for `down` seconds, and start it again on the same
-        address and data."""
+        ended) and start it again on the same address and data."""
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-        time.sleep(down)
         self._run("pg_ctl", "-D", self.data, "-l", self.data.parent / "log", "-w", "start")
 
     def stop(self) -> None:
