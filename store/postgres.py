@@ -437,6 +437,10 @@ class PostgresStore(Reads):
                 )
                 async with aconn:
                     await aconn.execute(f"LISTEN {CHANNEL}")
+                    # A restart of the server ended the presence connection
+                    # too: hold the lock again now, not at the next renewal
+                    # (meanwhile other replicas would take this runner for dead).
+                    self._keep_presence()
                     delay = 0.5
                     async for n in aconn.notifies():
                         thread_id, _, due = n.payload.partition(" ")
