@@ -93,6 +93,9 @@ def _sql(query: str) -> str:
 
 CREATE_THREAD = _sql(INSERT_THREAD) + " ON CONFLICT (id) DO NOTHING"
 
+POOL_WAIT = 5.0
+"""Seconds a call waits for a connection from the pool."""
+
 INSERT_BATCH = 1000
 """Events per INSERT statement when many are stored at once (a fork's copy)."""
 
@@ -223,6 +226,10 @@ class PostgresStore(Reads):
             kwargs={"autocommit": True, **KEEPALIVE},
             open=True,
             name="threadbot",
+            # A call waits this long for a connection while the server is
+            # unreachable, then fails (a request gets a 500, a run stops
+            # and is picked up again), rather than holding its loop longer.
+            timeout=POOL_WAIT,
         )
         self._pool.wait(timeout=30)
         self._in_tx: Conn | None = None
@@ -460,12 +467,23 @@ class PostgresStore(Reads):
     # -- reading ---------------------------------------------------------------------
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._conn() as conn:
-            return conn.execute(_sql(sql), params).fetchall()
+        return self._read(sql, params, psycopg.Cursor.fetchall)
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        with self._conn() as conn:
-            return conn.execute(_sql(sql), params).fetchone()
+        return self._read(sql, params, psycopg.Cursor.fetchone)
+
+    def _read(self, sql: str, params: Sequence[Any], fetch: Callable[[Any], T]) -> T:
+        """A read, tried again once if the connection it got was broken
+        (the server restarted since it was last used): reads can be."""
+        try:
+            with self._conn() as conn:
+                return fetch(conn.execute(_sql(sql), params))
+        except psycopg.OperationalError:
+            if self._in_tx is not None:
+                raise
+            self._pool.check()  # replaces every broken idle connection
+            with self._conn() as conn:
+                return fetch(conn.execute(_sql(sql), params))
 
     def load_json(self, thread_id: str) -> bytes | None:
         row = self._one(

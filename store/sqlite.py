@@ -303,7 +303,7 @@ def _create(
         _insert(conn, thread_id, 0, rows, routes)
     except sqlite3.IntegrityError:
         _raise_duplicate(conn, rows)
-        raise
+        raise SeqConflict(thread_id, 0) from None  # a thread of that id exists already
 
 
 def _append(

@@ -406,15 +406,9 @@ def test_a_store_keeps_working_after_the_server_restarts(
     # The next call gets a new connection from the pool.
     assert store.append("t", 1, [row(1)], status="done") == 1
 
-    # A store that was idle meanwhile fails one call at most, the same way.
-    errors: list[str] = []
-    for _ in range(2):
-        try:
-            found = idle.thread("t")
-            break
-        except psycopg.OperationalError as e:
-            errors.append(str(e))
-    assert len(errors) <= 1 and all("terminating connection" in e for e in errors)
+    # A store that was idle meanwhile reads at once: a read that meets a
+    # broken connection is tried again on a new one.
+    found = idle.thread("t")
     assert found is not None and (found.status, found.last_seq) == ("done", 1)
     store.close()
     idle.close()

@@ -176,8 +176,8 @@ def test_append_at_the_expected_seq_only(make_store: MakeStore) -> None:
         store.append("t", 2, [row(9)], status="running")
     with pytest.raises(SeqConflict):
         store.append("t", 5, [row(9)], status="running")  # no gaps either
-    # No second start. (SQLite lets its IntegrityError through; PostgreSQL says SeqConflict.)
-    with pytest.raises((SeqConflict, sqlite3.IntegrityError)):
+    # No second start.
+    with pytest.raises(SeqConflict):
         store.create("t", [row(7)], status="failed", title="t", origin="{}")
     assert make_store().load("t") == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
     t = store.thread("t")
