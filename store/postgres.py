@@ -36,7 +36,18 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
-from .rows import THREAD_COLUMNS, NewRow, ThreadRow, now_iso
+from .queries import (
+    ACQUIRE,
+    APPEND_PROJECTION,
+    FIND_KEY,
+    INSERT_THREAD,
+    RELEASE,
+    Reads,
+    acquire_params,
+    append_params,
+    thread_params,
+)
+from .rows import NewRow, now_iso
 from .writer import GroupCommit
 
 __all__ = ["PostgresStore", "migrate"]
@@ -75,8 +86,18 @@ SERVER_KEEPALIVE = (
 
 
 def _sql(query: str) -> str:
-    """Statements beside the log are written with `?` placeholders, as for SQLite."""
+    """A statement written with `?` placeholders, as for SQLite (none of ours
+    holds a literal `?`), with psycopg's."""
     return query.replace("?", "%s")
+
+
+CREATE_THREAD = _sql(INSERT_THREAD) + " ON CONFLICT (id) DO NOTHING"
+
+POOL_WAIT = 5.0
+"""Seconds a call waits for a connection from the pool."""
+
+INSERT_BATCH = 1000
+"""Events per INSERT statement when many are stored at once (a fork's copy)."""
 
 
 # -- the schema ----------------------------------------------------------------------
@@ -192,7 +213,7 @@ def migrate(conn: Conn) -> list[str]:
 # -- the store -----------------------------------------------------------------------
 
 
-class PostgresStore:
+class PostgresStore(Reads):
     takeover_every: float | None = TAKEOVER_EVERY
 
     def __init__(self, url: str, *, durable: bool = True) -> None:
@@ -205,6 +226,10 @@ class PostgresStore:
             kwargs={"autocommit": True, **KEEPALIVE},
             open=True,
             name="threadbot",
+            # A call waits this long for a connection while the server is
+            # unreachable, then fails (a request gets a 500, a run stops
+            # and is picked up again), rather than holding its loop longer.
+            timeout=POOL_WAIT,
         )
         self._pool.wait(timeout=30)
         self._in_tx: Conn | None = None
@@ -304,9 +329,6 @@ class PostgresStore:
 
         return self._write(rewrite)
 
-    def all_thread_ids(self) -> list[str]:
-        return [r[0] for r in self._rows("SELECT id FROM threads ORDER BY id")]
-
     # -- leases ----------------------------------------------------------------------
 
     def acquire(
@@ -322,13 +344,6 @@ class PostgresStore:
     async def acquire_async(self, thread_id: str, owner: str, ttl: float) -> bool:
         op = partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=None)
         return bool(await self._group.submit(op, durable=False))
-
-    def lease_owner(self, thread_id: str) -> str | None:
-        row = self._one(
-            "SELECT owner FROM leases WHERE thread_id = %s AND expires_at >= %s",
-            [thread_id, time.time()],
-        )
-        return str(row[0]) if row else None
 
     def release(self, thread_id: str, owner: str) -> None:
         self._write(partial(_release, thread_id=thread_id, owner=owner), durable=False)
@@ -429,6 +444,10 @@ class PostgresStore:
                 )
                 async with aconn:
                     await aconn.execute(f"LISTEN {CHANNEL}")
+                    # A restart of the server ended the presence connection
+                    # too: hold the lock again now, not at the next renewal
+                    # (meanwhile other replicas would take this runner for dead).
+                    self._keep_presence()
                     delay = 0.5
                     async for n in aconn.notifies():
                         thread_id, _, due = n.payload.partition(" ")
@@ -448,12 +467,23 @@ class PostgresStore:
     # -- reading ---------------------------------------------------------------------
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._conn() as conn:
-            return conn.execute(sql, params).fetchall()
+        return self._read(sql, params, psycopg.Cursor.fetchall)
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        with self._conn() as conn:
-            return conn.execute(sql, params).fetchone()
+        return self._read(sql, params, psycopg.Cursor.fetchone)
+
+    def _read(self, sql: str, params: Sequence[Any], fetch: Callable[[Any], T]) -> T:
+        """A read, tried again once if the connection it got was broken
+        (the server restarted since it was last used): reads can be."""
+        try:
+            with self._conn() as conn:
+                return fetch(conn.execute(_sql(sql), params))
+        except psycopg.OperationalError:
+            if self._in_tx is not None:
+                raise
+            self._pool.check()  # replaces every broken idle connection
+            with self._conn() as conn:
+                return fetch(conn.execute(_sql(sql), params))
 
     def load_json(self, thread_id: str) -> bytes | None:
         row = self._one(
@@ -462,73 +492,6 @@ class PostgresStore:
             [thread_id],
         )
         return row[0].encode() if row and row[0] is not None else None
-
-    def load(self, thread_id: str, *, upto: int | None = None) -> list[str]:
-        last = (1 << 30) if upto is None else min(upto, (1 << 31) - 1)
-        rows = self._rows(
-            "SELECT body FROM events WHERE thread_id = %s AND seq <= %s ORDER BY seq",
-            [thread_id, last],
-        )
-        return [r[0] for r in rows]
-
-    def load_from(self, thread_id: str, seq: int) -> list[str]:
-        rows = self._rows(
-            "SELECT body FROM events WHERE thread_id = %s AND seq >= %s ORDER BY seq",
-            [thread_id, seq],
-        )
-        return [r[0] for r in rows]
-
-    def thread(self, thread_id: str) -> ThreadRow | None:
-        row = self._one(f"SELECT {THREAD_COLUMNS} FROM threads WHERE id = %s", [thread_id])
-        return ThreadRow(*row) if row else None
-
-    def threads(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
-        overdue_by: float | None = None,
-        due_first: bool = False,
-    ) -> list[ThreadRow]:
-        where: list[str] = []
-        params: list[str | int | float] = []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if before is not None:
-            where.append("updated_at < %s")
-            params.append(before)
-        if overdue_by is not None:
-            where.append("overdue_at <= %s")
-            params.append(overdue_by)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        order = "due_at ASC NULLS LAST, updated_at DESC" if due_first else "updated_at DESC"
-        sql = f"SELECT {THREAD_COLUMNS} FROM threads {clause} ORDER BY {order} LIMIT %s"
-        return [ThreadRow(*r) for r in self._rows(sql, [*params, limit])]
-
-    def undelivered_ids(self, channels: Iterable[str]) -> list[str]:
-        names = list(channels)
-        if not names:
-            return []
-        like = " OR ".join("deliver_to LIKE %s" for _ in names)
-        sql = f"SELECT id FROM threads WHERE deliver_to <> '' AND ({like})"
-        return [r[0] for r in self._rows(sql, [f"% {n} %" for n in names])]
-
-    def due_ids(self, now: float, *, limit: int = 1000) -> list[str]:
-        sql = "SELECT id FROM threads WHERE due_at <= %s ORDER BY due_at LIMIT %s"
-        return [r[0] for r in self._rows(sql, [now, limit])]
-
-    def next_due(self, now: float) -> float | None:
-        row = self._one("SELECT min(due_at) FROM threads WHERE due_at > %s", [now])
-        return row[0] if row else None
-
-    def thread_ids(self, *, status: str) -> list[str]:
-        return [r[0] for r in self._rows("SELECT id FROM threads WHERE status = %s", [status])]
-
-    def find_key(self, key: str) -> tuple[str, int] | None:
-        with self._conn() as conn:
-            return _find_key(conn, key)
 
     def meta(self, key: str, default: str) -> str:
         def get(conn: Conn) -> str:
@@ -541,10 +504,6 @@ class PostgresStore:
             return str(row[0])
 
         return self._write(get)
-
-    def route(self, ref: str) -> str | None:
-        row = self._one("SELECT thread_id FROM routes WHERE ref = %s", [ref])
-        return row[0] if row else None
 
     # -- rows beside the log ------------------------------------------------------------
 
@@ -613,38 +572,12 @@ def _create(
     thread_id: str,
     rows: Sequence[NewRow],
     *,
-    status: str,
-    title: str,
-    origin: str,
-    parent: tuple[str, int] | None = None,
     routes: Iterable[str] = (),
-    deliver_to: str = "",
-    waiting: str = "",
-    due_at: float | None = None,
-    overdue_at: float | None = None,
+    **projection: Any,
 ) -> None:
-    now = now_iso()
-    inserted = conn.execute(
-        f"INSERT INTO threads ({THREAD_COLUMNS}, deliver_to) "
-        f"VALUES ({','.join(['%s'] * 13)}) ON CONFLICT (id) DO NOTHING",
-        [
-            thread_id,
-            status,
-            title,
-            origin,
-            now,
-            now,
-            len(rows) - 1,
-            parent[0] if parent else None,
-            parent[1] if parent else None,
-            waiting,
-            due_at,
-            overdue_at,
-            deliver_to,
-        ],
-    ).rowcount
-    if inserted != 1:
-        raise SeqConflict(thread_id, 0)
+    params = thread_params(thread_id, len(rows) - 1, **projection)
+    if conn.execute(CREATE_THREAD, params).rowcount != 1:
+        raise SeqConflict(thread_id, 0)  # a thread of that id exists already
     _insert(conn, thread_id, 0, rows, routes)
 
 
@@ -654,32 +587,14 @@ def _append(
     expected_seq: int,
     rows: Sequence[NewRow],
     *,
-    status: str,
     routes: Iterable[str] = (),
-    deliver_to: str = "",
-    waiting: str = "",
-    due_at: float | None = None,
-    overdue_at: float | None = None,
+    **projection: Any,
 ) -> int:
     last = expected_seq + len(rows) - 1
     # A concurrent append to the same thread waits here for the other's
     # commit, then finds last_seq moved on: exactly one of them wins.
-    updated = conn.execute(
-        "UPDATE threads SET status = %s, updated_at = %s, last_seq = %s, deliver_to = %s, "
-        "waiting = %s, due_at = %s, overdue_at = %s WHERE id = %s AND last_seq = %s",
-        [
-            status,
-            now_iso(),
-            last,
-            deliver_to,
-            waiting,
-            due_at,
-            overdue_at,
-            thread_id,
-            expected_seq - 1,
-        ],
-    ).rowcount
-    if updated != 1:
+    params = append_params(thread_id, expected_seq, last, **projection)
+    if conn.execute(_sql(APPEND_PROJECTION), params).rowcount != 1:
         known = conn.execute("SELECT 1 FROM threads WHERE id = %s", [thread_id]).fetchone()
         raise SeqConflict(thread_id, expected_seq) if known else UnknownThread(thread_id)
     _insert(conn, thread_id, expected_seq, rows, routes)
@@ -696,34 +611,29 @@ def _insert(
     # ON CONFLICT DO NOTHING keeps the transaction usable after a clash, so
     # that the clash can be named (a stored key, or a seq taken by a writer
     # that did not update the projection); the caller's error undoes the rest.
-    with conn.cursor() as cur:
-        values = [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)]
-        if len(values) == 1:
-            cur.execute(
-                "INSERT INTO events (thread_id, seq, type, key, body) VALUES (%s,%s,%s,%s,%s) "
-                "ON CONFLICT DO NOTHING",
-                values[0],
-            )
-            stored = cur.rowcount
-        else:
-            stored = 0
-            for value in values:  # executemany's rowcount is not per row on every version
-                cur.execute(
-                    "INSERT INTO events (thread_id, seq, type, key, body) "
-                    "VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                    value,
-                )
-                stored += cur.rowcount
-        if stored != len(values):
-            for row in rows:
-                if row.key is None or (found := _find_key(conn, row.key)) is None:
-                    continue
-                # A key found among this append's own rows is no duplicate.
-                if found[0] != thread_id or found[1] < first_seq:
-                    raise DuplicateKey(row.key, *found)
-            raise SeqConflict(thread_id, first_seq)
-        refs = [(ref, thread_id) for ref in routes]
-        if refs:
+    stored = 0
+    for start in range(0, len(rows), INSERT_BATCH):
+        chunk = rows[start : start + INSERT_BATCH]
+        values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
+        params: list[Any] = []
+        for i, r in enumerate(chunk, start=first_seq + start):
+            params += (thread_id, i, r.type, r.key, r.body)
+        stored += conn.execute(
+            f"INSERT INTO events (thread_id, seq, type, key, body) VALUES {values} "
+            "ON CONFLICT DO NOTHING",
+            params,
+        ).rowcount
+    if stored != len(rows):
+        for row in rows:
+            if row.key is None or (found := _find_key(conn, row.key)) is None:
+                continue
+            # A key found among this append's own rows is no duplicate.
+            if found[0] != thread_id or found[1] < first_seq:
+                raise DuplicateKey(row.key, *found)
+        raise SeqConflict(thread_id, first_seq)
+    refs = [(ref, thread_id) for ref in routes]
+    if refs:
+        with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO routes (ref, thread_id) VALUES (%s, %s) "
                 "ON CONFLICT (ref) DO UPDATE SET thread_id = excluded.thread_id",
@@ -732,21 +642,14 @@ def _insert(
 
 
 def _acquire(conn: Conn, thread_id: str, owner: str, ttl: float, steal_from: str | None) -> bool:
-    now = time.time()
-    cursor = conn.execute(
-        "INSERT INTO leases (thread_id, owner, expires_at) VALUES (%s, %s, %s) "
-        "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
-        "expires_at = excluded.expires_at "
-        "WHERE leases.owner = excluded.owner OR leases.expires_at < %s OR leases.owner = %s",
-        [thread_id, owner, now + ttl, now, steal_from or ""],
-    )
-    return cursor.rowcount == 1
+    params = acquire_params(thread_id, owner, ttl, steal_from)
+    return conn.execute(_sql(ACQUIRE), params).rowcount == 1
 
 
 def _release(conn: Conn, thread_id: str, owner: str) -> None:
-    conn.execute("DELETE FROM leases WHERE thread_id = %s AND owner = %s", [thread_id, owner])
+    conn.execute(_sql(RELEASE), [thread_id, owner])
 
 
 def _find_key(conn: Conn, key: str) -> tuple[str, int] | None:
-    row = conn.execute("SELECT thread_id, seq FROM events WHERE key = %s", [key]).fetchone()
+    row = conn.execute(_sql(FIND_KEY), [key]).fetchone()
     return (row[0], row[1]) if row else None

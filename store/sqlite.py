@@ -27,11 +27,22 @@ from sqlite_utils import Database
 
 from .errors import DuplicateKey, SeqConflict, UnknownThread
 from .migrations import migrations
-from .rows import THREAD_COLUMNS as _THREAD_COLUMNS
-from .rows import NewRow, ThreadRow, now_iso
+from .queries import (
+    ACQUIRE,
+    APPEND_PROJECTION,
+    FIND_KEY,
+    INSERT_EVENT,
+    INSERT_THREAD,
+    RELEASE,
+    Reads,
+    acquire_params,
+    append_params,
+    thread_params,
+)
+from .rows import NewRow
 from .writer import GroupCommit
 
-__all__ = ["EventStore", "NewRow", "ThreadRow"]
+__all__ = ["EventStore"]
 
 T = TypeVar("T")
 
@@ -49,7 +60,7 @@ def without_fsync(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
         conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
-class EventStore:
+class EventStore(Reads):
     takeover_every: float | None = None
     """One file is on one host: a process that dies has its threads resumed
     when it starts again (or by another process on the file, once their
@@ -160,9 +171,6 @@ class EventStore:
             )
         return True
 
-    def all_thread_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT id FROM threads ORDER BY id").fetchall()]
-
     # -- leases ---------------------------------------------------------------
 
     def acquire(
@@ -181,13 +189,6 @@ class EventStore:
         """`acquire`, in the batch being formed (no fsync of its own)."""
         op = partial(_acquire, thread_id=thread_id, owner=owner, ttl=ttl, steal_from=None)
         return bool(await self._group.submit(op, durable=False))
-
-    def lease_owner(self, thread_id: str) -> str | None:
-        row = self.db.conn.execute(
-            "SELECT owner FROM leases WHERE thread_id = ? AND expires_at >= ?",
-            [thread_id, time.time()],
-        ).fetchone()
-        return str(row[0]) if row else None
 
     def release(self, thread_id: str, owner: str) -> None:
         self._lease_write(partial(_release, thread_id=thread_id, owner=owner))
@@ -260,6 +261,12 @@ class EventStore:
 
     # -- reading ------------------------------------------------------------
 
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.db.conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.db.conn.execute(sql, params).fetchone()
+
     def load_json(self, thread_id: str) -> bytes | None:
         """The thread's event bodies as one JSON array (UTF-8), built by
         SQLite: one object instead of a Python string per row, and no
@@ -271,84 +278,6 @@ class EventStore:
         ).fetchone()
         return row[0] if row and row[0] is not None else None
 
-    def load(self, thread_id: str, *, upto: int | None = None) -> list[str]:
-        """The thread's event bodies in seq order (through `upto`, inclusive)."""
-        sql = "SELECT body FROM events WHERE thread_id = ? AND seq <= ? ORDER BY seq"
-        last = (1 << 62) if upto is None else upto
-        return [row[0] for row in self.db.execute(sql, [thread_id, last]).fetchall()]
-
-    def load_from(self, thread_id: str, seq: int) -> list[str]:
-        """The bodies from `seq` on: what another writer added since."""
-        return [
-            row[0]
-            for row in self.db.execute(
-                "SELECT body FROM events WHERE thread_id = ? AND seq >= ? ORDER BY seq",
-                [thread_id, seq],
-            ).fetchall()
-        ]
-
-    def thread(self, thread_id: str) -> ThreadRow | None:
-        row = self.db.execute(
-            f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", [thread_id]
-        ).fetchone()
-        return ThreadRow(*row) if row else None
-
-    def threads(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        before: str | None = None,
-        overdue_by: float | None = None,
-        due_first: bool = False,
-    ) -> list[ThreadRow]:
-        """Threads by most recent activity (or, with `due_first`, those with
-        a timer first, soonest due), optionally of one status, optionally
-        only those late by `overdue_by` (Unix time)."""
-        where: list[str] = []
-        params: list[str | int | float] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if before is not None:
-            where.append("updated_at < ?")
-            params.append(before)
-        if overdue_by is not None:
-            where.append("overdue_at <= ?")
-            params.append(overdue_by)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        order = "due_at IS NULL, due_at, updated_at DESC" if due_first else "updated_at DESC"
-        sql = f"SELECT {_THREAD_COLUMNS} FROM threads {clause} ORDER BY {order} LIMIT ?"
-        return [ThreadRow(*r) for r in self.db.execute(sql, [*params, limit]).fetchall()]
-
-    def undelivered_ids(self, channels: Iterable[str]) -> list[str]:
-        """Threads that hold something undelivered for one of `channels`."""
-        names = list(channels)
-        if not names:
-            return []
-        like = " OR ".join("deliver_to LIKE ?" for _ in names)
-        sql = f"SELECT id FROM threads WHERE deliver_to != '' AND ({like})"
-        return [r[0] for r in self.db.execute(sql, [f"% {n} %" for n in names]).fetchall()]
-
-    def due_ids(self, now: float, *, limit: int = 1000) -> list[str]:
-        """Threads with a timer due by `now`, the most overdue first."""
-        sql = "SELECT id FROM threads WHERE due_at <= ? ORDER BY due_at LIMIT ?"
-        return [r[0] for r in self.db.execute(sql, [now, limit]).fetchall()]
-
-    def next_due(self, now: float) -> float | None:
-        """When the next timer after `now` is due, of any thread."""
-        row = self.db.execute("SELECT min(due_at) FROM threads WHERE due_at > ?", [now]).fetchone()
-        return row[0] if row else None
-
-    def thread_ids(self, *, status: str) -> list[str]:
-        return [
-            r[0]
-            for r in self.db.execute("SELECT id FROM threads WHERE status = ?", [status]).fetchall()
-        ]
-
-    def find_key(self, key: str) -> tuple[str, int] | None:
-        return _find_key(self.db.conn, key)
-
     def meta(self, key: str, default: str) -> str:
         """A deployment setting kept in the database; `default` is stored the
         first time, and wins only then (several processes agree on one value)."""
@@ -356,10 +285,6 @@ class EventStore:
             self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [key, default])
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return str(row[0])
-
-    def route(self, ref: str) -> str | None:
-        row = self.db.execute("SELECT thread_id FROM routes WHERE ref = ?", [ref]).fetchone()
-        return row[0] if row else None
 
 
 # -- writes, on whichever connection runs them --------------------------------
@@ -370,40 +295,15 @@ def _create(
     thread_id: str,
     rows: Sequence[NewRow],
     *,
-    status: str,
-    title: str,
-    origin: str,
-    parent: tuple[str, int] | None = None,
     routes: Iterable[str] = (),
-    deliver_to: str = "",
-    waiting: str = "",
-    due_at: float | None = None,
-    overdue_at: float | None = None,
+    **projection: Any,
 ) -> None:
-    now = now_iso()
     try:
-        conn.execute(
-            f"INSERT INTO threads ({_THREAD_COLUMNS}, deliver_to) VALUES ({','.join('?' * 13)})",
-            [
-                thread_id,
-                status,
-                title,
-                origin,
-                now,
-                now,
-                len(rows) - 1,
-                parent[0] if parent else None,
-                parent[1] if parent else None,
-                waiting,
-                due_at,
-                overdue_at,
-                deliver_to,
-            ],
-        )
+        conn.execute(INSERT_THREAD, thread_params(thread_id, len(rows) - 1, **projection))
         _insert(conn, thread_id, 0, rows, routes)
     except sqlite3.IntegrityError:
         _raise_duplicate(conn, rows)
-        raise
+        raise SeqConflict(thread_id, 0) from None  # a thread of that id exists already
 
 
 def _append(
@@ -412,28 +312,12 @@ def _append(
     expected_seq: int,
     rows: Sequence[NewRow],
     *,
-    status: str,
     routes: Iterable[str] = (),
-    deliver_to: str = "",
-    waiting: str = "",
-    due_at: float | None = None,
-    overdue_at: float | None = None,
+    **projection: Any,
 ) -> int:
     last = expected_seq + len(rows) - 1
     cursor = conn.execute(
-        "UPDATE threads SET status = ?, updated_at = ?, last_seq = ?, deliver_to = ?, "
-        "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ? AND last_seq = ?",
-        [
-            status,
-            now_iso(),
-            last,
-            deliver_to,
-            waiting,
-            due_at,
-            overdue_at,
-            thread_id,
-            expected_seq - 1,
-        ],
+        APPEND_PROJECTION, append_params(thread_id, expected_seq, last, **projection)
     )
     if cursor.rowcount != 1:
         known = conn.execute("SELECT 1 FROM threads WHERE id = ?", [thread_id]).fetchone()
@@ -456,13 +340,10 @@ def _insert(
 ) -> None:
     if len(rows) == 1:
         r = rows[0]
-        conn.execute(
-            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
-            (thread_id, first_seq, r.type, r.key, r.body),
-        )
+        conn.execute(INSERT_EVENT, (thread_id, first_seq, r.type, r.key, r.body))
     else:
         conn.executemany(
-            "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)",
+            INSERT_EVENT,
             [(thread_id, first_seq + i, r.type, r.key, r.body) for i, r in enumerate(rows)],
         )
     refs = [(ref, thread_id) for ref in routes]
@@ -473,23 +354,15 @@ def _insert(
 def _acquire(
     conn: sqlite3.Connection, thread_id: str, owner: str, ttl: float, steal_from: str | None
 ) -> bool:
-    now = time.time()
-    cursor = conn.execute(
-        "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
-        "expires_at = excluded.expires_at "
-        "WHERE leases.owner = excluded.owner OR leases.expires_at < ? OR leases.owner = ?",
-        [thread_id, owner, now + ttl, now, steal_from or ""],
-    )
-    return cursor.rowcount == 1
+    return conn.execute(ACQUIRE, acquire_params(thread_id, owner, ttl, steal_from)).rowcount == 1
 
 
 def _release(conn: sqlite3.Connection, thread_id: str, owner: str) -> None:
-    conn.execute("DELETE FROM leases WHERE thread_id = ? AND owner = ?", [thread_id, owner])
+    conn.execute(RELEASE, [thread_id, owner])
 
 
 def _find_key(conn: sqlite3.Connection, key: str) -> tuple[str, int] | None:
-    row = conn.execute("SELECT thread_id, seq FROM events WHERE key = ?", [key]).fetchone()
+    row = conn.execute(FIND_KEY, [key]).fetchone()
     return (row[0], row[1]) if row else None
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings
 
 from bot import OpenAIModel, ThreadBot, load_tools
-from store import EventStore
+from store import EventStore, Store, open_store
 
 from . import pg
 from .fakes import FakeOpenAI, stop_strays
@@ -40,12 +40,7 @@ def postgres() -> Iterator[pg.Postgres]:
     if url:
         yield pg.Postgres(url)
         return
-    reason = pg.available()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL not available in CI: {reason}", pytrace=False)
-        pytest.skip(f"PostgreSQL not available: {reason}")
-    with pg.PostgresServer() as server:
+    with _own_server() as server:
         yield server
 
 
@@ -56,6 +51,48 @@ def pg_url(postgres: pg.Postgres) -> Iterator[str]:
     url = postgres.create_database(name)
     yield url
     postgres.drop_database(name)
+
+
+def _own_server() -> pg.PostgresServer:
+    """A server of our own to start; where none can run, the test is skipped
+    (locally) or fails (in CI)."""
+    reason = pg.available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not available in CI: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL not available: {reason}")
+    return pg.PostgresServer()
+
+
+@pytest.fixture
+def restartable_pg(postgres: pg.Postgres) -> Iterator[tuple[pg.PostgresServer, str]]:
+    """A server the test may restart, and a fresh database on it: the
+    session's server when it is our own, else (the environment's is not ours
+    to restart) one started for this test."""
+    name = f"threadbot_test_{uuid.uuid4().hex[:12]}"
+    if isinstance(postgres, pg.PostgresServer):
+        yield postgres, postgres.create_database(name)
+        postgres.drop_database(name)
+        return
+    with _own_server() as server:
+        yield server, server.create_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens another store object on the test's database at each call: a
+    SQLite file, or a fresh PostgreSQL database. Each is closed after the test."""
+    db = str(tmp_path / "t.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened: list[Store] = []
+
+    def make() -> Store:
+        store = open_store(db)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

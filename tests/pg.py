@@ -175,6 +175,12 @@ class PostgresServer(Postgres):
             raise
         return self
 
+    def restart(self) -> None:
+        """Stop the server as an operator's restart does (every session is
+        ended) and start it again on the same address and data."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        self._run("pg_ctl", "-D", self.data, "-l", self.data.parent / "log", "-w", "start")
+
     def stop(self) -> None:
         """Stop at once (no checkpoint: the cluster is thrown away) and remove it."""
         if self.dir is None:
