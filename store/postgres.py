@@ -11,7 +11,9 @@ What several hosts add:
   it on a connection of its own (`hold_presence`). The server drops the lock
   when that connection ends: at once when the process dies, and within the
   TCP keepalive window set below when its host vanishes. A lease whose owner
-  holds no such lock belongs to a dead runner and may be taken.
+  holds no such lock belongs to a dead runner and may be taken, by a runner
+  that has listened to the same server for a few seconds: a server restart
+  drops every lock, and live runners take theirs again as they reconnect.
 - **Wake-ups.** Triggers NOTIFY on every change of a thread's row and every
   freed lease; `listen` hands them to the runner, so an answer stored by one
   replica reaches the one that waits for the thread at once.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -67,6 +70,16 @@ TAKEOVER_EVERY = 2.0
 UNCLAIMED_DELIVERY = 300.0
 """Seconds after which an undelivered thread that nobody holds is taken up
 (the longest wait between a runner's own delivery retries)."""
+
+RELISTEN_MAX = 2.0
+"""Longest wait, in seconds, between a listener's tries to reconnect."""
+
+JUDGE_AFTER = 5.0
+"""Seconds a runner's listener must have been connected before the runner
+takes another's presence lock, free, for its death. A server restart (or a
+failover, or a network fault on the way to it) ends every runner's presence
+connection at once; live runners take their locks again as their listeners
+reconnect, within `RELISTEN_MAX` of each other."""
 
 MIGRATIONS_LOCK = 0x7468726561646274  # "threadbt"
 
@@ -236,6 +249,10 @@ class PostgresStore(Reads):
         """The connection of the `atomic` block being run, if any."""
         self._presence: Conn | None = None
         self._presence_owner: str | None = None
+        self._judge_from = 0.0
+        """When (monotonic) `owner_gone` may say yes; see `JUDGE_AFTER`."""
+        self._judge_on: Any = None
+        """The start time of the server the listener is connected to."""
         self._group: GroupCommit[Conn] = GroupCommit(self._batch)
         with self._conn() as conn:
             migrate(conn)
@@ -394,13 +411,24 @@ class PostgresStore(Reads):
 
     def owner_gone(self, owner: str) -> bool | None:
         """Whether no connection holds `owner`'s presence lock (tried from
-        the pool's connection, which never holds one, and let go at once)."""
+        the pool's connection, which never holds one, and let go at once).
+        Never while this store's listener is down or has just reconnected:
+        the server may have restarted, and live runners not yet taken their
+        locks again."""
+        if time.monotonic() < self._judge_from:
+            return False
 
         def probe(conn: Conn) -> bool:
             row = conn.execute(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [owner]
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0)), "
+                "pg_postmaster_start_time()",
+                [owner],
             ).fetchone()
-            return bool(row and row[0])
+            assert row is not None
+            free, server = row
+            # Another server than the listener's (restarted since, or failed
+            # over): its locks are being taken again.
+            return bool(free) and self._judge_on in (None, server)
 
         return self._write(probe, durable=False)
 
@@ -443,11 +471,16 @@ class PostgresStore(Reads):
                     self.url, autocommit=True, **KEEPALIVE
                 )
                 async with aconn:
+                    row = await (
+                        await aconn.execute("SELECT pg_postmaster_start_time()")
+                    ).fetchone()
                     await aconn.execute(f"LISTEN {CHANNEL}")
                     # A restart of the server ended the presence connection
                     # too: hold the lock again now, not at the next renewal
                     # (meanwhile other replicas would take this runner for dead).
                     self._keep_presence()
+                    self._judge_on = row[0] if row else None
+                    self._judge_from = time.monotonic() + JUDGE_AFTER
                     delay = 0.5
                     async for n in aconn.notifies():
                         thread_id, _, due = n.payload.partition(" ")
@@ -456,8 +489,9 @@ class PostgresStore(Reads):
                 raise
             except psycopg.Error as e:
                 log.warning("listening for other replicas' changes failed (%s); again shortly", e)
+            self._judge_from = math.inf
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, RELISTEN_MAX)
 
     def changed_elsewhere(self) -> bool:
         # The server keeps no cheap counter of other sessions' commits: a

@@ -10,9 +10,15 @@ replica that takes a thread over gets the replies the dead one would have.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
 import smtplib
+import socket
+import socketserver
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -217,11 +223,11 @@ def summary(seconds: list[float]) -> str:
     return f"n={len(seconds)} p50={statistics.median(seconds):.2f}s max={max(seconds):.2f}s"
 
 
-def both(*jobs: Callable[[], None]) -> None:
+def both(*jobs: Callable[[], object]) -> None:
     """Run the jobs at once, each on a thread; re-raise the first failure."""
     failed: list[BaseException] = []
 
-    def run(job: Callable[[], None]) -> None:
+    def run(job: Callable[[], object]) -> None:
         try:
             job()
         except BaseException as e:
@@ -310,30 +316,41 @@ non-idempotent tool, a slow idempotent one, a slow model."""
 
 
 def kill_mid_run(
-    victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
-) -> dict[str, float]:
-    """Start one thread of each `KILL_PLANS` on `victim`, SIGKILL it while
-    each is in the middle of its slow part, and check that `survivor`
-    finishes them: nothing lost, the non-idempotent tool reported as
-    interrupted and never run again, the idempotent one run again to its
-    end. Returns each thread's takeover time: from the kill to the
-    survivor's first append (`charge`), or to the survivor's start of the
-    work (running the tool again, asking the model again)."""
+    victim: Replica,
+    survivor: Replica,
+    brain: Brain,
+    ledger: Path,
+    round_: str,
+    stop: Callable[[], None] | None = None,
+    *,
+    victim_lives: bool = False,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Start one thread of each `KILL_PLANS` on `victim`, stop it while each
+    is in the middle of its slow part (SIGKILL, unless `stop` does something
+    else), and check that `survivor` finishes them: nothing lost, the
+    non-idempotent tool reported as interrupted and run once, the idempotent
+    one run again to its end. Returns each thread's takeover time (from the
+    stop to the survivor's first append for `charge`; to the survivor's start
+    of the work for the others: running the tool again, asking the model
+    again), and the threads' ids.
+
+    If the victim lives on unseen (`victim_lives`: its host cut off), its
+    own run of the idempotent tool may end as well."""
     tags = {kind: f"{round_}{kind}" for kind in KILL_PLANS}
     ids = {kind: victim.launch(f"plan {tags[kind]}: {plan}") for kind, plan in KILL_PLANS.items()}
     wait_until(lambda: "tool_started" in types(victim.thread(ids["charge"])), what="charge")
     wait_until(lambda: ledger_lines(ledger, f"fetch start {tags['fetch']} "), what="fetch")
     wait_until(lambda: brain.asked(tags["think"]), what="the model")
-    killed_at = time.time()
-    victim.kill()
+    stopped_at = time.time()
+    (stop or victim.kill)()
     took: dict[str, float] = {}
     for kind, thread_id in ids.items():
-        done = survivor.wait(thread_id, "done", timeout=30)
-        first = first_after(done, killed_at)
-        assert first is not None
-        took[kind] = first - killed_at
-        assert done["events"][-1]["text"] == f"{tags[kind]} done"
         tag = tags[kind]
+        done = survivor.wait(thread_id, "done", timeout=60)
+        first = first_after(done, stopped_at)
+        assert first is not None
+        took[kind] = first - stopped_at
+        assert done["events"][-1]["text"] == f"{tag} done"
         results = [e for e in done["events"] if e["type"] == "tool_result"]
         calls_made = [e for e in done["events"] if e["type"] == "tool_call"]
         assert len(results) == len(calls_made) == 1, done["events"]
@@ -345,11 +362,167 @@ def kill_mid_run(
         elif kind == "fetch":
             assert result == {**result, "output": f"report {tag}", "is_error": False}
             started = ledger_lines(ledger, f"fetch start {tag} ")
-            assert len(started) == 2 and len(ledger_lines(ledger, f"fetch end {tag} ")) == 1
-            took[kind] = float(started[1].rpartition("at=")[2]) - killed_at
+            assert len(started) == 2
+            ended = len(ledger_lines(ledger, f"fetch end {tag} "))
+            assert ended == 1 or (victim_lives and ended == 2)
+            took[kind] = float(started[1].rpartition("at=")[2]) - stopped_at
         else:
             assert not result["is_error"]
             asked = brain.asked(tag)  # by each replica for the call, then for the end
             assert len(asked) == 3
-            took[kind] = asked[1] - killed_at
-    return took
+            took[kind] = asked[1] - stopped_at
+    return took, ids
+
+
+# -- hosts of their own: network namespaces --------------------------------------------
+
+NETNS_ENV = "THREADBOT_NETNS_TESTS"
+PREFIX = "tbr"
+"""Names of the namespaces and links these tests make: `tbr<pid><name>`."""
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def netns_available() -> str | None:
+    """None if network namespaces can be made here, else why not."""
+    if shutil.which("ip") is None:
+        return "no `ip` command"
+    name = f"{PREFIX}{os.getpid()}probe"
+    try:
+        _ip("netns", "add", name)
+    except RuntimeError as e:
+        return str(e)
+    _ip("netns", "del", name)
+    return None
+
+
+class Hosts:
+    """Network namespaces as hosts on one network: a bridge in the root
+    namespace has `.1` of 10.200.N.0/24 (where PostgreSQL and the fakes are
+    reached), and each host a veth pair to it and the next address. Removed
+    on exit, whatever happened; leftovers of a killed run are removed at start."""
+
+    def __init__(self, *names: str) -> None:
+        self.tag = f"{PREFIX}{os.getpid()}"
+        net = os.getpid() % 200 + 20
+        self.gateway = f"10.200.{net}.1"
+        self.subnet = f"10.200.{net}.0/24"
+        self.addresses = {name: f"10.200.{net}.{i + 2}" for i, name in enumerate(names)}
+        self.bridge = f"{self.tag}br"
+
+    def netns(self, name: str) -> str:
+        return f"{self.tag}{name}"
+
+    def link(self, name: str) -> str:
+        """The root namespace's end of the host's cable."""
+        return f"{self.tag}{name}v"
+
+    def prefix(self, name: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.netns(name))
+
+    def cut(self, name: str) -> None:
+        """Unplug the host: no FIN, no RST; its processes keep running."""
+        _ip("link", "set", self.link(name), "down")
+
+    def mend(self, name: str) -> None:
+        _ip("link", "set", self.link(name), "up")
+
+    def __enter__(self) -> Hosts:
+        _remove_leftovers()
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for name, address in self.addresses.items():
+                ns, outside = self.netns(name), self.link(name)
+                _ip("netns", "add", ns)
+                _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("link", "set", outside, "master", self.bridge, "up")
+                _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        _remove(self.tag)
+
+
+def _remove(tag: str) -> None:
+    """Every namespace and link named with `tag` (a namespace takes its end
+    of a veth pair with it, and the pair goes)."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in names.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns.startswith(tag):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for found in re.finditer(r"^\d+: ([^:@]+)", links, re.M):
+        if found[1].startswith(tag):
+            subprocess.run(["ip", "link", "del", found[1]], capture_output=True)
+
+
+def _remove_leftovers() -> None:
+    """What a run that was killed left (its pid is gone)."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for pid in set(re.findall(rf"\b{PREFIX}(\d+)", names + links)):
+        if not Path(f"/proc/{pid}").exists():
+            _remove(f"{PREFIX}{pid}")
+
+
+class Forward:
+    """A TCP port at `host` that forwards to the same service on 127.0.0.1,
+    so that hosts on the bridge reach the loopback fakes."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._server: socketserver.ThreadingTCPServer | None = None
+
+    def __enter__(self) -> Forward:
+        target = ("127.0.0.1", self.port)
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target) as upstream:
+                    _pipe(self.request, upstream)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self._server = socketserver.ThreadingTCPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy both ways until either side closes."""
+
+    def copy(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    other = threading.Thread(target=copy, args=(b, a), daemon=True)
+    other.start()
+    copy(a, b)
+    other.join()

@@ -8,29 +8,41 @@ with SIGKILL. The fake model answers by each thread's plan (see
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 
+from store import open_store
+from store.postgres import JUDGE_AFTER, RELISTEN_MAX
+
 from . import pg
 from .mail_fake import CaptureRelay, text_of
 from .replicas import (
     ANN,
+    KILL_PLANS,
     LEAD,
+    NETNS_ENV,
     Brain,
+    Forward,
+    Hosts,
     Replica,
     answer_to,
     both,
     kill_mid_run,
     ledger_lines,
     mails,
+    netns_available,
     new_mail,
     only_thread,
     reply_address,
@@ -125,6 +137,49 @@ def test_http_flows_on_postgres_give_what_sqlite_gives(
     assert len(ledger_lines(ledger, "deploy lite1 1 ")) == 1
 
 
+# -- a restart of PostgreSQL -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_pg(postgres: pg.Postgres) -> Iterator[pg.PostgresServer]:
+    """A server of the test's own, to restart (the session's one serves
+    other tests' replicas meanwhile)."""
+    reason = pg.available()
+    if reason is not None:
+        pytest.fail(f"PostgreSQL binaries are not available to restart a server: {reason}")
+    with pg.PostgresServer() as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_a_postgresql_restart_takes_no_live_runner_for_dead(
+    own_pg: pg.PostgresServer,
+) -> None:
+    """A restart ends every presence connection at once. A replica must not
+    take the threads of another that is alive but has not taken its lock
+    again yet; a dead one it judges dead, once it has listened a while."""
+    url = own_pg.create_database("threadbot")
+    judge, live, dead = open_store(url), open_store(url), open_store(url)
+    live.hold_presence("runner-live")  # alive, and (no listener) slow to come back
+    dead.hold_presence("runner-dead")
+    listening = asyncio.create_task(judge.listen(lambda *_: None))
+    try:
+        dead.close()
+        await asyncio.sleep(JUDGE_AFTER + 0.5)  # the judge's listener is settled
+        assert await asyncio.to_thread(judge.owner_gone, "runner-dead") is True
+        assert await asyncio.to_thread(judge.owner_gone, "runner-live") is False
+        await asyncio.to_thread(own_pg.restart)
+        assert await asyncio.to_thread(judge.owner_gone, "runner-live") is False
+        await asyncio.sleep(RELISTEN_MAX)  # its listener has noticed, and reconnected
+        assert await asyncio.to_thread(judge.owner_gone, "runner-live") is False
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        judge.close()
+        live.close()
+
+
 # -- two replicas, one database --------------------------------------------------------
 
 
@@ -156,54 +211,47 @@ def pair(
         Replica(shared_db, brain, ledger, slack=slack, relay=relay, THREADBOT_EMAIL_APPROVERS=LEAD)
         for _ in "ab"
     )
-    started = [threading.Thread(target=r.start) for r in (a, b)]
-    for t in started:
-        t.start()
-    for t in started:
-        t.join()
+    both(a.start, b.start)
     yield a, b
     for r in (a, b):
         r.stop()
 
 
-def test_a_thread_launched_on_one_replica_is_answered_on_the_other(
-    pair: tuple[Replica, Replica], ledger: Path
-) -> None:
-    for n, (first, second) in enumerate((pair, pair[::-1])):
-        tag = f"x{n}"
-        thread_id = first.launch(f"plan {tag}: ask deploy")
-        second.wait(thread_id, "waiting_for_human")
-        r = second.post(f"/threads/{thread_id}/responses", {"text": "eu-west"})
-        assert r.status_code == 202, r.text
-        first.wait(thread_id, "waiting_for_approval")
-        r = second.post(f"/threads/{thread_id}/approvals", {"approved": True})
-        assert r.status_code == 202, r.text
-        done = first.wait(thread_id, "done")
-        # (The approver's mail may still be marked as delivered.)
-        assert second.thread(thread_id)["events"][: len(done["events"])] == done["events"]
-        assert types(done).count("tool_result") == 1
-        assert len(ledger_lines(ledger, f"deploy {tag} 1 ")) == 1
+def answered_across(first: Replica, second: Replica, ledger: Path, tag: str) -> None:
+    """Launched through `first`, answered and approved through `second`."""
+    thread_id = first.launch(f"plan {tag}: ask deploy")
+    second.wait(thread_id, "waiting_for_human")
+    r = second.post(f"/threads/{thread_id}/responses", {"text": "eu-west"})
+    assert r.status_code == 202, r.text
+    first.wait(thread_id, "waiting_for_approval")
+    r = second.post(f"/threads/{thread_id}/approvals", {"approved": True})
+    assert r.status_code == 202, r.text
+    done = first.wait(thread_id, "done")
+    # (The approver's mail may still be marked as delivered.)
+    assert second.thread(thread_id)["events"][: len(done["events"])] == done["events"]
+    assert types(done).count("tool_result") == 1
+    assert len(ledger_lines(ledger, f"deploy {tag} 1 ")) == 1
 
 
-def test_a_slack_event_sent_to_both_replicas_is_stored_once(
-    pair: tuple[Replica, Replica], slack: FakeSlack
-) -> None:
-    a, b = pair
-    ev = mention("C_REPL", "plan s1: ask")
-    body, headers = SlackSender(a.url).signed_event(ev, event_id="EvREPL1")
+def slack_event_to_both(a: Replica, b: Replica, slack: FakeSlack, tag: str) -> None:
+    """A mention, and the reply to the question it leads to, each delivered
+    to both replicas (as a retry through a load balancer may): each is
+    stored once, and each thing the bot says is posted once."""
+    channel = f"C_{tag.upper()}"
+    ev = mention(channel, f"plan {tag}: ask")
+    body, headers = SlackSender(a.url).signed_event(ev, event_id=f"Ev{tag}1")
 
     def deliver(r: Replica) -> None:
         got = httpx.post(f"{r.url}/slack/events", content=body, headers=headers, timeout=10)
         assert got.status_code == 200, got.text
 
     both(lambda: deliver(a), lambda: deliver(b))
-    question = posts(slack, "C_REPL", 1)[0]
-    assert "Which region for s1?" in json.dumps(question["blocks"])
-    thread_id = only_thread(a, "plan s1: ask")["id"]
+    question = posts(slack, channel, 1)[0]
+    assert f"Which region for {tag}?" in json.dumps(question["blocks"])
+    thread_id = only_thread(a, f"plan {tag}: ask")["id"]
     a.wait(thread_id, "waiting_for_human")
-    # The reply, too, reaches both.
-    reply = message("C_REPL", "eu-west", thread_ts=ev["ts"])
-    body, headers = SlackSender(a.url).signed_event(reply, event_id="EvREPL2")
+    reply = message(channel, "eu-west", thread_ts=ev["ts"])
+    body, headers = SlackSender(a.url).signed_event(reply, event_id=f"Ev{tag}2")
     both(lambda: deliver(b), lambda: deliver(a))
     done = b.wait(thread_id, "done")
     assert types(done) == [
@@ -215,33 +263,52 @@ def test_a_slack_event_sent_to_both_replicas_is_stored_once(
         "assistant_message",
         "delivered",
     ]
-    # One post per thing said, whichever replica said it.
-    said = [p for p in slack.called("chat.postMessage") if p["channel"] == "C_REPL"]
+    said = [p for p in slack.called("chat.postMessage") if p["channel"] == channel]
     assert len(said) == 2, said
-    assert "s1 done" in json.dumps(said[1]["blocks"])
-    assert len(only_thread(b, "plan s1: ask")["events"]) == len(done["events"])
+    assert f"{tag} done" in json.dumps(said[1]["blocks"])
+    assert len(only_thread(b, f"plan {tag}: ask")["events"]) == len(done["events"])
 
 
-def test_a_mail_answer_to_the_other_replica_is_acted_on(
-    pair: tuple[Replica, Replica], relay: CaptureRelay, ledger: Path
+def mail_answered_across(
+    a: Replica, b: Replica, relay: CaptureRelay, ledger: Path, tag: str
 ) -> None:
-    a, b = pair
-    a.send_mail(new_mail("plan m1", "plan m1: ask deploy"))
-    question = wait_mail(relay, "Which region for m1?")
+    """Started by mail to A's SMTP port, answered by mail to B's, approved
+    by mail to A's: each mail of the bot's sent once."""
+    a.send_mail(new_mail(f"plan {tag}", f"plan {tag}: ask deploy"))
+    question = wait_mail(relay, f"Which region for {tag}?")
     thread_id = thread_of_mail(question)
     b.send_mail(answer_to(question, "eu-west"), to=reply_address(question))
     request = wait_mail(relay, "Approval needed before I run deploy", thread_id)
     assert request["To"] == LEAD
     a.send_mail(answer_to(request, "approve", sender=LEAD), to=reply_address(request))
     done = b.wait(thread_id, "done")
-    wait_mail(relay, "m1 done", thread_id)
+    wait_mail(relay, f"{tag} done", thread_id)
     assert types(done).count("human_response") == 1 and types(done).count("approval") == 1
-    assert len(ledger_lines(ledger, "deploy m1 1 ")) == 1
-    # Each mail once, whichever replica sent it: the question, the request to
-    # the approver and its notice to Ann, the outcome.
+    assert len(ledger_lines(ledger, f"deploy {tag} 1 ")) == 1
+    # The question, the request to the approver and its notice to Ann, the outcome.
     sent = [(m["To"], text_of(m)) for m in mails(relay) if thread_of_mail(m) == thread_id]
     assert [to for to, _ in sent] == [ANN, LEAD, ANN, ANN], sent
     assert len(set(sent)) == 4, sent
+
+
+def test_a_thread_launched_on_one_replica_is_answered_on_the_other(
+    pair: tuple[Replica, Replica], ledger: Path
+) -> None:
+    a, b = pair
+    answered_across(a, b, ledger, "x0")
+    answered_across(b, a, ledger, "x1")
+
+
+def test_a_slack_event_sent_to_both_replicas_is_stored_once(
+    pair: tuple[Replica, Replica], slack: FakeSlack
+) -> None:
+    slack_event_to_both(*pair, slack, "s1")
+
+
+def test_a_mail_answer_to_the_other_replica_is_acted_on(
+    pair: tuple[Replica, Replica], relay: CaptureRelay, ledger: Path
+) -> None:
+    mail_answered_across(*pair, relay, ledger, "m1")
 
 
 def test_an_answer_through_one_replica_is_acted_on_at_once(
@@ -281,12 +348,132 @@ def test_an_answer_through_one_replica_is_acted_on_at_once(
 def test_a_killed_replicas_threads_finish_on_the_other(
     pair: tuple[Replica, Replica], brain: Brain, ledger: Path
 ) -> None:
-    a, b = pair
     took: list[float] = []
-    for n, (victim, survivor) in enumerate(((a, b), (b, a))):
-        each = kill_mid_run(victim, survivor, brain, ledger, f"k{n}")
-        print(f"takeover after SIGKILL, round {n}: {each}")
-        took += each.values()
-        victim.start()
+    for n, (victim, survivor) in enumerate((pair, pair[::-1])):
+        took += kill_and_restart(victim, survivor, brain, ledger, f"k{n}")
     print(f"takeover after SIGKILL: {summary(took)}")
     assert max(took) < 15
+
+
+def kill_and_restart(
+    victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
+) -> list[float]:
+    """`kill_mid_run`, the victim started again at once (it finds its
+    threads taken over); returns the takeover times once the restarted
+    victim may judge others (see `JUDGE_AFTER`), as the next round needs."""
+    restart = threading.Thread(target=victim.start)
+
+    def kill() -> None:
+        victim.kill()
+        restart.start()
+
+    took, _ = kill_mid_run(victim, survivor, brain, ledger, round_, kill)
+    restart.join()
+    restarted = time.monotonic()
+    print(f"takeover after SIGKILL, round {round_}: {took}")
+    time.sleep(max(0.0, restarted + JUDGE_AFTER - time.monotonic()))
+    return list(took.values())
+
+
+# -- two hosts: each replica in a network namespace of its own -------------------------
+
+two_hosts = pytest.mark.skipif(
+    not os.environ.get(NETNS_ENV),
+    reason=f"on demand ({NETNS_ENV}=1): needs root and network namespaces",
+)
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    reason = netns_available()
+    if reason is not None:
+        pytest.fail(f"{NETNS_ENV} is set but network namespaces cannot be made: {reason}")
+    with Hosts("a", "b") as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def host_pair(
+    hosts: Hosts,
+    brain: Brain,
+    ledger: Path,
+    slack: FakeSlack,
+    relay: CaptureRelay,
+) -> Iterator[tuple[Replica, Replica]]:
+    """Replicas on hosts a and b; PostgreSQL (a server of its own) and the
+    fakes on the bridge between them."""
+    server = pg.PostgresServer(listen=[hosts.gateway], trust=[hosts.subnet])
+    with ExitStack() as stack:
+        stack.enter_context(server)
+        for port in (brain.port, slack.port, relay.port):
+            stack.enter_context(Forward(hosts.gateway, port))
+        db = server.create_database("threadbot")
+        a, b = (
+            Replica(
+                db,
+                brain,
+                ledger,
+                slack=slack,
+                relay=relay,
+                host=hosts.addresses[name],
+                prefix=hosts.prefix(name),
+                fakes_at=hosts.gateway,
+                THREADBOT_EMAIL_APPROVERS=LEAD,
+                THREADBOT_EMAIL_SENDERS="@example.com",
+            )
+            for name in "ab"
+        )
+        stack.callback(b.stop)
+        stack.callback(a.stop)
+        both(a.start, b.start)
+        yield a, b
+
+
+@two_hosts
+def test_two_hosts_share_threads_through_http_slack_and_mail(
+    host_pair: tuple[Replica, Replica], ledger: Path, slack: FakeSlack, relay: CaptureRelay
+) -> None:
+    a, b = host_pair
+    assert a.host != b.host and not a.host.startswith("127.")
+    answered_across(a, b, ledger, "nx0")
+    answered_across(b, a, ledger, "nx1")
+    slack_event_to_both(a, b, slack, "ns1")
+    mail_answered_across(a, b, relay, ledger, "nm1")
+
+
+@two_hosts
+def test_two_hosts_a_killed_replicas_threads_finish_on_the_other_host(
+    host_pair: tuple[Replica, Replica], brain: Brain, ledger: Path
+) -> None:
+    took: list[float] = []
+    for n, (victim, survivor) in enumerate((host_pair, host_pair[::-1])):
+        took += kill_and_restart(victim, survivor, brain, ledger, f"nk{n}")
+    print(f"two hosts, takeover after SIGKILL: {summary(took)}")
+    assert max(took) < 15
+
+
+@two_hosts
+def test_two_hosts_a_cut_off_replicas_threads_finish_on_the_other_host(
+    hosts: Hosts, host_pair: tuple[Replica, Replica], brain: Brain, ledger: Path
+) -> None:
+    """Host a loses its network (no FIN, no RST): b takes its threads over
+    once PostgreSQL gives up on a's presence connection. When a comes back
+    it believes for a moment that it holds their leases: it must run
+    nothing again and write nothing into them, and go on serving."""
+    a, b = host_pair
+    try:
+        took, ids = kill_mid_run(
+            a, b, brain, ledger, "ncut", partial(hosts.cut, "a"), victim_lives=True
+        )
+        print(f"two hosts, takeover after a cut: {took}")
+        settled = {thread_id: b.thread(thread_id) for thread_id in ids.values()}
+    finally:
+        hosts.mend("a")
+    assert len(settled) == len(KILL_PLANS)
+    assert min(took.values()) > 5 and max(took.values()) < 25
+    # A is back: it serves and runs threads again, and what b finished stays as it was.
+    answered_across(a, b, ledger, "nback")
+    time.sleep(2)
+    for thread_id, body in settled.items():
+        assert b.thread(thread_id) == body
+    assert len(ledger_lines(ledger, "charge ")) == len(set(ledger_lines(ledger, "charge ")))
