@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -243,6 +244,7 @@ class PostgresStore(Reads):
             # unreachable, then fails (a request gets a 500, a run stops
             # and is picked up again), rather than holding its loop longer.
             timeout=POOL_WAIT,
+            check=_still_open,
         )
         self._pool.wait(timeout=30)
         self._in_tx: Conn | None = None
@@ -561,6 +563,18 @@ class PostgresStore(Reads):
                 yield conn
             finally:
                 self._in_tx = None
+
+
+def _still_open(conn: Conn) -> None:
+    """The pool's look at a connection before lending it. An idle connection
+    has nothing to read unless its server closed it or its network failed (a
+    restart, an outage): such a one is closed and the pool lends another,
+    rather than the caller's first statement failing. No round trip."""
+    poll = select.poll()  # not select(): a busy server has descriptors past 1024
+    poll.register(conn.fileno(), select.POLLIN)
+    if poll.poll(0):
+        conn.close()
+        raise psycopg.OperationalError("the server closed this idle connection")
 
 
 # -- writes, on whichever connection runs them ------------------------------------------

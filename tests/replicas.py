@@ -1,5 +1,11 @@
 """Several `threadbot serve` replicas on one PostgreSQL, and what they share.
 
+    python -m tests.replicas [--kills 20] [--restarts 10] [--cuts 3] [--netns]
+
+measures takeover after SIGKILL of either replica (and, with --cuts, after
+one host's network is cut; needs root), and counts live replicas' threads
+taken over after PostgreSQL restarts (there must be none).
+
 A replica is `threadbot serve` as a subprocess with its own HTTP and SMTP
 ports; every replica talks to the same fake model, fake Slack Web API, mail
 relay and tool ledger. The model is a stateless script: a thread's first
@@ -31,8 +37,11 @@ from typing import Any
 
 import httpx
 
+from store.postgres import JUDGE_AFTER
+
 from .fakes import REPO, FakeOpenAI, Reply, ServerProcess, calls, free_port, text
 from .mail_fake import CaptureRelay, text_of
+from .pg import PostgresServer
 from .slack_fake import SECRET, FakeSlack
 
 ADMIN = {"Authorization": "Bearer replica-admin"}
@@ -150,6 +159,14 @@ class Replica(ServerProcess):
                 SLACK_API_URL=at(slack.api_url),
             )
         super().__init__({**env, **extra}, host=host, prefix=prefix)
+        self.started_at = 0.0
+        """When (monotonic) it last began to serve, and about then to listen
+        to the database."""
+
+    def start(self, timeout: float = 20) -> Replica:
+        super().start(timeout)
+        self.started_at = time.monotonic()
+        return self
 
     def launch(self, body: str, key: str | None = None) -> str:
         headers = {**ADMIN, **({"Idempotency-Key": key} if key else {})}
@@ -374,6 +391,26 @@ def kill_mid_run(
     return took, ids
 
 
+def kill_and_restart(
+    victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
+) -> list[float]:
+    """`kill_mid_run`, the victim started again at once (it finds its
+    threads taken over); the takeover times. The survivor has served for
+    `JUDGE_AFTER` first: a replica that has just connected judges nobody
+    dead yet."""
+    time.sleep(max(0.0, survivor.started_at + JUDGE_AFTER - time.monotonic()))
+    restart = threading.Thread(target=victim.start)
+
+    def kill() -> None:
+        victim.kill()
+        restart.start()
+
+    took, _ = kill_mid_run(victim, survivor, brain, ledger, round_, kill)
+    restart.join()
+    print(f"takeover after SIGKILL, round {round_}: {took}")
+    return list(took.values())
+
+
 # -- hosts of their own: network namespaces --------------------------------------------
 
 NETNS_ENV = "THREADBOT_NETNS_TESTS"
@@ -526,3 +563,125 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
     other.start()
     copy(a, b)
     other.join()
+
+
+# -- measuring, many rounds ---------------------------------------------------------------
+
+
+def restart_mid_run(server: PostgresServer, runner: Replica, ledger: Path, round_: str) -> bool:
+    """Restart PostgreSQL while `runner` runs a slow non-idempotent tool;
+    whether the thread was taken from it (its tool reported interrupted)."""
+    _settled(runner, "-")  # a read first: this counts takeovers, not a failed first write
+    thread_id = runner.launch(f"plan {round_}: charge")
+    wait_until(lambda: "tool_started" in types(runner.thread(thread_id)), what="charge")
+    server.restart()
+    done = wait_until(lambda: _settled(runner, thread_id), timeout=30, what="the thread")
+    result = next(e for e in done["events"] if e["type"] == "tool_result")
+    return bool(result["is_error"])
+
+
+def _settled(r: Replica, thread_id: str) -> dict[str, Any] | None:
+    with contextlib.suppress(httpx.HTTPError, AssertionError):
+        body = r.thread(thread_id)
+        return body if body["status"] == "done" else None
+    return None
+
+
+def main() -> None:
+    import argparse
+    import random
+    import tempfile
+    from contextlib import ExitStack
+    from functools import partial
+
+    parser = argparse.ArgumentParser(prog="python -m tests.replicas")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--cuts", type=int, default=0, help="needs network namespaces")
+    parser.add_argument("--netns", action="store_true", help="each replica on a host of its own")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix="threadbot-replicas-"))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        ledger = work / "ledger.txt"
+        ledger.touch()
+        brain = Brain()
+        stack.enter_context(brain.serve())
+        hosts = stack.enter_context(Hosts("a", "b")) if args.netns or args.cuts else None
+        if hosts is None:
+            server = stack.enter_context(PostgresServer())
+            where: list[dict[str, Any]] = [{}, {}]
+        else:
+            server = stack.enter_context(
+                PostgresServer(listen=[hosts.gateway], trust=[hosts.subnet])
+            )
+            stack.enter_context(Forward(hosts.gateway, brain.port))
+            where = [
+                {"host": hosts.addresses[n], "prefix": hosts.prefix(n), "fakes_at": hosts.gateway}
+                for n in "ab"
+            ]
+        db = server.create_database("threadbot")
+        a, b = (Replica(db, brain, ledger, **w) for w in where)
+        for r in (a, b):
+            stack.callback(r.stop)
+        both(a.start, b.start)
+        pair = (a, b)
+
+        took: dict[str, list[float]] = {kind: [] for kind in KILL_PLANS}
+        for n in range(args.kills):
+            victim = rng.choice(pair)
+            survivor = b if victim is a else a
+            # At a random moment of the survivor's look for orphans (every 2 s).
+            time.sleep(rng.random() * 2)
+            time.sleep(max(0.0, survivor.started_at + JUDGE_AFTER - time.monotonic()))
+            restart = threading.Thread(target=victim.start)
+
+            def kill(victim: Replica = victim, restart: threading.Thread = restart) -> None:
+                victim.kill()
+                restart.start()
+
+            each, _ = kill_mid_run(victim, survivor, brain, ledger, f"k{n}x", kill)
+            restart.join()
+            for kind, t in each.items():
+                took[kind].append(t)
+        if args.kills:
+            print(f"takeover after SIGKILL ({'two hosts' if hosts else 'loopback'}):")
+            for kind, times in took.items():
+                print(f"  {kind:6} {summary(times)}")
+            print(f"  all    {summary([x for xs in took.values() for x in xs])}")
+
+        cut: list[float] = []
+        for n in range(args.cuts):
+            assert hosts is not None
+            time.sleep(max(0.0, b.started_at + JUDGE_AFTER - time.monotonic()))
+            try:
+                each, _ = kill_mid_run(
+                    a, b, brain, ledger, f"c{n}x", partial(hosts.cut, "a"), victim_lives=True
+                )
+            finally:
+                hosts.mend("a")
+            cut += each.values()
+            a.wait(a.launch(f"plan c{n}back: lookup"), "done")  # back in service
+            a.started_at = time.monotonic()  # it listens again from about now
+        if args.cuts:
+            print(f"takeover after a host's network is cut: {summary(cut)}")
+
+        taken = 0
+        for n in range(args.restarts):
+            time.sleep(rng.random() * 2 + JUDGE_AFTER)
+            taken += restart_mid_run(server, rng.choice(pair), ledger, f"r{n}x")
+        if args.restarts:
+            print(
+                f"live replicas' threads taken over after a PostgreSQL restart: "
+                f"{taken} of {args.restarts}"
+            )
+        charges = ledger_lines(ledger, "charge ")
+        assert len(charges) == len(set(charges)), "a charge ran twice"
+        if taken:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

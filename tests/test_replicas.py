@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from store.postgres import JUDGE_AFTER, RELISTEN_MAX
 from . import pg
 from .mail_fake import CaptureRelay, text_of
 from .replicas import (
+    ADMIN,
     ANN,
     KILL_PLANS,
     LEAD,
@@ -39,6 +39,7 @@ from .replicas import (
     Replica,
     answer_to,
     both,
+    kill_and_restart,
     kill_mid_run,
     ledger_lines,
     mails,
@@ -59,8 +60,9 @@ from .test_slack import mention, message, posts
 
 @pytest.fixture(scope="module")
 def brain() -> Iterator[Brain]:
-    with Brain().serve() as b:
-        yield b  # type: ignore[misc]
+    b = Brain()
+    with b.serve():
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +115,9 @@ def test_http_flows_on_postgres_give_what_sqlite_gives(
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     ledger.touch()
-    on_pg = Replica(pg_url, brain, ledger).start()
-    on_sqlite = Replica(str(tmp_path / "threadbot.db"), brain, ledger).start()
+    on_pg = Replica(pg_url, brain, ledger)
+    on_sqlite = Replica(str(tmp_path / "threadbot.db"), brain, ledger)
+    both(on_pg.start, on_sqlite.start)
     try:
         got = http_script(on_pg, "pg1")
         expected = http_script(on_sqlite, "lite1")
@@ -178,6 +181,26 @@ async def test_a_postgresql_restart_takes_no_live_runner_for_dead(
             await listening
         judge.close()
         live.close()
+
+
+def test_the_first_requests_after_a_postgresql_restart_are_served(
+    own_pg: pg.PostgresServer, brain: Brain, tmp_path: Path
+) -> None:
+    """Every connection a replica keeps idle is ended by a restart: the
+    next write and read get new ones rather than an error."""
+    ledger = tmp_path / "ledger.txt"
+    ledger.touch()
+    r = Replica(own_pg.create_database("threadbot"), brain, ledger).start()
+    try:
+        r.wait(r.launch("plan rs1: lookup"), "done")
+        own_pg.restart()
+        thread_id = r.launch("plan rs2: ask")  # a write first
+        assert r.wait(thread_id, "waiting_for_human")["pending"]["question"]
+        own_pg.restart()
+        listed = httpx.get(f"{r.url}/threads", headers=ADMIN, timeout=10)  # a read first
+        assert listed.status_code == 200 and len(listed.json()) == 2
+    finally:
+        r.stop()
 
 
 # -- two replicas, one database --------------------------------------------------------
@@ -353,26 +376,6 @@ def test_a_killed_replicas_threads_finish_on_the_other(
         took += kill_and_restart(victim, survivor, brain, ledger, f"k{n}")
     print(f"takeover after SIGKILL: {summary(took)}")
     assert max(took) < 15
-
-
-def kill_and_restart(
-    victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
-) -> list[float]:
-    """`kill_mid_run`, the victim started again at once (it finds its
-    threads taken over); returns the takeover times once the restarted
-    victim may judge others (see `JUDGE_AFTER`), as the next round needs."""
-    restart = threading.Thread(target=victim.start)
-
-    def kill() -> None:
-        victim.kill()
-        restart.start()
-
-    took, _ = kill_mid_run(victim, survivor, brain, ledger, round_, kill)
-    restart.join()
-    restarted = time.monotonic()
-    print(f"takeover after SIGKILL, round {round_}: {took}")
-    time.sleep(max(0.0, restarted + JUDGE_AFTER - time.monotonic()))
-    return list(took.values())
 
 
 # -- two hosts: each replica in a network namespace of its own -------------------------
