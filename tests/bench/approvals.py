@@ -60,12 +60,15 @@ def file_bytes(path: Path) -> int:
 
 def cold_load_ms(db: Path | str, thread_id: str, runs: int = 5) -> float:
     """Open the store and load the thread in a new process; the median of
-    `runs` processes."""
+    `runs` processes. The garbage of the imports is collected before the
+    load: otherwise a full collection of it can fall inside the load (after
+    psycopg's imports, it does)."""
     code = (
-        "import time\n"
+        "import gc, time\n"
         "from store import open_store\n"
         "from bot.log import ThreadLog\n"
         f"store = open_store({str(db)!r})\n"
+        "gc.collect()\n"
         "t0 = time.perf_counter()\n"
         f"thread = ThreadLog(store).load({thread_id!r})\n"
         "print(time.perf_counter() - t0, len(thread.events))\n"

@@ -1,8 +1,8 @@
 """The benchmarks on PostgreSQL: fresh databases on one server, and the bytes
 the log takes there.
 
-`--postgres` starts a throwaway server of our own (the machine's PostgreSQL
-binaries, 127.0.0.1, defaults but for fsync on: see tests/pg.py);
+`--postgres` starts a throwaway server of our own (tests/pg.py: the
+machine's PostgreSQL binaries, its default settings, fsync on, 127.0.0.1);
 `--postgres-url URL` uses the server at URL, creating the databases it needs
 there and dropping them at the end. Each benchmark gets a database of its own.
 """
