@@ -119,7 +119,7 @@ def test_benchmark_runs_small_on_postgres(postgres: pg.Postgres) -> None:
         assert 0 < row["append_p50_ms"] <= row["append_p99_ms"]
         assert row["resume_p50_ms"] > 0
     # 10 round-trips of more than 1 KB each fill more than one 8 KB page.
-    assert report["rows"][1]["bytes_round_trips"] == 10
+    assert report["rows"][1]["bytes_over_round_trips"] == 10
     assert report["rows"][1]["bytes_per_round_trip"] > 0
     with psycopg.connect(postgres.url) as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'threadbot_bench%'")

@@ -45,7 +45,7 @@ from bot.events import Delivered
 from store import EventStore, NewRow, Store, open_store
 from threadbot.process import tune_for_serving
 
-from .databases import PostgresDatabases, give_back_space, relation_bytes
+from .databases import PostgresDatabases, give_back_space, growth, relation_bytes, table_bytes
 from .model_server import ANSWER, ModelServer
 
 
@@ -85,21 +85,23 @@ async def _measure(sizes: list[int], db: str) -> list[dict[str, Any]]:
     sizes_left = sorted(sizes)
     window = 10  # round-trips measured before each size is reached
     marks: dict[int, int] = {}
-    pages_of_8k = not isinstance(store, EventStore)
-    # (bytes, round-trips) where growth is counted from
-    grown_from = (_db_bytes(store), 0) if pages_of_8k else (0, 0)
+    postgres = not isinstance(store, EventStore)
+    # On PostgreSQL: the tables' sizes and the round-trips done at the previous size.
+    grown_from = (table_bytes(store) if postgres else {}, 0)
     while sizes_left:
         n_events = len(bot.get(thread_id).events)
         target = sizes_left[0]
         if n_events + 2 * window >= target and target not in marks:
-            marks[target] = len(resumes)
-            if not pages_of_8k:
-                grown_from = (_db_bytes(store), len(resumes))
+            marks[target] = _db_bytes(store)
+            marks[-target] = len(resumes)
         if n_events >= target:
             bytes_now = _db_bytes(store)
-            taken = len(resumes) - marks[target]
-            recent = [s for _, s in resumes[marks[target] :]]
-            grown_over = len(resumes) - grown_from[1]
+            taken = len(resumes) - marks[-target]
+            recent = [s for _, s in resumes[marks[-target] :]]
+            if postgres:
+                grown = growth(*grown_from, table_bytes(store), len(resumes))
+            else:
+                grown = {"bytes_per_round_trip": (bytes_now - marks[target]) / max(1, taken)}
             append = _append_latency(store, thread_id)
             rows.append(
                 {
@@ -109,13 +111,12 @@ async def _measure(sizes: list[int], db: str) -> list[dict[str, Any]]:
                     "resume_p50_ms": statistics.median(recent) * 1e3,
                     "resume_p99_ms": _pct(recent, 0.99) * 1e3,
                     "round_trips_measured": taken,
-                    "bytes_per_round_trip": (bytes_now - grown_from[0]) / max(1, grown_over),
-                    "bytes_round_trips": grown_over,
+                    **grown,
                     "db_bytes": bytes_now,
                 }
             )
-            if pages_of_8k:
-                grown_from = (_db_bytes(store), len(resumes))
+            if postgres:
+                grown_from = (table_bytes(store), len(resumes))
             sizes_left.pop(0)
             continue
         view = bot.get(thread_id)
@@ -253,12 +254,16 @@ def _run(args: argparse.Namespace, databases: PostgresDatabases | None) -> int:
     print(_table(rows))
     if databases:
         machine["postgres"] = databases.version()
-        spans = ", ".join(str(r["bytes_round_trips"]) for r in rows)
         print(
             f"PostgreSQL {machine['postgres']}: bytes/round-trip is the growth of events, threads "
-            f"and routes with their indexes and TOAST, in whole 8 KB pages, over the round-trips "
-            f"since the previous length ({spans})"
+            "and routes with their indexes and TOAST, in whole 8 KB pages, since the previous "
+            "length; by table:"
         )
+        for r in rows:
+            tables = ", ".join(
+                f"{t} {b:,.0f}" for t, b in r["bytes_per_round_trip_by_table"].items()
+            )
+            print(f"  {r['events']} events ({r['bytes_over_round_trips']} round-trips): {tables}")
     print(json.dumps({"machine": machine, "rows": rows}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

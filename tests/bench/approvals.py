@@ -35,7 +35,7 @@ from store import EventStore, open_store
 from threadbot.process import tune_for_serving
 
 from .__main__ import _pct
-from .databases import PostgresDatabases, relation_bytes
+from .databases import PostgresDatabases, growth, table_bytes
 from .model_server import ModelServer
 
 ARGS = {"service": "api", "version": "1.4.2", "notes": "x" * 760}
@@ -100,7 +100,7 @@ async def threadbot_run(
     written: list[int] = []
     done = 0
     cold_1500: float | None = None
-    grown_from = (0 if sqlite else relation_bytes(store), 0)  # (bytes, round-trips)
+    grown_from = ({} if sqlite else table_bytes(store), 0)  # PostgreSQL: at the previous size
     for target in sorted(round_trips):
         while done < target:
             pending = bot.get(thread_id).state.pending
@@ -128,11 +128,8 @@ async def threadbot_run(
                 "last_written_bytes": written[-1],
             }
         else:
-            now = relation_bytes(store)
-            sizes = {
-                "db_bytes": now,
-                "written_per_round_trip": (now - grown_from[0]) / (done - grown_from[1]),
-            }
+            now = table_bytes(store)
+            sizes = {"db_bytes": sum(now.values()), **growth(*grown_from, now, done)}
             grown_from = (now, done)
         last = resumes[-50:] if done >= 100 else resumes[-10:]
         rows.append(
@@ -243,8 +240,13 @@ def compare(
     if databases:
         lines.append(
             "* on PostgreSQL: the growth of the tables (with indexes and TOAST) since the "
-            "previous size, per round-trip"
+            "previous size, per round-trip; threadbot's by table:"
         )
+        for r in ours:
+            tables = ", ".join(
+                f"{t} {b:,.0f}" for t, b in r["bytes_per_round_trip_by_table"].items()
+            )
+            lines.append(f"  {r['round_trips']} round-trips: {tables}")
     if missing:
         lines.append(f"LangGraph's PostgresSaver not measured: {missing}")
     print("\n".join(lines))
@@ -265,7 +267,7 @@ def compare(
 
 def _wrote(r: dict[str, Any]) -> float:
     """What the last round-trip wrote (SQLite), or the mean since the previous size (PostgreSQL)."""
-    return float(r.get("last_written_bytes", r.get("written_per_round_trip", 0)))
+    return float(r.get("last_written_bytes", r.get("bytes_per_round_trip", 0)))
 
 
 def _line(name: str, r: dict[str, Any], load: float, width: int) -> str:

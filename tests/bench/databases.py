@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from types import TracebackType
+from typing import Any
 
 from store import EventStore, Store
 
@@ -67,12 +68,31 @@ class PostgresDatabases:
         return str(row[0]) if row else "?"
 
 
-def relation_bytes(store: Store, tables: tuple[str, ...] = LOG_TABLES) -> int:
-    """On PostgreSQL, the `tables`' `pg_total_relation_size`: heap, indexes
-    and TOAST, in whole 8 KB pages, row versions not yet vacuumed included."""
-    total = " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
-    row = store.execute(f"SELECT {total}").fetchone()
-    return int(row[0])
+def table_bytes(store: Store, tables: tuple[str, ...] = LOG_TABLES) -> dict[str, int]:
+    """On PostgreSQL, each table's `pg_total_relation_size`: heap, indexes
+    and TOAST, in whole 8 KB pages, row versions not yet vacuumed included
+    (every append leaves one of the thread's row in threads until vacuumed)."""
+    sizes = ", ".join(f"pg_total_relation_size('{t}')" for t in tables)
+    row = store.execute(f"SELECT {sizes}").fetchone()
+    return dict(zip(tables, map(int, row), strict=True))
+
+
+def relation_bytes(store: Store) -> int:
+    """On PostgreSQL, the log tables' bytes (see `table_bytes`)."""
+    return sum(table_bytes(store).values())
+
+
+def growth(
+    before: dict[str, int], round_trips_before: int, after: dict[str, int], round_trips: int
+) -> dict[str, Any]:
+    """Bytes per round-trip between two measures of `table_bytes`, in all
+    and by table."""
+    n = max(1, round_trips - round_trips_before)
+    return {
+        "bytes_per_round_trip": sum(after[t] - before[t] for t in after) / n,
+        "bytes_per_round_trip_by_table": {t: (after[t] - before[t]) / n for t in after},
+        "bytes_over_round_trips": round_trips - round_trips_before,
+    }
 
 
 def give_back_space(store: Store) -> None:

@@ -199,7 +199,7 @@ def on_postgres(sizes: list[int], url: str) -> list[dict[str, Any]]:
                 {
                     "round_trips": done,
                     "db_bytes": now,
-                    "written_per_round_trip": (now - grown_from[0]) / (done - grown_from[1]),
+                    "bytes_per_round_trip": (now - grown_from[0]) / (done - grown_from[1]),
                     **blob_bytes(url),
                     **percentiles(resumes, done),
                     "get_state_cold_ms": cold_get_state_postgres(url) * 1e3,
