@@ -13,6 +13,8 @@ import uuid
 from types import TracebackType
 from typing import Any
 
+import psycopg
+
 from store import EventStore, Store
 
 from ..pg import Postgres, PostgresServer
@@ -60,21 +62,20 @@ class PostgresDatabases:
         return url
 
     def version(self) -> str:
-        import psycopg
-
         assert self.server is not None
         with psycopg.connect(self.server.url) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "?"
 
 
-def table_bytes(store: Store, tables: tuple[str, ...] = LOG_TABLES) -> dict[str, int]:
-    """On PostgreSQL, each table's `pg_total_relation_size`: heap, indexes
-    and TOAST, in whole 8 KB pages, row versions not yet vacuumed included
-    (every append leaves one of the thread's row in threads until vacuumed)."""
-    sizes = ", ".join(f"pg_total_relation_size('{t}')" for t in tables)
+def table_bytes(store: Store) -> dict[str, int]:
+    """On PostgreSQL, each log table's `pg_total_relation_size`: heap,
+    indexes and TOAST, in whole 8 KB pages, row versions not yet vacuumed
+    included (every append leaves an old version of its thread's row in
+    threads until it is vacuumed)."""
+    sizes = ", ".join(f"pg_total_relation_size('{t}')" for t in LOG_TABLES)
     row = store.execute(f"SELECT {sizes}").fetchone()
-    return dict(zip(tables, map(int, row), strict=True))
+    return dict(zip(LOG_TABLES, map(int, row), strict=True))
 
 
 def relation_bytes(store: Store) -> int:
