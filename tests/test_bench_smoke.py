@@ -155,8 +155,12 @@ def test_postgres_options_refused_where_they_do_not_apply(
 ) -> None:
     from .bench.__main__ import main
 
-    for argv in (["--postgres", "--acks", "on"], ["--postgres", "--postgres-url", "postgres://x"]):
+    for argv, why in (
+        (["--postgres", "--acks", "on"], "applies to this benchmark"),
+        (["--postgres", "--postgres-url", "postgres://x"], "not both"),
+        (["--postgres-url", "postgresql://postgres@127.0.0.1:1/x"], "cannot connect"),
+    ):
         with pytest.raises(SystemExit) as stopped:
             main(argv)
         assert stopped.value.code == 2
-        assert "--postgres" in capsys.readouterr().err
+        assert why in capsys.readouterr().err

@@ -217,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--postgres applies to this benchmark, --compare-langgraph and --scale only")
     if args.postgres and args.postgres_url:
         p.error("--postgres starts a server of its own: give it or --postgres-url, not both")
+    if args.postgres_url:
+        import psycopg
+
+        try:
+            psycopg.connect(args.postgres_url, connect_timeout=10).close()
+        except psycopg.Error as e:
+            p.error(f"--postgres-url: cannot connect: {e}")
     if postgres:
         with PostgresDatabases(args.postgres_url) as databases:
             return _run(args, databases)

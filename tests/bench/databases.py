@@ -5,19 +5,19 @@ the log takes there.
 machine's PostgreSQL binaries, its default settings, fsync on, 127.0.0.1);
 `--postgres-url URL` uses the server at URL, creating the databases it needs
 there and dropping them at the end. Each benchmark gets a database of its own.
+psycopg is imported only then: a run on SQLite does not load it.
 """
 
 from __future__ import annotations
 
 import uuid
 from types import TracebackType
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from store import EventStore, Store
 
-from ..pg import Postgres, PostgresServer
+if TYPE_CHECKING:
+    from ..pg import Postgres, PostgresServer
 
 LOG_TABLES = ("events", "threads", "routes")
 """What a thread's log takes on PostgreSQL (leases, meta and credentials left out)."""
@@ -34,6 +34,8 @@ class PostgresDatabases:
         self.server: Postgres | None = None
 
     def __enter__(self) -> PostgresDatabases:
+        from ..pg import Postgres, PostgresServer
+
         if self._url is None:
             self._own = self.server = PostgresServer().start()
         else:
@@ -62,6 +64,8 @@ class PostgresDatabases:
         return url
 
     def version(self) -> str:
+        import psycopg
+
         assert self.server is not None
         with psycopg.connect(self.server.url) as conn:
             row = conn.execute("SHOW server_version").fetchone()
