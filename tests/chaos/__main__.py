@@ -17,7 +17,12 @@ and Slack events go to any replica that is up, and Slack's fake Web API is
 shared. Each kill picks a replica at random; random kills spare the last one
 up (someone must take over), and a dead replica stays down a random 0 to
 `--down` seconds before its restart. A process that dies while it delivers is
-the one holding the thread's lease. The report then also gives the takeover
+the one holding the thread's lease. A replica is killed less often than a
+lone server (it stays down a while, and the last one up is spared), so the
+threads are launched over the run, thread i once i/threads of the kills are
+made: launched at once, they would all be done after the first few kills,
+and the rest would meet idle servers (no tool running, nothing to deliver,
+no named point reached). The report then also gives the takeover
 time: for each thread a dead process left with work, the time until a runner
 of another replica appended to it, or, counted apart, until the restarted
 replica did first.
@@ -147,6 +152,11 @@ class Harness:
         self.ledger.touch()
         self.kills = collections.Counter[str]()
         self.kills_by_replica = collections.Counter[int]()
+        self.kills_with_work_left = 0
+        self.unfinished = True
+        """Whether some thread is not launched or not done yet."""
+        self.paced = args.replicas > 1
+        """Threads launched over the run rather than at once: see the docstring."""
         self.deaths: list[Death] = []
         self.acknowledged: list[tuple[str, str]] = []  # (thread, event key)
         self.replicas = [Replica(i) for i in range(args.replicas)]
@@ -186,6 +196,7 @@ class Harness:
         with self.lock:
             self.kills[why] += 1
             self.kills_by_replica[replica.index] += 1
+            self.kills_with_work_left += self.unfinished
 
     def start(self, replica: Replica, point: str) -> None:
         while True:
@@ -437,7 +448,8 @@ class Harness:
         for replica in self.replicas:
             self.start(replica, "")
         ids: dict[int, str] = {}
-        pending = set(range(self.args.threads))
+        threads, kills = self.args.threads, self.args.kills
+        pending = set(range(threads))
         done: set[str] = set()
         threading.Thread(target=self.killer, daemon=True).start()
         deadline = time.monotonic() + self.args.timeout
@@ -445,8 +457,11 @@ class Harness:
             if self.kills.total() >= self.args.kills and self.killing:
                 self.killing = False  # enough: let everything finish
                 deadline = min(deadline, time.monotonic() + self.args.settle)
+            self.unfinished = bool(pending) or len(done) < threads
             self.ensure_running()
             for i in sorted(pending):
+                if self.paced and self.killing and self.kills.total() * threads < i * kills:
+                    break  # launched later in the run
                 launched = self.launch(i)
                 if launched is not None:
                     pending.discard(i)
@@ -458,7 +473,7 @@ class Harness:
             for thread_id in ids.values():
                 if thread_id not in done and self.act(thread_id) in ("done", "failed"):
                     done.add(thread_id)
-            if not self.killing and not pending and len(done) == self.args.threads:
+            if not self.killing and not pending and len(done) == threads:
                 break
             time.sleep(0.02)
         self.killing = False
@@ -606,6 +621,7 @@ class Harness:
         return {
             "kills": dict(self.kills),
             "kills_total": self.kills.total(),
+            "kills_while_threads_unfinished": self.kills_with_work_left,
             "threads": len(threads),
             "threads_done": done,
             "acknowledged_responses": len(self.acknowledged),
