@@ -9,13 +9,20 @@ Printed for each thread length (in events):
 - append: one event appended by the store at that length (p50, p99)
 - resume: a response received by the Python API → the next model request
   arrives at the model server (p50, p99 over the last round-trips)
-- bytes/round-trip: database growth per round-trip near that length
+- bytes/round-trip: database growth per round-trip near that length (on
+  SQLite, over the last 10 round-trips; on PostgreSQL, whose tables grow by
+  whole 8 KB pages, over all round-trips since the previous length: the
+  `pg_total_relation_size` of events, threads and routes, which holds their
+  indexes, TOAST and row versions not yet vacuumed)
 
     python -m tests.bench [--sizes 10,100,1000] [--json FILE]
+        [--postgres | --postgres-url URL]
 
 `--compare-langgraph`, `--scale` (or only its acks: `--acks on|off`) and
 `--model-latency` run the other benchmarks (tests/bench/approvals.py,
-scale.py, latency.py).
+scale.py, latency.py). `--postgres` (a throwaway server) or `--postgres-url`
+runs this one, `--compare-langgraph` or `--scale` on PostgreSQL instead (see
+tests/bench/databases.py).
 """
 
 from __future__ import annotations
@@ -35,15 +42,19 @@ from typing import Any
 
 from bot import OpenAIModel, ThreadBot, Toolbox
 from bot.events import Delivered
-from store import EventStore, NewRow
+from store import EventStore, NewRow, Store, open_store
 from threadbot.process import tune_for_serving
 
+from .databases import PostgresDatabases, give_back_space, growth, relation_bytes, table_bytes
 from .model_server import ANSWER, ModelServer
 
 
-def _db_bytes(store: EventStore) -> int:
+def _db_bytes(store: Store) -> int:
     """Bytes the database holds: tables and indexes, page headers included,
-    free space in pages left out (page counts would round to 4 KB)."""
+    free space in pages left out (page counts would round to 4 KB). On
+    PostgreSQL, see `relation_bytes`."""
+    if not isinstance(store, EventStore):
+        return relation_bytes(store)
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     try:
         used = store.db.execute("SELECT sum(pgsize - unused) FROM dbstat").fetchone()[0]
@@ -59,9 +70,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
+async def _measure(sizes: list[int], db: str) -> list[dict[str, Any]]:
+    """`db`: a SQLite path or a PostgreSQL URL."""
     model_server = await ModelServer.start()
-    store = EventStore(workdir / "bench.db")
+    store = open_store(db)
     model = OpenAIModel("instant", base_url=model_server.base_url)
     bot = ThreadBot(store, model, Toolbox(), max_turns=10**9)
     tune_for_serving()  # as `threadbot serve` does
@@ -73,6 +85,9 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
     sizes_left = sorted(sizes)
     window = 10  # round-trips measured before each size is reached
     marks: dict[int, int] = {}
+    postgres = not isinstance(store, EventStore)
+    # On PostgreSQL: the tables' sizes and the round-trips done at the previous size.
+    grown_from = (table_bytes(store) if postgres else {}, 0)
     while sizes_left:
         n_events = len(bot.get(thread_id).events)
         target = sizes_left[0]
@@ -83,6 +98,10 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
             bytes_now = _db_bytes(store)
             taken = len(resumes) - marks[-target]
             recent = [s for _, s in resumes[marks[-target] :]]
+            if postgres:
+                grown = growth(*grown_from, table_bytes(store), len(resumes))
+            else:
+                grown = {"bytes_per_round_trip": (bytes_now - marks[target]) / max(1, taken)}
             append = _append_latency(store, thread_id)
             rows.append(
                 {
@@ -92,10 +111,12 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
                     "resume_p50_ms": statistics.median(recent) * 1e3,
                     "resume_p99_ms": _pct(recent, 0.99) * 1e3,
                     "round_trips_measured": taken,
-                    "bytes_per_round_trip": (bytes_now - marks[target]) / max(1, taken),
+                    **grown,
                     "db_bytes": bytes_now,
                 }
             )
+            if postgres:
+                grown_from = (table_bytes(store), len(resumes))
             sizes_left.pop(0)
             continue
         view = bot.get(thread_id)
@@ -111,7 +132,7 @@ async def _measure(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _append_latency(store: EventStore, thread_id: str, samples: int = 200) -> list[float]:
+def _append_latency(store: Store, thread_id: str, samples: int = 200) -> list[float]:
     """Append to a scratch copy of the thread at the same length, so the
     measured thread is not changed."""
     scratch = f"{thread_id}-append"
@@ -131,9 +152,10 @@ def _append_latency(store: EventStore, thread_id: str, samples: int = 200) -> li
         store.append(scratch, seq, [NewRow("delivered", body)], status="running")
         out.append(time.perf_counter() - t0)
         seq += 1
-    with store.db.atomic():
-        store.db.execute("DELETE FROM events WHERE thread_id = ?", [scratch])
-        store.db.execute("DELETE FROM threads WHERE id = ?", [scratch])
+    with store.atomic():
+        store.execute("DELETE FROM events WHERE thread_id = ?", [scratch])
+        store.execute("DELETE FROM threads WHERE id = ?", [scratch])
+    give_back_space(store)
     return out
 
 
@@ -178,7 +200,37 @@ def main(argv: list[str] | None = None) -> int:
         help="the approval scenario against a model this slow (e.g. 0.3,2): "
         "what a person waits for after approving",
     )
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="on PostgreSQL: a throwaway server of our own, a fresh database per benchmark "
+        "(for this benchmark, --compare-langgraph and --scale)",
+    )
+    p.add_argument(
+        "--postgres-url",
+        metavar="URL",
+        help="as --postgres, on the server at URL (databases are created there and dropped)",
+    )
     args = p.parse_args(argv)
+    postgres = args.postgres or args.postgres_url
+    if postgres and (args.model_latency or args.acks):
+        p.error("--postgres applies to this benchmark, --compare-langgraph and --scale only")
+    if args.postgres and args.postgres_url:
+        p.error("--postgres starts a server of its own: give it or --postgres-url, not both")
+    if args.postgres_url:
+        import psycopg
+
+        try:
+            psycopg.connect(args.postgres_url, connect_timeout=10).close()
+        except psycopg.Error as e:
+            p.error(f"--postgres-url: cannot connect: {e}")
+    if postgres:
+        with PostgresDatabases(args.postgres_url) as databases:
+            return _run(args, databases)
+    return _run(args, None)
+
+
+def _run(args: argparse.Namespace, databases: PostgresDatabases | None) -> int:
     if args.model_latency:
         from .latency import main as latency
 
@@ -191,21 +243,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         from .scale import run_scale
 
-        return run_scale(args.json)
+        return run_scale(args.json, databases)
     if args.compare_langgraph:
         from .approvals import compare
 
-        return compare([int(n) for n in args.round_trips.split(",")], args.json)
+        return compare([int(n) for n in args.round_trips.split(",")], args.json, databases)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as d:
-        rows = asyncio.run(_measure(sizes, Path(d)))
-    machine = {
+        db = databases.new("round_trips") if databases else str(Path(d) / "bench.db")
+        rows = asyncio.run(_measure(sizes, db))
+    machine: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "sqlite": sqlite3.sqlite_version,
     }
     print(_table(rows))
+    if databases:
+        machine["postgres"] = databases.version()
+        print(
+            f"PostgreSQL {machine['postgres']}: bytes/round-trip is the growth of events, threads "
+            "and routes with their indexes and TOAST, in whole 8 KB pages, since the previous "
+            "length; by table:"
+        )
+        for r in rows:
+            tables = ", ".join(
+                f"{t} {b:,.0f}" for t, b in r["bytes_per_round_trip_by_table"].items()
+            )
+            print(f"  {r['events']} events ({r['bytes_over_round_trips']} round-trips): {tables}")
     print(json.dumps({"machine": machine, "rows": rows}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

@@ -9,10 +9,18 @@
 - acks: while 100 threads keep running, how long `threadbot serve` takes to
   acknowledge a person's response (POST /threads/{id}/responses, and a
   signed Slack event replying in the thread), and the launches before them.
+
+On PostgreSQL (`--scale --postgres` or `--postgres-url`), only the
+concurrency, each time on a fresh database: SQLite in one process (for
+reference, in the same run), PostgreSQL in one process, and PostgreSQL with
+two replicas: two processes, each a ThreadBot as above (`replica`), running
+half of the threads each on one database, timed from the first launch to the
+last thread done.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -35,12 +43,13 @@ from bot.context import Context
 from bot.events import Source, ToolCall, UserMessage
 from bot.log import ThreadLog
 from bot.model import Model, ModelCall, ModelReply
-from store import EventStore
+from store import EventStore, open_store
 from threadbot.process import tune_for_serving
 
-from ..fakes import ServerProcess, free_port
+from ..fakes import REPO, ServerProcess, free_port
 from ..slack_fake import BOT_USER, SECRET, SlackSender
 from .__main__ import _pct
+from .databases import PostgresDatabases
 from .model_server import QUESTION, ModelServer, child_process, model_server_process
 
 ASK = "request_human_input"
@@ -67,11 +76,28 @@ class SlowModel:
         return ModelReply(calls=(ModelCall(f"call_{uuid.uuid4().hex[:12]}", ASK, ARGUMENTS),))
 
 
+async def _run_threads(bot: ThreadBot, numbers: range) -> None:
+    """Launch a thread for each number; answer each question until it is done."""
+
+    async def one(i: int) -> None:
+        thread_id = await bot.launch(f"thread {i}")
+        while True:
+            await bot.settle(thread_id)
+            state = bot.get(thread_id).state
+            if state.status == "done":
+                return
+            assert state.pending is not None, state.status
+            await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
+
+    await asyncio.gather(*(one(i) for i in numbers))
+
+
 async def concurrency(
-    n: int, rounds: int, delay: float, work: Path, *, via: str = "in-process"
+    n: int, rounds: int, delay: float, work: Path, *, via: str = "in-process", db: str = ""
 ) -> dict[str, Any]:
     """`via`: "in-process" (a fake model object) or "openai" (the real client
-    to a fake server in another process)."""
+    to a fake server in another process). `db`: a PostgreSQL URL (default: a
+    SQLite file in `work`)."""
     server: ModelServer | None = None
     model: Model
     if via == "openai":
@@ -80,23 +106,12 @@ async def concurrency(
     else:
         model = SlowModel(delay, rounds)
     try:
-        store = EventStore(work / f"concurrency-{via}.db")
+        store = open_store(db or work / f"concurrency-{via}.db")
         bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
-
-        async def one(i: int) -> None:
-            thread_id = await bot.launch(f"thread {i}")
-            while True:
-                await bot.settle(thread_id)
-                state = bot.get(thread_id).state
-                if state.status == "done":
-                    return
-                assert state.pending is not None, state.status
-                await bot.respond(thread_id, "yes", call_id=state.pending.call_id)
-
         tune_for_serving()  # as `threadbot serve` does
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
+        await _run_threads(bot, range(n))
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         await bot.close()
@@ -114,6 +129,86 @@ async def concurrency(
         "ideal_seconds": ideal,
         "ratio_to_ideal": round(seconds / ideal, 2),
         "cpu_seconds": round(cpu, 2),
+    }
+
+
+async def replica(
+    db: str, numbers: range, rounds: int, delay: float, model_url: str | None
+) -> dict[str, Any]:
+    """One replica of `two_replicas`: ready once built (prints `ready`), it
+    waits for a line on stdin, then runs its threads. Its clock is the
+    machine's, shared with the other replica."""
+    model: Model = (
+        OpenAIModel("slow", base_url=model_url) if model_url else SlowModel(delay, rounds)
+    )
+    store = open_store(db)
+    bot = ThreadBot(store, model, Toolbox(), max_turns=10**6)
+    tune_for_serving()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    await _run_threads(bot, numbers)
+    end = time.perf_counter()
+    cpu = time.process_time() - cpu0
+    await bot.close()
+    store.close()
+    return {"start": start, "end": end, "cpu_seconds": cpu}
+
+
+def two_replicas(n: int, rounds: int, delay: float, db: str, *, via: str) -> dict[str, Any]:
+    """`n` threads split between two replicas (processes) on the PostgreSQL
+    database at `db`; seconds from the first launch to the last thread done.
+    `via` as for `concurrency`; through the `openai` client both replicas
+    call one model server."""
+    with contextlib.ExitStack() as stack:
+        args = ["--db", db, "--rounds", str(rounds), "--delay", str(delay)]
+        if via == "openai":
+            model_args = ("--delay", str(delay), "--rounds", str(rounds))
+            args += ["--model-url", stack.enter_context(model_server_process(*model_args))]
+        halves = [range(0, n // 2), range(n // 2, n)]
+        procs = []
+        for numbers in halves:
+            cmd = ["-m", "tests.bench.scale", *args, "--first", str(numbers.start)]
+            proc = subprocess.Popen(
+                [sys.executable, *cmd, "--count", str(len(numbers))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            stack.callback(proc.kill)
+            procs.append(proc)
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            assert line == "ready", f"a replica did not start: {line!r}"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"a replica exited {proc.returncode}"
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    store = open_store(db)
+    done = len(store.thread_ids(status="done"))
+    store.close()
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    ideal = (rounds + 1) * delay
+    return {
+        "model": via,
+        "replicas": 2,
+        "threads": n,
+        "threads_done": done,
+        "round_trips_each": rounds,
+        "model_latency_s": delay,
+        "seconds": round(seconds, 3),
+        "ideal_seconds": ideal,
+        "ratio_to_ideal": round(seconds / ideal, 2),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
+        "replica_seconds": [round(r["end"] - r["start"], 3) for r in results],
     }
 
 
@@ -305,7 +400,9 @@ def run_acks(json_path: str | None, tune: str) -> int:
     return 0
 
 
-def run_scale(json_path: str | None) -> int:
+def run_scale(json_path: str | None, databases: PostgresDatabases | None = None) -> int:
+    if databases is not None:
+        return run_scale_postgres(json_path, databases)
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -325,3 +422,44 @@ def run_scale(json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def run_scale_postgres(json_path: str | None, databases: PostgresDatabases) -> int:
+    """1,000 threads x 3 round-trips: SQLite, PostgreSQL, PostgreSQL with two replicas."""
+    report: dict[str, Any] = {"postgres": databases.version()}
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        for via in ("in-process", "openai"):
+            runs = [
+                ("sqlite", concurrency(1000, 3, 0.1, work, via=via)),
+                ("postgres", concurrency(1000, 3, 0.1, work, via=via, db=databases.new("one"))),
+            ]
+            for name, run in runs:
+                report[f"concurrency_{via}_{name}"] = result = asyncio.run(run)
+                print("concurrency", name, result, flush=True)
+            result = two_replicas(1000, 3, 0.1, databases.new("two"), via=via)
+            report[f"concurrency_{via}_postgres_two_replicas"] = result
+            print("concurrency postgres_two_replicas", result, flush=True)
+    print(json.dumps(report, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A replica of `two_replicas` (run by it)."""
+    p = argparse.ArgumentParser(prog="python -m tests.bench.scale")
+    p.add_argument("--db", required=True, help="a PostgreSQL URL")
+    p.add_argument("--first", type=int, required=True, help="the first thread's number")
+    p.add_argument("--count", type=int, required=True, help="threads this replica runs")
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--delay", type=float, required=True)
+    p.add_argument("--model-url", help="the model server (default: a fake model in the process)")
+    a = p.parse_args(argv)
+    numbers = range(a.first, a.first + a.count)
+    print(json.dumps(asyncio.run(replica(a.db, numbers, a.rounds, a.delay, a.model_url))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,23 @@ while a mail or a Slack post is being delivered), restarting it each time.
 A third of the threads start over HTTP, a third by email, a third in Slack
 (signed events to /slack/events, a local fake of the Slack Web API).
 
+With `--postgres` the store is a throwaway PostgreSQL database (tests/pg.py;
+`--postgres-url` names a server to make it on instead), and `--replicas N`
+runs N servers on it, each with its own HTTP and SMTP ports; requests, mails
+and Slack events go to any replica that is up, and Slack's fake Web API is
+shared. Each kill picks a replica at random; random kills spare the last one
+up (someone must take over), and a dead replica stays down a random 0 to
+`--down` seconds before its restart. A process that dies while it delivers is
+the one holding the thread's lease. A replica is killed less often than a
+lone server (it stays down a while, and the last one up is spared), so the
+threads are launched over the run, thread i once i/threads of the kills are
+made: launched at once, they would all be done after the first few kills,
+and the rest would meet idle servers (no tool running, nothing to deliver,
+no named point reached). The report then also gives the takeover
+time: for each thread a dead process left with work, the time until a runner
+of another replica appended to it, or, counted apart, until the restarted
+replica did first.
+
 Most threads of each channel that delivers reminders and escalations (HTTP
 always: its threads' notices go to the people the other channels reach) ship
 with `ship_soon` instead: its approval is reminded after 1 s, escalated to a
@@ -19,6 +36,7 @@ deadline, and races the deadline with others (an approval sent within
 0.15 s of it, on a thread of its own).
 
     python -m tests.chaos [--kills 200] [--threads 40] [--seed 1] [--json FILE]
+    python -m tests.chaos --postgres --replicas 2 [--down 4] ...
 
 It prints the figures and exits 1 if any count of violations is not 0.
 """
@@ -28,6 +46,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import contextlib
 import json
 import random
 import re
@@ -36,7 +55,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -44,9 +64,11 @@ from typing import Any
 
 import httpx
 
-from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, free_port, stop_strays, text
+from .. import pg
+from ..fakes import REPO, FakeOpenAI, ServerProcess, calls, stop_strays, text
 from ..mail_fake import CaptureRelay
 from ..slack_fake import BOT_USER, SECRET, FakeSlack, SlackSender
+from .replicas import Death, Replica, SharedDatabase, takeover
 
 STEPS = ["request_human_input", "charge", "ship", "start_report", "lookup"]
 POINTS = ["", "tool_started:0.5", "after_side_effect:0.5", "inside_append:0.04", "deliver"]
@@ -87,14 +109,14 @@ def make_brain(timed: set[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
         for step in STEPS:
             step = ship if step == "ship" else step
             if step not in made:
-                args: dict[str, Any] = {
+                all_args: dict[str, dict[str, Any]] = {
                     "request_human_input": {"question": f"Go ahead with order {order}?"},
                     "charge": {"amount": order},
                     ship: {"order": order},
                     "start_report": {"name": f"r{order}"},
                     "lookup": {"key": f"k{order}"},
-                }[step]
-                return calls((step, args))
+                }
+                return calls((step, all_args[step]))
         return text(f"Order {order} is complete.")
 
     return brain
@@ -108,6 +130,7 @@ class Harness:
         model: FakeOpenAI,
         relay: CaptureRelay,
         slack: FakeSlack,
+        shared: SharedDatabase | None = None,
     ) -> None:
         self.args = args
         self.model = model
@@ -118,20 +141,27 @@ class Harness:
         self.relay_handle = relay.handle_DATA
         relay.handle_DATA = self.on_mail  # type: ignore[method-assign]
         self.killing = False
-        self.point = ""
-        self.killed_by_us = False
-        self.started_at = 0.0
+        self.stopping = False
         self.rng = random.Random(args.seed)
+        self.spread = random.Random(args.seed + 1)
+        """Which replica a request goes to."""
         self.work = work
+        self.shared = shared
+        self.db = shared.url if shared is not None else str(work / "threadbot.db")
         self.ledger = work / "ledger.txt"
         self.ledger.touch()
         self.kills = collections.Counter[str]()
+        self.kills_by_replica = collections.Counter[int]()
+        self.kills_with_work_left = 0
+        self.unfinished = True
+        """Whether some thread is not launched or not done yet."""
+        self.paced = args.replicas > 1
+        """Threads launched over the run rather than at once: see the docstring."""
+        self.deaths: list[Death] = []
         self.acknowledged: list[tuple[str, str]] = []  # (thread, event key)
-        self.server: ServerProcess | None = None
-        self.port = free_port()
-        self.smtp_port = free_port()
+        self.replicas = [Replica(i) for i in range(args.replicas)]
+        self.down = args.down if args.replicas > 1 else 0.0
         self.lock = threading.Lock()
-        self.deliver_kill = False
         self.timed = follow_up_channels()
         self.plans: dict[str, str] = {}
         """Thread id → its plan (see PLANS)."""
@@ -139,18 +169,18 @@ class Harness:
         """Calls whose approval is sent later, on a thread of its own."""
         self.races = collections.Counter[str]()
 
-    # -- the server -----------------------------------------------------------
+    # -- the servers ------------------------------------------------------------
 
-    def env(self, point: str) -> dict[str, str]:
-        return {
-            "THREADBOT_DB": str(self.work / "threadbot.db"),
+    def env(self, replica: Replica, point: str) -> dict[str, str]:
+        env = {
+            "THREADBOT_DB": self.db,
             "OPENAI_BASE_URL": self.model.base_url,
             "OPENAI_API_KEY": "test",
             "THREADBOT_MODEL": "fake",
             "THREADBOT_TOOLS": str(REPO / "tests" / "chaos" / "tools.py"),
             "THREADBOT_TEST_LEDGER": str(self.ledger),
             "THREADBOT_CHAOS": "" if point == "deliver" else point,
-            "THREADBOT_SMTP": f"127.0.0.1:{self.smtp_port}",
+            "THREADBOT_SMTP": f"127.0.0.1:{replica.smtp_port}",
             "THREADBOT_EMAIL": "bot@example.com",
             "THREADBOT_SMTP_RELAY": f"127.0.0.1:{self.relay.port}",
             "THREADBOT_SECRET": "chaos",
@@ -158,65 +188,141 @@ class Harness:
             "SLACK_SIGNING_SECRET": SECRET,
             "SLACK_API_URL": self.slack.api_url,
         }
+        if self.shared is not None:
+            env["PGAPPNAME"] = replica.app_name  # see replicas.SharedDatabase
+        return env
 
-    def start(self, point: str) -> None:
+    def count_kill(self, replica: Replica, why: str) -> None:
+        with self.lock:
+            self.kills[why] += 1
+            self.kills_by_replica[replica.index] += 1
+            self.kills_with_work_left += self.unfinished
+
+    def start(self, replica: Replica, point: str) -> None:
         while True:
-            with self.lock:
-                self.point = point
-                self.killed_by_us = False
-                self.deliver_kill = point == "deliver"
-                server = ServerProcess(self.env(point), port=self.port)
+            with replica.lock:
+                replica.generation += 1
+                replica.point = point
+                replica.killed_by_us = False
+                server = ServerProcess(self.env(replica, point), port=replica.port)
                 try:
-                    self.server = server.start(timeout=30)
-                    self.started_at = time.monotonic()
-                    return
+                    replica.server = server.start(timeout=30)
+                    replica.started_at = time.monotonic()
+                    replica.down_since = None
+                    break
                 except RuntimeError:
                     if server.proc is None or server.proc.returncode != -9:
                         raise
             # It died at its named point while resuming, before it answered.
+            self.died(replica.index, replica.generation, server.proc.pid)
             name = point.partition(":")[0].replace("_", " ")
-            self.kills[f"at a named point: {name}"] += 1
+            self.count_kill(replica, f"at a named point: {name}")
             point = self.rng.choice(POINTS) if self.killing else ""
+        if self.shared is not None:
+            threading.Thread(
+                target=self.watch, args=(replica, server, replica.generation), daemon=True
+            ).start()
 
-    def kill(self, why: str) -> None:
+    def watch(self, replica: Replica, server: ServerProcess, generation: int) -> None:
+        """Note the moment the process dies, and what it left."""
+        server.proc.wait()
+        if not self.stopping:
+            self.died(replica.index, generation, server.proc.pid)
+
+    def died(self, index: int, generation: int, pid: int) -> None:
+        if self.shared is None:
+            return
+        at = time.time()
+        left = self.shared.left_by(pid)
         with self.lock:
-            server = self.server
+            self.deaths.append(Death(index, generation, at, left))
+
+    def kill(self, replica: Replica, why: str) -> None:
+        with replica.lock:
+            server = replica.server
             if server is None or server.proc.poll() is not None:
                 return
             server.proc.kill()
-            self.killed_by_us = True
-            self.kills[why] += 1
+            replica.killed_by_us = True
+        self.count_kill(replica, why)
 
-    def ensure_running(self) -> None:
-        assert self.server is not None
-        if self.server.proc.poll() is None:
+    def ensure_running(self, *, now: bool = False) -> None:
+        """Restart each replica that died, once its time down is over (at
+        once with `now`, or with a single replica)."""
+        for replica in self.replicas:
+            server = replica.server
+            assert server is not None
+            if server.proc.poll() is None:
+                continue
+            if replica.down_since is None:
+                server.proc.wait()
+                if not replica.killed_by_us:
+                    if server.proc.returncode != -9:
+                        raise RuntimeError(f"the server exited by itself: {server.output()}")
+                    point = replica.point.partition(":")[0].replace("_", " ")
+                    self.count_kill(replica, f"at a named point: {point}")
+                server.close()
+                replica.down_since = time.monotonic()
+                replica.restart_at = replica.down_since + (
+                    self.rng.uniform(0, self.down) if self.down else 0.0
+                )
+            if now or time.monotonic() >= replica.restart_at:
+                self.start(replica, self.rng.choice(POINTS) if self.killing else "")
+
+    def pick(self) -> Replica | None:
+        """A replica that is up, for the next request."""
+        up = [r for r in self.replicas if r.up()]
+        if len(self.replicas) == 1:
+            return up[0] if up else None
+        return self.spread.choice(up) if up else None
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for replica in self.replicas:
+            if replica.server is not None:
+                replica.server.stop()
+
+    # -- deliveries: the sender dies while it delivers, sometimes ----------------
+
+    def sender(self, thread_id: str | None) -> Replica | None:
+        """The replica delivering for the thread: the one whose process holds
+        its lease (a runner delivers only under the thread's lease)."""
+        if len(self.replicas) == 1:
+            return self.replicas[0]
+        if self.shared is None or thread_id is None:
+            return None
+        pid = self.shared.lease_pid(thread_id)
+        return next((r for r in self.replicas if pid is not None and r.runs(pid)), None)
+
+    def maybe_kill_sender(self, thread_id: str | None, why: str) -> None:
+        if not self.killing:
             return
-        self.server.proc.wait()
-        if not self.killed_by_us:
-            if self.server.proc.returncode != -9:
-                raise RuntimeError(f"the server exited by itself: {self.server.output()}")
-            point = self.point.partition(":")[0].replace("_", " ")
-            self.kills[f"at a named point: {point}"] += 1
-        self.server.close()
-        self.start(self.rng.choice(POINTS) if self.killing else "")
-
-    # -- the relay: dies while a mail is being delivered, sometimes ------------
+        replica = self.sender(thread_id)
+        if replica is not None and replica.point == "deliver" and self.rng.random() < 0.5:
+            self.kill(replica, why)
 
     async def on_mail(self, server: Any, session: Any, envelope: Any) -> str:
         result = await self.relay_handle(server, session, envelope)
-        if self.deliver_kill and self.killing and self.rng.random() < 0.5:
-            self.kill("while delivering a mail")
+        found = re.search(rb"Message-ID: <tb\.([0-9a-f]+)\.", envelope.content, re.IGNORECASE)
+        thread_id = found.group(1).decode() if found else None
+        self.maybe_kill_sender(thread_id, "while delivering a mail")
         return result
 
     def on_slack_post(self, args: dict[str, Any]) -> None:
-        if self.deliver_kill and self.killing and self.rng.random() < 0.5:
-            self.kill("while delivering a Slack post")
+        payload = (args.get("metadata") or {}).get("event_payload") or {}
+        thread_id = payload.get("thread")
+        self.maybe_kill_sender(
+            thread_id if isinstance(thread_id, str) else None, "while delivering a Slack post"
+        )
 
     # -- driving ----------------------------------------------------------------
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response | None:
+        replica = self.pick()
+        if replica is None:
+            return None
         try:
-            return httpx.request(method, f"http://127.0.0.1:{self.port}{path}", timeout=5, **kw)
+            return httpx.request(method, f"{replica.url}{path}", timeout=5, **kw)
         except httpx.HTTPError:
             return None  # the server died under us: the caller tries again
 
@@ -226,8 +332,11 @@ class Harness:
             msg["From"], msg["To"] = f"user{i}@example.com", "bot@example.com"
             msg["Subject"], msg["Message-ID"] = f"order {i}", f"<order{i}@client>"
             msg.set_content(f"please process order {i}")
+            replica = self.pick()
+            if replica is None:
+                return None
             try:
-                with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=5) as smtp:
+                with smtplib.SMTP("127.0.0.1", replica.smtp_port, timeout=5) as smtp:
                     smtp.send_message(msg)
             except (OSError, smtplib.SMTPException):
                 return None
@@ -240,11 +349,14 @@ class Harness:
                 "ts": f"{1000 + i}.000100",
                 "text": f"<@{BOT_USER}> process order {i}",
             }
+            replica = self.pick()
+            if replica is None:
+                return None
             try:
-                r = SlackSender(f"http://127.0.0.1:{self.port}").event(event, event_id=f"Ev{i}")
+                sent = SlackSender(replica.url).event(event, event_id=f"Ev{i}")
             except httpx.HTTPError:
                 return None
-            return f"slack:{i}" if r.status_code == 200 else None
+            return f"slack:{i}" if sent.status_code == 200 else None
         r = self.call(
             "POST",
             "/threads",
@@ -317,18 +429,27 @@ class Harness:
     def killer(self) -> None:
         while self.killing:
             time.sleep(self.rng.uniform(0.2, 1.5))
+            if len(self.replicas) == 1:
+                replica = self.replicas[0]
+            else:
+                up = [r for r in self.replicas if r.up()]
+                if len(up) < 2:
+                    continue  # the last one up stays: someone must take over
+                replica = self.rng.choice(up)
             # A server set to die at a named point gets a few seconds to get there.
-            if self.point and time.monotonic() - self.started_at < 4:
+            if replica.point and time.monotonic() - replica.started_at < 4:
                 continue
             if self.killing:
-                self.kill("at a random moment")
+                self.kill(replica, "at a random moment")
 
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         self.killing = True
-        self.start("")
+        for replica in self.replicas:
+            self.start(replica, "")
         ids: dict[int, str] = {}
-        pending = set(range(self.args.threads))
+        threads, kills = self.args.threads, self.args.kills
+        pending = set(range(threads))
         done: set[str] = set()
         threading.Thread(target=self.killer, daemon=True).start()
         deadline = time.monotonic() + self.args.timeout
@@ -336,8 +457,11 @@ class Harness:
             if self.kills.total() >= self.args.kills and self.killing:
                 self.killing = False  # enough: let everything finish
                 deadline = min(deadline, time.monotonic() + self.args.settle)
+            self.unfinished = bool(pending) or len(done) < threads
             self.ensure_running()
             for i in sorted(pending):
+                if self.paced and self.killing and self.kills.total() * threads < i * kills:
+                    break  # launched later in the run
                 launched = self.launch(i)
                 if launched is not None:
                     pending.discard(i)
@@ -349,14 +473,13 @@ class Harness:
             for thread_id in ids.values():
                 if thread_id not in done and self.act(thread_id) in ("done", "failed"):
                     done.add(thread_id)
-            if not self.killing and not pending and len(done) == self.args.threads:
+            if not self.killing and not pending and len(done) == threads:
                 break
             time.sleep(0.02)
         self.killing = False
-        self.ensure_running()
+        self.ensure_running(now=True)
         report = self.check(ids, time.monotonic() - t0)
-        assert self.server is not None
-        self.server.stop()
+        self.stop_all()
         return report
 
     def resolve_channel_threads(self, ids: dict[int, str]) -> None:
@@ -379,7 +502,7 @@ class Harness:
         named point (it is restarted) or answer slowly on a busy machine."""
         deadline = time.monotonic() + 60
         while True:
-            self.ensure_running()
+            self.ensure_running(now=True)
             r = self.call("GET", f"/threads/{thread_id}")
             if r is not None and r.status_code == 200:
                 body: dict[str, Any] = r.json()
@@ -401,14 +524,14 @@ class Harness:
         missing = [
             a for _, a in self.acknowledged if not any(str(k).endswith(f":{a}") for k in keys)
         ]
-        ledger = collections.Counter(
-            line.split()[1] for line in self.ledger.read_text().splitlines()
-        )
+        lines = self.ledger.read_text().splitlines()
+        ledger = collections.Counter(line.split()[1] for line in lines)
         twice = {call: n for call, n in ledger.items() if n > 1}
         duplicates = nudged_twice = outcomes_twice = overdue = 0
         timers = collections.Counter[str]()
         follow_ups: set[tuple[str, int]] = set()  # (thread, seq) of reminders and escalations
         delivered = collections.Counter[tuple[str, int, str]]()  # (thread, seq, channel)
+        approvals = collections.defaultdict[str, set[tuple[bool, str]]](set)  # call → decisions
         for thread_id, t in threads.items():
             events = t["events"]
             if [e["seq"] for e in events] != list(range(len(events))):
@@ -434,6 +557,8 @@ class Harness:
             )
             outcomes_twice += sum(1 for n in outcomes.values() if n > 1)
             for e in events:
+                if e["type"] == "approval":
+                    approvals[e["call_id"]].add((e["approved"], who(e["source"])))
                 if e["type"] == "approval" and e["source"].get("auth") == "deadline":
                     timers["settled by the deadline"] += 1
                 elif e["type"] == "approval" and self.plans.get(thread_id, "plain") != "plain":
@@ -455,6 +580,13 @@ class Harness:
                 by_item[(found.group(1), found.group(2), " ".join(c.rcpt_tos))].add(mid)
                 sends[mid] += 1
         mailed_twice = {item for item, mids in by_item.items() if len(mids) > 1}
+        # Each shipment ran on an approval of its own call, and the tool was
+        # told who gave it (the ledger line names them).
+        unapproved = sum(
+            1
+            for kind, call_id, by in (line.split(" ", 2) for line in lines if line.count(" ") >= 2)
+            if kind == "ship" and (True, by) not in approvals.get(call_id, ())
+        )
         # Slack: one post per conversation and part (a direct message to each
         # person reached carries the same payload as the others).
         posts = collections.Counter(
@@ -489,6 +621,7 @@ class Harness:
         return {
             "kills": dict(self.kills),
             "kills_total": self.kills.total(),
+            "kills_while_threads_unfinished": self.kills_with_work_left,
             "threads": len(threads),
             "threads_done": done,
             "acknowledged_responses": len(self.acknowledged),
@@ -503,6 +636,7 @@ class Harness:
                 "reminders_or_escalations_delivered_twice": follow_ups_twice,
                 "calls_with_more_than_one_outcome": outcomes_twice,
                 "deadlines_overdue_never_fired": overdue,
+                "tools_run_without_that_approval_or_approver": unapproved,
             },
             "timed_channels": sorted(self.timed),
             "plans": dict(collections.Counter(self.plans.values())),
@@ -514,7 +648,27 @@ class Harness:
             "mails": sum(sends.values()),
             "tool_side_effects": sum(ledger.values()),
             "seconds": round(seconds, 1),
+            **self.replica_figures(),
         }
+
+    def replica_figures(self) -> dict[str, Any]:
+        """With PostgreSQL: the replicas, the kills each took, and the takeover times."""
+        if self.shared is None:
+            return {}
+        with self.lock:
+            deaths = list(self.deaths)
+        return {
+            "store": "postgresql",
+            "replicas": len(self.replicas),
+            "kills_by_replica": {str(i): n for i, n in sorted(self.kills_by_replica.items())},
+            "restarts_by_replica": {str(r.index): r.generation - 1 for r in self.replicas},
+            "takeover": takeover(deaths, self.shared.appends()),
+        }
+
+
+def who(source: dict[str, Any]) -> str:
+    """What the tool is told of whoever approved it (bot.events.Source.who)."""
+    return str(source.get("name") or source.get("user") or source.get("channel"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -530,17 +684,49 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to let threads finish after the last kill",
     )
     p.add_argument("--json", help="also write the report here")
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run on a throwaway PostgreSQL server (tests/pg.py) instead of a SQLite file",
+    )
+    p.add_argument(
+        "--postgres-url",
+        help="run on a fresh database made (and dropped after) on this PostgreSQL server",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="threadbot serve processes on the one database (several need PostgreSQL)",
+    )
+    p.add_argument(
+        "--down",
+        type=float,
+        default=4.0,
+        help="with several replicas, a dead one stays down a random 0 to this many "
+        "seconds before its restart, so that the others take over its threads",
+    )
     args = p.parse_args(argv)
+    postgres = args.postgres or args.postgres_url is not None
+    if args.replicas < 1:
+        p.error("--replicas must be 1 or more")
+    if args.replicas > 1 and not postgres:
+        p.error("several replicas share a PostgreSQL database: add --postgres or --postgres-url")
+    if args.postgres and args.postgres_url is None and (why := pg.available()) is not None:
+        p.error(f"--postgres: cannot start a PostgreSQL server here: {why}")
     atexit.register(stop_strays)
-    with (
-        tempfile.TemporaryDirectory() as d,
-        FakeOpenAI().serve() as model,
-        CaptureRelay().serve() as relay,
-        FakeSlack().serve() as slack,
-    ):
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(tempfile.TemporaryDirectory())
+        shared = stack.enter_context(shared_database(args.postgres_url)) if postgres else None
+        model = stack.enter_context(FakeOpenAI().serve())
+        relay = stack.enter_context(CaptureRelay().serve())
+        slack = stack.enter_context(FakeSlack().serve())
         model.add(*[make_brain(follow_up_channels())] * 100_000)
-        harness = Harness(args, Path(d), model, relay, slack)
-        report = harness.run()
+        harness = Harness(args, Path(d), model, relay, slack, shared)
+        try:
+            report = harness.run()
+        finally:
+            harness.stop_all()
     print(json.dumps(report, indent=2))
     v = report["violations"]
     print(
@@ -549,9 +735,36 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['acknowledged_responses']} acknowledged responses, {report['seconds']} s; "
         + ", ".join(f"{k.replace('_', ' ')}: {n}" for k, n in v.items())
     )
+    if "takeover" in report:
+        t = report["takeover"]
+        print(
+            f"{report['replicas']} replicas on PostgreSQL; kills by replica "
+            f"{report['kills_by_replica']}; takeover after {t['deaths']} deaths "
+            f"({t['deaths_leaving_threads']} leaving threads with work): "
+            f"by another replica {t['taken_over_by_another_replica']}, "
+            f"first by the restarted one {t['resumed_first_by_the_restarted_replica']}, "
+            f"no runner append after: {t['no_runner_append_after']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 1 if any(v.values()) or report["threads_done"] < report["threads"] else 0
+
+
+@contextlib.contextmanager
+def shared_database(server_url: str | None) -> Iterator[SharedDatabase]:
+    """A fresh database on the given server, or on a throwaway one of our own."""
+    with contextlib.ExitStack() as stack:
+        server = (
+            pg.Postgres(server_url)
+            if server_url is not None
+            else stack.enter_context(pg.PostgresServer())
+        )
+        name = f"threadbot_chaos_{uuid.uuid4().hex[:12]}"
+        shared = SharedDatabase(server.create_database(name))
+        stack.callback(server.drop_database, name)
+        stack.callback(shared.close)
+        shared.prepare()
+        yield shared
 
 
 if __name__ == "__main__":

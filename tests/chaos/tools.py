@@ -4,7 +4,8 @@
 after 2 s and a deadline at 5 s (rejected then).
 
 Every side effect is a line in the ledger (fsynced), so the harness can count
-how often each call really ran. THREADBOT_CHAOS names where this server
+how often each call really ran (and, for a call that needed approval, whom
+the tool was told approved it). THREADBOT_CHAOS names where this server
 process dies, as a comma-separated list with a probability each:
 `tool_started:0.3,after_side_effect:0.3,inside_append:0.02`.
 """
@@ -17,7 +18,7 @@ import signal
 from pathlib import Path
 
 from bot import Deferred, ToolContext, tool
-from store import sqlite as _store
+from store import is_postgres_url
 
 _POINTS = {
     name: float(p)
@@ -52,7 +53,7 @@ def charge(amount: int, ctx: ToolContext) -> str:
 def ship(order: int, ctx: ToolContext) -> str:
     """Ship an order (needs approval, not idempotent)."""
     _maybe_die("tool_started")
-    _ledger(f"ship {ctx.call_id}")
+    _ledger(f"ship {ctx.call_id} {ctx.approved_by}")
     _maybe_die("after_side_effect")
     return f"shipped {order}"
 
@@ -65,7 +66,7 @@ LEAD = ("U0LEAD", "lead@example.com")
 def ship_soon(order: int, ctx: ToolContext) -> str:
     """Ship an order that cannot wait: approved within 5 s or not at all (not idempotent)."""
     _maybe_die("tool_started")
-    _ledger(f"ship {ctx.call_id}")
+    _ledger(f"ship {ctx.call_id} {ctx.approved_by}")
     _maybe_die("after_side_effect")
     return f"shipped {order}"
 
@@ -83,8 +84,13 @@ def lookup(key: str) -> str:
     return f"value of {key}"
 
 
-# Dying inside an append: after the rows are written, before the commit.
+# Dying inside an append: after the rows are written, before the commit
+# (the same helper in both stores, called inside the append's transaction).
 if "inside_append" in _POINTS:
+    if is_postgres_url(os.environ.get("THREADBOT_DB", "")):
+        from store import postgres as _store
+    else:
+        from store import sqlite as _store  # type: ignore[no-redef]
     _insert = _store._insert
 
     def _insert_then_maybe_die(*args, **kwargs):  # type: ignore[no-untyped-def]
