@@ -76,11 +76,11 @@ RELISTEN_MAX = 2.0
 """Longest wait, in seconds, between a listener's tries to reconnect."""
 
 JUDGE_AFTER = 5.0
-"""Seconds a runner's listener must have been connected before the runner
-takes another's presence lock, free, for its death. A server restart (or a
-failover, or a network fault on the way to it) ends every runner's presence
-connection at once; live runners take their locks again as their listeners
-reconnect, within `RELISTEN_MAX` of each other."""
+"""Seconds a runner's listener must have been connected (and the server up)
+before the runner takes another's presence lock, free, for its death. A
+server restart (or a failover, or a network fault on the way to it) ends
+every runner's presence connection at once; live runners take their locks
+again as their listeners reconnect, within `RELISTEN_MAX` of each other."""
 
 MIGRATIONS_LOCK = 0x7468726561646274  # "threadbt"
 
@@ -414,9 +414,9 @@ class PostgresStore(Reads):
     def owner_gone(self, owner: str) -> bool | None:
         """Whether no connection holds `owner`'s presence lock (tried from
         the pool's connection, which never holds one, and let go at once).
-        Never while this store's listener is down or has just reconnected:
-        the server may have restarted, and live runners not yet taken their
-        locks again."""
+        Never while this store's listener is down or has just reconnected,
+        nor just after the server started: live runners may not have taken
+        their locks again yet."""
         if time.monotonic() < self._judge_from:
             return False
 
@@ -474,15 +474,22 @@ class PostgresStore(Reads):
                 )
                 async with aconn:
                     row = await (
-                        await aconn.execute("SELECT pg_postmaster_start_time()")
+                        await aconn.execute(
+                            "SELECT pg_postmaster_start_time(), "
+                            "extract(epoch FROM now() - pg_postmaster_start_time())::float"
+                        )
                     ).fetchone()
+                    assert row is not None
                     await aconn.execute(f"LISTEN {CHANNEL}")
                     # A restart of the server ended the presence connection
                     # too: hold the lock again now, not at the next renewal
                     # (meanwhile other replicas would take this runner for dead).
                     self._keep_presence()
-                    self._judge_on = row[0] if row else None
-                    self._judge_from = time.monotonic() + JUDGE_AFTER
+                    # Reconnected, the runner waits; connected for the first
+                    # time, it waits only for a server that has just started.
+                    up = 0.0 if self._judge_on is not None else row[1]
+                    self._judge_on = row[0]
+                    self._judge_from = time.monotonic() + max(0.0, JUDGE_AFTER - up)
                     delay = 0.5
                     async for n in aconn.notifies():
                         thread_id, _, due = n.payload.partition(" ")

@@ -159,14 +159,6 @@ class Replica(ServerProcess):
                 SLACK_API_URL=at(slack.api_url),
             )
         super().__init__({**env, **extra}, host=host, prefix=prefix)
-        self.started_at = 0.0
-        """When (monotonic) it last began to serve, and about then to listen
-        to the database."""
-
-    def start(self, timeout: float = 20) -> Replica:
-        super().start(timeout)
-        self.started_at = time.monotonic()
-        return self
 
     def launch(self, body: str, key: str | None = None) -> str:
         headers = {**ADMIN, **({"Idempotency-Key": key} if key else {})}
@@ -395,10 +387,7 @@ def kill_and_restart(
     victim: Replica, survivor: Replica, brain: Brain, ledger: Path, round_: str
 ) -> list[float]:
     """`kill_mid_run`, the victim started again at once (it finds its
-    threads taken over); the takeover times. The survivor has served for
-    `JUDGE_AFTER` first: a replica that has just connected judges nobody
-    dead yet."""
-    time.sleep(max(0.0, survivor.started_at + JUDGE_AFTER - time.monotonic()))
+    threads taken over); the takeover times."""
     restart = threading.Thread(target=victim.start)
 
     def kill() -> None:
@@ -635,7 +624,6 @@ def main() -> None:
             survivor = b if victim is a else a
             # At a random moment of the survivor's look for orphans (every 2 s).
             time.sleep(rng.random() * 2)
-            time.sleep(max(0.0, survivor.started_at + JUDGE_AFTER - time.monotonic()))
             restart = threading.Thread(target=victim.start)
 
             def kill(victim: Replica = victim, restart: threading.Thread = restart) -> None:
@@ -655,7 +643,6 @@ def main() -> None:
         cut: list[float] = []
         for n in range(args.cuts):
             assert hosts is not None
-            time.sleep(max(0.0, b.started_at + JUDGE_AFTER - time.monotonic()))
             try:
                 each, _ = kill_mid_run(
                     a, b, brain, ledger, f"c{n}x", partial(hosts.cut, "a"), victim_lives=True
@@ -664,7 +651,6 @@ def main() -> None:
                 hosts.mend("a")
             cut += each.values()
             a.wait(a.launch(f"plan c{n}back: lookup"), "done")  # back in service
-            a.started_at = time.monotonic()  # it listens again from about now
         if args.cuts:
             print(f"takeover after a host's network is cut: {summary(cut)}")
 
