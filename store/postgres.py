@@ -89,8 +89,10 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
+    "connect_timeout": 5,
 }
-"""Client side: a server that vanished is noticed within about 11 s."""
+"""Client side: a server that vanished is noticed within about 11 s, and a
+connection to one that does not answer is given up after 5 s."""
 
 SERVER_KEEPALIVE = (
     "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
