@@ -36,7 +36,13 @@ def is_postgres_url(db: str | Path) -> bool:
 
 def open_store(db: str | Path, *, durable: bool = True) -> Store:
     """The store at `db`: a `postgresql://` (or `postgres://`) URL, or else
-    the path of a SQLite file."""
+    the path of a SQLite file. Raises `StoreError` for another kind of URL
+    and for a PostgreSQL server that cannot be reached."""
+    if "://" in str(db) and not is_postgres_url(db):
+        scheme = str(db).partition("://")[0]
+        raise StoreError(
+            f"the database {scheme}://… is neither a postgresql:// URL nor a SQLite file path"
+        )
     if is_postgres_url(db):
         try:
             from .postgres import PostgresStore

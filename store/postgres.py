@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .errors import DuplicateKey, SeqConflict, UnknownThread
+from .errors import DuplicateKey, SeqConflict, StoreError, UnknownThread
 from .queries import (
     ACQUIRE,
     APPEND_PROJECTION,
@@ -235,6 +235,12 @@ class PostgresStore(Reads):
     def __init__(self, url: str, *, durable: bool = True) -> None:
         self.url = url
         self._durable = durable
+        try:
+            # Once, directly: a wrong address, name or password is said now
+            # and plainly, where the pool would retry it in the background.
+            psycopg.connect(url, **KEEPALIVE).close()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot use the PostgreSQL database: {e}".strip()) from None
         self._pool = ConnectionPool(
             url,
             min_size=1,

@@ -553,3 +553,44 @@ async def test_migrate_copies_a_deployment_to_postgresql_and_back(
         assert store.meta("email_secret", "another") == secret
     finally:
         store.close()
+
+
+# -- a database that cannot be used is said at once and plainly --------------------------
+
+
+def test_a_database_that_cannot_be_reached_or_named_is_refused_at_once(
+    postgres: pg.Postgres, tmp_path: Path
+) -> None:
+    """No traceback, no 30 s of retries: the server's reason, exit 1, and no
+    SQLite file made out of a mistyped URL."""
+    missing = postgres.url.rsplit("/", 1)[0] + "/no_such_database"
+    cases = {
+        missing: 'database "no_such_database" does not exist',
+        "postgresql://postgres@127.0.0.1:1/x": "Connection refused",
+        "postgresql://postgres@127.0.0.1:notaport/x": 'invalid integer value "notaport"',
+        "postgresql+psycopg://postgres@127.0.0.1/x": "neither a postgresql:// URL",
+    }
+    for db, reason in cases.items():
+        started = time.monotonic()
+        done = threadbot("--db", db, "--local", "threads")
+        assert time.monotonic() - started < 15
+        assert done.returncode == 1, done
+        assert done.stderr.startswith("threadbot: ") and reason in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not list(REPO.glob("postgresql+psycopg*"))
+
+
+def test_migrate_refuses_a_source_file_that_does_not_exist(pg_url: str, tmp_path: Path) -> None:
+    typo = tmp_path / "threadbot-typo.db"
+    done = threadbot("migrate", "--from", str(typo), "--to", pg_url)
+    assert done.returncode == 1 and "no such database file" in done.stderr
+    assert not typo.exists()  # not made empty and "copied"
+    assert counts(pg_url)["threads"] == 0
+
+
+def test_the_banner_shows_no_password() -> None:
+    from threadbot.serve import _without_password
+
+    shown = _without_password("postgresql://bot:s3cret@db:5432/tb?sslmode=require&password=p4ss")
+    assert "s3cret" not in shown and "p4ss" not in shown
+    assert shown == "postgresql://bot:***@db:5432/tb?sslmode=require&password=***"

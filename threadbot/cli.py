@@ -19,9 +19,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bot.errors import ThreadbotError, UsageError
+from store import StoreError
 from store.credentials import SCOPES
 
 from .config import Settings
@@ -360,11 +362,13 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> None:
 def _migrate(source_db: str, target_db: str) -> None:
     """Stop the servers on the source first: what they append meanwhile is
     not copied."""
-    from store import StoreError, open_store
+    from store import StoreError, is_postgres_url, open_store
     from store.copy import copy_store
 
     if source_db == target_db:
         raise UsageError("--from and --to name the same database")
+    if not is_postgres_url(source_db) and not Path(source_db).is_file():
+        raise UsageError(f"--from {source_db}: no such database file")
     source = open_store(source_db)
     try:
         target = open_store(target_db)
@@ -406,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _remote(remote, args)
         else:
             asyncio.run(_local(settings, args))
-    except ThreadbotError as e:
+    except (ThreadbotError, StoreError) as e:
         print(f"threadbot: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

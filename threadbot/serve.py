@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,10 +133,11 @@ def _without_password(db: str) -> str:
     if not is_postgres_url(db):
         return db
     url = urlsplit(db)
-    if url.password is None:
-        return db
-    netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
-    return urlunsplit(url._replace(netloc=netloc))
+    netloc = url.netloc
+    if url.password is not None:
+        netloc = netloc.replace(f":{url.password}@", ":***@", 1)
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", url.query)
+    return urlunsplit(url._replace(netloc=netloc, query=query))
 
 
 async def serve(settings: Settings) -> None:
