@@ -21,7 +21,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
-from store import SeqConflict
+from store import SeqConflict, StoreError
 
 from .context import Context, message_parts, system_part
 from .errors import ModelError
@@ -364,7 +364,11 @@ class Runner:
         self._renewal = None
         if not self._held:
             return
-        kept = self.log.store.renew_all(self.owner, self.lease_ttl)
+        try:
+            kept = self.log.store.renew_all(self.owner, self.lease_ttl)
+        except Exception:
+            log.exception("renewing leases failed; trying again shortly")
+            kept = self._held  # not known to be lost: the next renewal tells
         for thread_id in self._held - kept:
             log.error("thread %s: lease lost to another process; stopping here", thread_id)
             if (run := self._tasks.get(thread_id)) is not None:
@@ -431,6 +435,7 @@ class Runner:
         lost to a concurrent append (nor to a cancellation that came while a
         tool ran: its outcome is still recorded). Dropped only if the call
         was settled meanwhile by someone else."""
+        delay = 0.25
         while True:
             try:
                 return await self.log.append(thread, new)
@@ -439,6 +444,15 @@ class Runner:
                 if (r := thread.state.resolved.get(call_id)) is not None and r.kind != "approved":
                     log.warning("thread %s: call %s settled elsewhere", thread.id, call_id)
                     return thread
+            except StoreError:
+                raise
+            except Exception:
+                # The database is unreachable for a while (a restart, a
+                # failover): the outcome is kept here and written when it is
+                # back, for as long as this runner holds the thread.
+                log.exception("thread %s: storing call %s's outcome failed", thread.id, call_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _context(self, thread: Thread) -> Context:
         """The request's messages, serializing only events new since the last request."""

@@ -133,3 +133,7 @@ class Store(Protocol):
     def atomic(self) -> AbstractContextManager[Any]:
         """A transaction around the statements run inside it."""
         ...
+
+    def snapshot(self) -> AbstractContextManager[Any]:
+        """Reads inside it all see the database as it was at its first read."""
+        ...

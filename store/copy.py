@@ -11,6 +11,7 @@ links. Leases are not: they belong to the processes that ran before.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,26 +59,33 @@ class CopyReport:
 
 
 def copy_store(source: Store, target: Store) -> CopyReport:
-    """Copy `source` into `target`, which must hold no threads yet, in one
-    transaction on `target`; then compare both, table by table and thread by
-    thread. Raises `StoreError` (the target left as it was, for a refusal
-    before copying) if the target is not empty or the copy differs."""
-    if target.execute("SELECT count(*) FROM threads").fetchone()[0]:
-        raise StoreError("the target already holds threads: copy into an empty database")
+    """Copy `source` into `target`, which must hold no threads yet: what the
+    source held at one moment, in one transaction on `target`, compared
+    table by table and thread by thread before it commits. Raises
+    `StoreError`, with the target left as it was, if the target is not
+    empty, a server is running threads on the source, or the copy differs."""
     report = CopyReport()
-    with target.atomic():
-        # The target generated its own settings when it was first opened
-        # (a signing secret, say): the source's replace them.
-        target.execute("DELETE FROM meta")
-        for table, columns in TABLES.items():
-            marks = ", ".join("?" * len(columns))
-            insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-            copied = 0
-            for page in _pages(source, table, columns):
-                target.executemany(insert, page)
-                copied += len(page)
-            report.rows[table] = copied
-    _verify(source, target, report)
+    with source.snapshot():
+        leased = source.execute(
+            "SELECT count(*) FROM leases WHERE expires_at > ?", [time.time()]
+        ).fetchone()[0]
+        if leased:
+            raise StoreError(f"a server is running {leased} thread(s) on the source: stop it first")
+        if target.execute("SELECT count(*) FROM threads").fetchone()[0]:
+            raise StoreError("the target already holds threads: copy into an empty database")
+        with target.atomic():
+            # The target generated its own settings when it was first opened
+            # (a signing secret, say): the source's replace them.
+            target.execute("DELETE FROM meta")
+            for table, columns in TABLES.items():
+                marks = ", ".join("?" * len(columns))
+                insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                copied = 0
+                for page in _pages(source, table, columns):
+                    target.executemany(insert, page)
+                    copied += len(page)
+                report.rows[table] = copied
+            _verify(source, target, report)
     return report
 
 
@@ -107,6 +115,16 @@ def _verify(source: Store, target: Store, report: CopyReport) -> None:
             raise StoreError(f"{table}: {copied} rows copied but {found} found in the target")
     if _threads_digest(source) != _threads_digest(target):
         raise StoreError("the events in the target differ from the source's")
+    for store, side in ((source, "source"), (target, "target")):
+        off = store.execute(
+            "SELECT count(*) FROM threads t WHERE last_seq != "
+            "(SELECT max(seq) FROM events e WHERE e.thread_id = t.id)"
+        ).fetchone()[0]
+        if off:
+            raise StoreError(
+                f"{off} thread(s) in the {side} list another last event than their own "
+                "(run `threadbot reindex` on the source)"
+            )
 
 
 def _threads_digest(store: Store) -> dict[str, tuple[int, int, str]]:

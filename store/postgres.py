@@ -32,12 +32,12 @@ import math
 import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import DuplicateKey, SeqConflict, StoreError, UnknownThread
 from .queries import (
@@ -89,16 +89,32 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
     "connect_timeout": 5,
 }
-"""Client side: a server that vanished is noticed within about 11 s, and a
-connection to one that does not answer is given up after 5 s."""
+"""Client side: a server that vanished is noticed within about 11 s (idle)
+or 10 s (while a statement waits for it), and a connection to one that does
+not answer is given up after 5 s."""
 
 SERVER_KEEPALIVE = (
     "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
 )
-"""Server side, for the presence connection: a runner whose host vanished
-(no FIN, no RST) loses its presence lock within about 11 s."""
+"""Server side: a runner whose host vanished (no FIN, no RST) loses its
+presence lock, and the row locks of a transaction it left open, within
+about 11 s."""
+
+SESSION_LIMITS = (
+    "SET idle_in_transaction_session_timeout = '15s'; SET lock_timeout = '10s'; "
+    "SET statement_timeout = '30s'"
+)
+"""No transaction of ours stays open, waits for a lock or runs for long: one
+that does belongs to a runner that is gone or cut off, and must not hold the
+others (an append waits for the thread's row lock)."""
+
+
+def _configure(conn: Conn) -> None:
+    conn.execute(SERVER_KEEPALIVE)
+    conn.execute(SESSION_LIMITS)
 
 
 def _sql(query: str) -> str:
@@ -109,7 +125,7 @@ def _sql(query: str) -> str:
 
 CREATE_THREAD = _sql(INSERT_THREAD) + " ON CONFLICT (id) DO NOTHING"
 
-POOL_WAIT = 5.0
+POOL_WAIT = 2.0
 """Seconds a call waits for a connection from the pool."""
 
 INSERT_BATCH = 1000
@@ -253,14 +269,16 @@ class PostgresStore(Reads):
             # and is picked up again), rather than holding its loop longer.
             timeout=POOL_WAIT,
             check=_still_open,
+            configure=_configure,
         )
         self._pool.wait(timeout=30)
         self._in_tx: Conn | None = None
         """The connection of the `atomic` block being run, if any."""
         self._presence: Conn | None = None
         self._presence_owner: str | None = None
-        self._judge_from = 0.0
-        """When (monotonic) `owner_gone` may say yes; see `JUDGE_AFTER`."""
+        self._judge_from = math.inf
+        """When (monotonic) `owner_gone` may say yes: once `listen` is
+        connected; see `JUDGE_AFTER`."""
         self._judge_on: Any = None
         """The start time of the server the listener is connected to."""
         self._group: GroupCommit[Conn] = GroupCommit(self._batch)
@@ -448,7 +466,8 @@ class PostgresStore(Reads):
         last append, undelivered ones after the longest delivery backoff
         (a live runner retries those itself, sooner)."""
         names = list(channels)
-        undelivered = " OR ".join("t.deliver_to LIKE %s" for _ in names) or "false"
+        like = " OR ".join("t.deliver_to LIKE %s" for _ in names) or "false"
+        undelivered = f"(t.deliver_to <> '' AND ({like}))"  # the partial index
         now = time.time()
         rows = self._rows(
             "SELECT t.id, l.owner FROM threads t LEFT JOIN leases l ON l.thread_id = t.id "
@@ -501,12 +520,18 @@ class PostgresStore(Reads):
                     delay = 0.5
                     async for n in aconn.notifies():
                         thread_id, _, due = n.payload.partition(" ")
-                        notify(thread_id, float(due) if due else None)
+                        try:
+                            at = float(due) if due else None
+                        except ValueError:  # anyone who may connect may NOTIFY
+                            log.warning("ignored a notification: %r", n.payload[:100])
+                            continue
+                        notify(thread_id, at)
             except asyncio.CancelledError:
                 raise
-            except psycopg.Error as e:
+            except Exception as e:
                 log.warning("listening for other replicas' changes failed (%s); again shortly", e)
-            self._judge_from = math.inf
+            finally:
+                self._judge_from = math.inf  # no judging others while not listening
             await asyncio.sleep(delay)
             delay = min(delay * 2, RELISTEN_MAX)
 
@@ -529,9 +554,9 @@ class PostgresStore(Reads):
         try:
             with self._conn() as conn:
                 return fetch(conn.execute(_sql(sql), params))
-        except psycopg.OperationalError:
-            if self._in_tx is not None:
-                raise
+        except psycopg.OperationalError as e:
+            if self._in_tx is not None or isinstance(e, PoolTimeout):
+                raise  # no connection to be had: the server is down
             self._pool.check()  # replaces every broken idle connection
             with self._conn() as conn:
                 return fetch(conn.execute(_sql(sql), params))
@@ -567,17 +592,22 @@ class PostgresStore(Reads):
             cur.executemany(_sql(sql), rows)
 
     @contextmanager
-    def atomic(self) -> Iterator[Conn]:
+    def atomic(self, *, snapshot: bool = False) -> Iterator[Conn]:
         if self._in_tx is not None:  # nested: a savepoint
             with self._in_tx.transaction():
                 yield self._in_tx
             return
         with self._pool.connection() as conn, conn.transaction():
+            if snapshot:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             self._in_tx = conn
             try:
                 yield conn
             finally:
                 self._in_tx = None
+
+    def snapshot(self) -> AbstractContextManager[Conn]:
+        return self.atomic(snapshot=True)
 
 
 def _still_open(conn: Conn) -> None:

@@ -108,6 +108,9 @@ class EventStore(Reads):
     def atomic(self) -> AbstractContextManager[Any]:
         return self.db.atomic()
 
+    def snapshot(self) -> AbstractContextManager[Any]:
+        return self.db.atomic()  # in WAL mode, a read transaction is a snapshot
+
     # -- writing ------------------------------------------------------------
     #
     # `create` and `append` commit at once; `create_async` and `append_async`

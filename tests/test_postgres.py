@@ -239,6 +239,35 @@ def listening(url: str, count: int = 1) -> bool:
     return found is not None and found[0] == count
 
 
+@contextlib.contextmanager
+def judging(store: Store) -> Iterator[Store]:
+    """The store listening, as a runner's does (on a thread of its own), and
+    so judging other runners: a store that does not listen never takes
+    another runner for dead."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    task = asyncio.run_coroutine_threadsafe(store.listen(lambda t, due: None), loop)
+    assert isinstance(store, PostgresStore)
+    until(lambda: store._judge_from <= time.monotonic(), timeout=10.0)
+    try:
+        yield store
+    finally:
+        task.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def presence_free(url: str, owner: str) -> bool:
+    """Whether nobody holds `owner`'s presence lock, asked without judging."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [owner]
+        ).fetchone()
+    return bool(row and row[0])
+
+
 @pytest.mark.anyio
 async def test_listen_hears_appends_and_freed_leases_made_elsewhere_and_survives_a_restart(
     restartable_pg: tuple[pg.PostgresServer, str],
@@ -275,13 +304,19 @@ async def test_listen_hears_appends_and_freed_leases_made_elsewhere_and_survives
         assert writer.acquire("t", "runner-w", 30)
         writer.release("t", "runner-w")
         await hear([("t", None)])  # the freed lease
+        # Anyone who may connect may NOTIFY: a payload of no meaning is
+        # ignored, and the listener goes on.
+        writer.execute("NOTIFY threadbot, 'x not-a-time'")
+        writer.append("t", 3, [row(3)], status="running")
+        await hear([("t", None)])
+        assert not task.done()
 
         server.restart()
         took = await asyncio.to_thread(until, lambda: listening(url))
         assert not task.done() and took < 5
         for attempt in range(2):  # the writer's pooled connection went with the restart
             try:
-                writer.append("t", 3, [row(3)], status="done")
+                writer.append("t", 4, [row(4)], status="done")
                 break
             except psycopg.OperationalError:
                 assert attempt == 0
@@ -334,13 +369,16 @@ def test_a_killed_runner_is_gone_at_once_and_its_threads_are_orphans(
     ready(live)
     store.hold_presence("runner-me")
     assert store.acquire("mine", "runner-me", 300)
+    assert store.owner_gone("runner-never-started") is False  # not listening: no judging
+    stack = contextlib.ExitStack()
+    stack.enter_context(judging(store))
 
     assert store.owner_gone("runner-dead") is False
     assert store.owner_gone("runner-live") is False
     assert store.owner_gone("runner-never-started") is True
     assert store.orphans("runner-me", ["slack"]) == ["unheld-old"]
     # Another store object (another replica) sees this process as alive too.
-    other = open_store(pg_url)
+    other = stack.enter_context(judging(open_store(pg_url)))
     assert other.owner_gone("runner-me") is False
 
     killed = time.monotonic()
@@ -364,6 +402,7 @@ def test_a_killed_runner_is_gone_at_once_and_its_threads_are_orphans(
     # A running thread nobody holds is left a moment to the runner that just wrote it.
     store.create("unheld-new", [row(0)], status="running", title="new", origin="{}")
     assert sorted(store.orphans("runner-me", ["slack"])) == ["dead-undelivered", "unheld-old"]
+    stack.close()
     other.close()
     store.close()
 
@@ -432,7 +471,7 @@ async def test_a_listening_runner_is_present_again_soon_after_a_server_restart(
         other = open_store(url)
 
         def present() -> bool:
-            return other.owner_gone("runner-a") is False
+            return not presence_free(url, "runner-a")
 
         back = await asyncio.to_thread(until, present, 5.0)
         print(f"\npresence back after the restart: {back * 1000:.0f} ms")
@@ -594,3 +633,24 @@ def test_the_banner_shows_no_password() -> None:
     shown = _without_password("postgresql://bot:s3cret@db:5432/tb?sslmode=require&password=p4ss")
     assert "s3cret" not in shown and "p4ss" not in shown
     assert shown == "postgresql://bot:***@db:5432/tb?sslmode=require&password=***"
+
+
+def test_migrate_refuses_a_running_source_and_leaves_no_half_copy(
+    pg_url: str, tmp_path: Path
+) -> None:
+    source_db = str(tmp_path / "source.db")
+    source = open_store(source_db)
+    source.create("t", [row(0), row(1)], status="running", title="t", origin="{}")
+    assert source.acquire("t", "a server", 30.0)
+    done = threadbot("migrate", "--from", source_db, "--to", pg_url)
+    assert done.returncode == 1 and "stop it first" in done.stderr, done.stderr
+    assert counts(pg_url)["threads"] == 0
+
+    # Stopped, but its thread list disagrees with its events: the copy is
+    # checked before it commits, and nothing of it stays.
+    source.release("t", "a server")
+    source.execute("UPDATE threads SET last_seq = 0 WHERE id = 't'")
+    done = threadbot("migrate", "--from", source_db, "--to", pg_url)
+    assert done.returncode == 1 and "threadbot reindex" in done.stderr, done.stderr
+    assert counts(pg_url)["threads"] == 0 and counts(pg_url)["events"] == 0
+    source.close()
