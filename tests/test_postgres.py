@@ -247,13 +247,22 @@ def judging(store: Store) -> Iterator[Store]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    task = asyncio.run_coroutine_threadsafe(store.listen(lambda t, due: None), loop)
+    stopped = threading.Event()
+
+    async def listen() -> None:
+        try:
+            await store.listen(lambda t, due: None)
+        finally:
+            stopped.set()  # its connection closed
+
+    task = asyncio.run_coroutine_threadsafe(listen(), loop)
     assert isinstance(store, PostgresStore)
     until(lambda: store._judge_from <= time.monotonic(), timeout=10.0)
     try:
         yield store
     finally:
         task.cancel()
+        assert stopped.wait(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
