@@ -1,7 +1,7 @@
 """An ops assistant: look up a service's status (read-only), deploy (needs approval).
 
 This is the default tools module. Copy it to start your own, then run
-`threadbot serve --tools path/to/your_tools.py`.
+`threadbot --tools path/to/your_tools.py serve`.
 """
 
 from __future__ import annotations
