@@ -22,6 +22,7 @@ from .errors import (
     UsageError,
 )
 from .events import DEADLINE, Event, Source
+from .live import Activity, Appended, Changed, Delta, News, Watch
 from .model import Model, ModelReply, OpenAIModel, ScriptedModel
 from .notices import (
     Answer,
@@ -46,21 +47,26 @@ __all__ = [
     "ADMINS",
     "DEADLINE",
     "SCOPES",
+    "Activity",
     "AlreadyAnswered",
     "Answer",
+    "Appended",
     "ApprovalRequest",
     "AwaitingDecision",
     "Cancellation",
+    "Changed",
     "Credentials",
     "Deciders",
     "Deferred",
     "Delivery",
+    "Delta",
     "Event",
     "Failure",
     "FollowUp",
     "Model",
     "ModelError",
     "ModelReply",
+    "News",
     "NotAllowed",
     "NotWaiting",
     "Notice",
@@ -86,6 +92,7 @@ __all__ = [
     "ToolError",
     "Toolbox",
     "UsageError",
+    "Watch",
     "derive",
     "iso_utc",
     "load_tools",

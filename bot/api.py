@@ -14,6 +14,8 @@ connection of its own, opened there and closed when the bot closes.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import threading
 import uuid
@@ -25,7 +27,14 @@ from store import Credentials, DuplicateKey, SeqConflict, Store, ThreadRow
 
 from .context import DEFAULT_SYSTEM_PROMPT
 from .engine import Engine
-from .errors import AlreadyAnswered, NotAllowed, NotWaiting, Refused, UsageError
+from .errors import (
+    AlreadyAnswered,
+    NotAllowed,
+    NotWaiting,
+    Refused,
+    ThreadNotFound,
+    UsageError,
+)
 from .events import (
     Approval,
     Cancelled,
@@ -41,6 +50,7 @@ from .events import (
     UserMessage,
     load_events_json,
 )
+from .live import Changed, Live, Watch
 from .log import ThreadLog, deliver_to
 from .model import Model
 from .notices import (
@@ -59,7 +69,12 @@ from .tools import Toolbox
 
 __all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
 
+logger = logging.getLogger("threadbot")
+
 IN_PROCESS = Source(channel="api", auth="python", admin=True)
+
+LOOK_ELSEWHERE = 1.0
+"""Seconds between looks for other processes' writes while someone watches."""
 """Calls made by code in this process, without a source of their own: the
 operator's."""
 
@@ -115,7 +130,9 @@ class ThreadBot:
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
     ) -> None:
-        self._log = ThreadLog(store)
+        self.live = Live(self._read_live)
+        """What happens in threads as it happens (`watch`); nothing of it is stored."""
+        self._log = ThreadLog(store, live=self.live)
         self._home = threading.get_ident()
         self.model = model
         self.tools = tools or Toolbox()
@@ -135,8 +152,10 @@ class ThreadBot:
             self.tools,
             outbound=outbound,
             people=self.people,
+            live=self.live,
             **self._runner_settings,
         )
+        self._looking: asyncio.Task[None] | None = None
         self.credentials = Credentials(store)
         """People's API tokens, web sessions and sign-in links."""
 
@@ -169,11 +188,12 @@ class ThreadBot:
             # Built on the engine's thread, with a connection of its own that
             # the engine closes when it stops.
             lambda: Runner(
-                ThreadLog(self.store.reopen()),
+                ThreadLog(self.store.reopen(), live=self.live),
                 self.model,
                 self.tools,
                 outbound=outbound,
                 people=self.people,
+                live=self.live,
                 **self._runner_settings,
             )
         )
@@ -703,6 +723,43 @@ class ThreadBot:
         thread = self.log.load(thread_id)
         return ThreadView(thread_id, thread.state, thread.events)
 
+    # -- watching ------------------------------------------------------------
+
+    def watch(self, thread_id: str | None = None, *, after: int = -1, limit: int = 1000) -> Watch:
+        """News of a thread (of every thread: None) from now on: `Appended`
+        events, `Delta`s of the reply the model is writing, `Activity`.
+        `after` is the last seq the watcher has; read what came before with
+        `events_after` once the watch is made, and nothing falls between.
+        On the loop of the thread that made the bot."""
+        watch = self.live.watch(thread_id, after=after, limit=limit)
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.get_running_loop().create_task(self._look_elsewhere())
+        return watch
+
+    def events_after(self, thread_id: str, seq: int) -> list[tuple[int, str, str]]:
+        """The thread's stored events after `seq`: `(seq, type, JSON without the seq)`."""
+        rows = self.store.events_from(thread_id, max(seq + 1, 0))
+        if not rows and not self.exists(thread_id):
+            raise ThreadNotFound(thread_id)
+        first = max(seq + 1, 0)
+        return [(first + i, type_, body) for i, (type_, body) in enumerate(rows)]
+
+    def _read_live(self, thread_id: str, seq: int) -> tuple[list[tuple[str, str]], str]:
+        row = self.store.thread(thread_id)
+        return self.store.events_from(thread_id, seq), row.status if row else ""
+
+    async def _look_elsewhere(self) -> None:
+        """While anyone watches: every `LOOK_ELSEWHERE` seconds, whether
+        another process wrote (this process's own appends are told as they
+        are made; another replica's on PostgreSQL as it notifies)."""
+        while self.live.watching():
+            await asyncio.sleep(LOOK_ELSEWHERE)
+            try:
+                if self.log.changed_elsewhere():
+                    self.live.publish(Changed())
+            except Exception:
+                logger.exception("looking for other processes' writes failed")
+
     def threads(
         self,
         *,
@@ -790,6 +847,11 @@ class ThreadBot:
     async def close(self, grace: float = 0.0) -> None:
         """Stop: give active runs `grace` seconds to pause, then cancel them,
         and close the model's connections."""
+        if self._looking is not None:
+            self._looking.cancel()
+            self._looking = None
+        for watch in self.live.watches():
+            watch.close()
         aclose = getattr(self.model, "aclose", None)
         if isinstance(self.runner, Engine):
             # The model's connections live on the engine's loop.

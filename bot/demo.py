@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .context import Context
@@ -37,7 +37,13 @@ def _service(text: str) -> str | None:
 class DemoModel:
     name = "offline demo model (fixed rules, not an LLM)"
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: Callable[[str], None] | None = None,
+    ) -> ModelReply:
         messages = context.messages
         last = messages[-1]
         if last["role"] == "tool":

@@ -18,6 +18,7 @@ from store import NewRow, SeqConflict, Store, UnknownThread
 
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
+from .live import Appended, Live
 from .thread import Fold, ThreadState, waiting_summary
 
 __all__ = ["Thread", "ThreadLog", "deliver_to"]
@@ -63,8 +64,12 @@ def deliver_to(state: ThreadState) -> str:
 
 
 class ThreadLog:
-    def __init__(self, store: Store, *, cache_events: int = 20_000) -> None:
+    def __init__(
+        self, store: Store, *, cache_events: int = 20_000, live: Live | None = None
+    ) -> None:
         self.store = store
+        self.live = live
+        """Told of every append made through this log."""
         self.cache_events = cache_events
         """Events kept in memory (about 1.5 KB each), besides pinned threads'."""
         self._cache: OrderedDict[str, Thread] = OrderedDict()
@@ -119,10 +124,17 @@ class ThreadLog:
             self._held -= len(cache.pop(oldest).events)
             self._fresh.discard(oldest)
 
-    def load(self, thread_id: str) -> Thread:
-        """The thread as it is now in the store."""
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection committed since the last look (then
+        every cached thread is read again before it is used)."""
         if self.store.changed_elsewhere():
             self._fresh.clear()
+            return True
+        return False
+
+    def load(self, thread_id: str) -> Thread:
+        """The thread as it is now in the store."""
+        self.changed_elsewhere()
         held = self._cache.get(thread_id)
         if held is None:
             array = self.store.load_json(thread_id)
@@ -173,7 +185,9 @@ class ThreadLog:
     ) -> Thread:
         """Store a new thread; returns once it is on disk."""
         thread, projection = self._prepare_create(thread_id, events, parent)
-        await self.store.create_async(thread_id, _rows(events), routes=routes, **projection)
+        rows = _rows(events)
+        await self.store.create_async(thread_id, rows, routes=routes, **projection)
+        self._tell(thread, 0, rows)
         return self._keep(thread)
 
     def create_sync(
@@ -186,7 +200,9 @@ class ThreadLog:
     ) -> Thread:
         """`create` on the caller's thread (scripts, fixtures)."""
         thread, projection = self._prepare_create(thread_id, events, parent)
-        self.store.create(thread_id, _rows(events), routes=routes, **projection)
+        rows = _rows(events)
+        self.store.create(thread_id, rows, routes=routes, **projection)
+        self._tell(thread, 0, rows)
         return self._keep(thread)
 
     def preview(self, thread: Thread, new: Sequence[Event]) -> Thread:
@@ -206,15 +222,17 @@ class ThreadLog:
         them, once they are on disk. Raises `SeqConflict` if another writer
         got there first."""
         after = self.preview(thread, new)
+        rows = _rows(new)
         try:
             await self.store.append_async(
-                thread.id, len(thread.events), _rows(new), routes=routes, **_projection(after)
+                thread.id, len(thread.events), rows, routes=routes, **_projection(after)
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)  # read it again, whatever else says
             raise
+        self._tell(after, len(thread.events), rows)
         return self._keep(after)
 
     def append_sync(
@@ -222,12 +240,19 @@ class ThreadLog:
     ) -> Thread:
         """`append` on the caller's thread (scripts, fixtures)."""
         after = self.preview(thread, new)
+        rows = _rows(new)
         try:
             seq = len(thread.events)
-            self.store.append(thread.id, seq, _rows(new), routes=routes, **_projection(after))
+            self.store.append(thread.id, seq, rows, routes=routes, **_projection(after))
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)
             raise
+        self._tell(after, seq, rows)
         return self._keep(after)
+
+    def _tell(self, thread: Thread, first_seq: int, rows: Sequence[NewRow]) -> None:
+        if self.live is not None and self.live.watching():
+            events = tuple((r.type, r.body) for r in rows)
+            self.live.publish(Appended(thread.id, first_seq, events, thread.state.status))

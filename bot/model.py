@@ -5,6 +5,7 @@ a scripted one that replays canned replies (tests, the offline demo).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -23,12 +24,17 @@ __all__ = [
     "ModelReply",
     "OpenAIModel",
     "ScriptedModel",
+    "TextSink",
     "ask",
     "call",
     "say",
 ]
 
 Message = dict[str, Any]
+
+TextSink = Callable[[str], None]
+"""Takes each piece of the reply's text as the model writes it (for people
+watching); called on the model's loop, it must not block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,13 @@ class Model(Protocol):
     name: str
     """Shown at start-up and in the thread's errors."""
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: TextSink | None = None,
+    ) -> ModelReply:
         """One Chat Completions turn. `context.parts` are the serialized
         messages; `context.messages` parses them for models that read them."""
         ...
@@ -116,7 +128,13 @@ class OpenAIModel:
         # One join, so that a long context is copied once.
         return b",".join([self._head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: TextSink | None = None,
+    ) -> ModelReply:
         openai = self._openai
         from openai.types.chat import ChatCompletion
 
@@ -170,13 +188,23 @@ class ScriptedModel:
     def enqueue(self, *replies: Script) -> None:
         self.replies.extend(replies)
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: TextSink | None = None,
+    ) -> ModelReply:
         messages = context.messages
         self.requests.append(messages)
         if not self.replies:
             raise ModelError("the scripted model has no reply left")
         reply = self.replies.popleft()
-        return reply(messages) if callable(reply) else reply
+        reply = reply(messages) if callable(reply) else reply
+        if on_text is not None and reply.text:
+            for piece in re.findall(r"\S+\s*|\s+", reply.text):
+                on_text(piece)  # word by word, as a streaming model would
+        return reply
 
 
 def call(name: str, /, **arguments: Any) -> ModelReply:

@@ -35,12 +35,14 @@ from .events import (
     Event,
     HumanResponse,
     Reminder,
+    Source,
     Timers,
     ToolCall,
     ToolDeferred,
     ToolResult,
     ToolStarted,
 )
+from .live import Activity, Changed, Delta, Live
 from .log import Thread, ThreadLog
 from .model import Model, ModelReply
 from .notices import Delivery, Outbound, Outcome, build_notice
@@ -129,8 +131,11 @@ class Runner:
         lease_ttl: float = 30.0,
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
+        live: Live | None = None,
     ) -> None:
         self.log = log_
+        self.live = live
+        """Told what the agent is doing and what the model writes, as it happens."""
         self.people = people or People()
         self.lease_ttl = lease_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -212,6 +217,8 @@ class Runner:
 
     def _notified(self, thread_id: str, due_at: float | None) -> None:
         """Another connection changed the thread (or freed its lease)."""
+        if self.live is not None:
+            self.live.publish(Changed(thread_id))
         if (waiting := self._lease_waits.get(thread_id)) is not None:
             waiting.set()
         if (
@@ -292,6 +299,7 @@ class Runner:
                 while True:
                     self._again.discard(thread_id)
                     state = await self.run_until_paused(thread_id)
+                    self._show(thread_id, state.origin, Activity(thread_id, None))
                     if state.due is not None and self._timers_wake is not None:
                         self._timers_wake.set()  # it may be sooner than the one awaited
                     if thread_id in self._again:
@@ -468,18 +476,42 @@ class Runner:
         return Context(parts)
 
     async def _call_model(self, thread: Thread) -> Thread:
-        return await self._record_reply(thread, await self._ask(thread))
+        seq = len(thread.events)
+        try:
+            return await self._record_reply(thread, await self._ask(thread))
+        finally:
+            # Whatever was shown of the reply is the stored event's to show now.
+            self._show(thread.id, thread.state.origin, Delta(thread.id, seq, "", done=True))
 
     async def _ask(self, thread: Thread) -> list[Event]:
         """One model turn on the thread: the events its reply (or failure) makes."""
         errors = thread.state.consecutive_errors
         if errors:
             await asyncio.sleep(min(30.0, self.retry_delay * 2 ** (errors - 1)))
+        origin, seq = thread.state.origin, len(thread.events)
+        self._show(thread.id, origin, Activity(thread.id, "is thinking"))
+
+        def on_text(piece: str) -> None:
+            self._show(thread.id, origin, Delta(thread.id, seq, piece))
+
         try:
-            reply = await self.model.complete(self._context(thread), self._schemas)
+            reply = await self.model.complete(self._context(thread), self._schemas, on_text=on_text)
         except ModelError as e:
             return [Error(message=str(e), kind="model", fatal=e.fatal)]
         return self._reply_events(thread, reply)
+
+    def _show(self, thread_id: str, origin: Source | None, news: Delta | Activity) -> None:
+        """Tell watchers, and the thread's own channel if it shows work in
+        progress, what is happening now. Nothing of it is stored."""
+        if self.live is not None:
+            self.live.publish(news)
+        channel = self.outbound.get(origin.channel) if origin is not None else None
+        show = getattr(channel, "show", None)
+        if show is not None:
+            try:
+                show(news, origin)
+            except Exception:
+                log.exception("thread %s: showing %s failed", thread_id, type(news).__name__)
 
     async def _record_reply(self, asked: Thread, new: list[Event]) -> Thread:
         """Append a reply to the thread the model was asked about."""
@@ -644,6 +676,7 @@ class Runner:
 
     async def _run_tool(self, thread: Thread, c: OpenCall) -> Thread:
         call_id = c.call.call_id
+        self._show(thread.id, thread.state.origin, Activity(thread.id, f"running {c.call.name}"))
         t = self.tools.get(c.call.name)
         if t is None:
             result = ToolResult(

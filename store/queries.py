@@ -134,6 +134,16 @@ class Reads:
             )
         ]
 
+    def events_from(self, thread_id: str, seq: int) -> list[tuple[str, str]]:
+        """`(type, body)` of each event from `seq` on, in order."""
+        return [
+            (row[0], row[1])
+            for row in self._rows(
+                "SELECT type, body FROM events WHERE thread_id = ? AND seq >= ? ORDER BY seq",
+                [thread_id, seq],
+            )
+        ]
+
     def thread(self, thread_id: str) -> ThreadRow | None:
         row = self._one(f"SELECT {THREAD_COLUMNS} FROM threads WHERE id = ?", [thread_id])
         return ThreadRow(*row) if row else None

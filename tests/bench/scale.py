@@ -67,7 +67,13 @@ class SlowModel:
         self.rounds = rounds
         self.requests = 0
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: Callable[[str], None] | None = None,
+    ) -> ModelReply:
         self.requests += 1
         await asyncio.sleep(self.delay)
         results = sum(p.startswith(b'{"role":"tool"') for p in context.parts)

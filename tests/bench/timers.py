@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,13 @@ class Noted:
 
     name = "instant fake model"
 
-    async def complete(self, context: Context, tools: Sequence[dict[str, Any]]) -> ModelReply:
+    async def complete(
+        self,
+        context: Context,
+        tools: Sequence[dict[str, Any]],
+        *,
+        on_text: Callable[[str], None] | None = None,
+    ) -> ModelReply:
         return ModelReply(text="noted: not deployed")
 
 
