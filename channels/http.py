@@ -477,7 +477,14 @@ def protect(
         admin_token=admin_token,
         local_operator=local_operator,
         # These authenticate themselves (Slack signs its requests) or hold no data.
-        open_paths=("/healthz", "/openapi.json", "/slack/events", *OPEN_PATHS),
+        open_paths=(
+            "/healthz",
+            "/openapi.json",
+            "/slack/events",
+            "/slack/install",
+            "/slack/oauth_redirect",
+            *OPEN_PATHS,
+        ),
         open_prefixes=("/ui/", "/auth/"),
     )
     return Guard(authenticated, hosts=hosts, origins=origins)

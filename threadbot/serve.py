@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -24,9 +26,10 @@ from .process import tune_for_serving
 
 if TYPE_CHECKING:
     from channels.email import EmailChannel
-    from channels.slack import SlackChannel
+    from channels.slack import SlackChannel, SlackSettings
+    from channels.slack.install import Installations
 
-__all__ = ["build_bot", "build_model", "serve"]
+__all__ = ["build_bot", "build_model", "build_slack_installations", "serve"]
 
 log = logging.getLogger("threadbot")
 
@@ -61,6 +64,37 @@ def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
     )
 
 
+def build_slack_installations(
+    settings: Settings, slack: SlackSettings, env: Mapping[str, str] | None = None
+) -> Installations:
+    """Where a Slack app installed into several workspaces keeps them: in
+    threadbot's own database, in slack_sdk's own tables (its SQLite stores
+    beside threadbot's tables in the same file)."""
+    from slack_sdk.oauth.installation_store.sqlite3 import SQLite3InstallationStore
+    from slack_sdk.oauth.state_store.sqlite3 import SQLite3OAuthStateStore
+
+    from channels.slack.install import Installations, teams_from_env
+
+    env = os.environ if env is None else env
+    teams = teams_from_env(env)
+    if not teams:
+        raise UsageError(
+            "SLACK_CLIENT_ID is set without SLACK_BOT_TOKEN (installing into several Slack "
+            "workspaces): set SLACK_TEAMS to the team ids that may install threadbot "
+            "(T123,T456), or * for any workspace"
+        )
+    if is_postgres_url(settings.db):
+        raise UsageError(
+            "installing into several Slack workspaces keeps them in a SQLite database for now; "
+            "on PostgreSQL, use one workspace's SLACK_BOT_TOKEN"
+        )
+    assert slack.client_id  # slack.oauth
+    store = SQLite3InstallationStore(database=settings.db, client_id=slack.client_id)
+    # The state of an install under way: good for ten minutes, once.
+    states = SQLite3OAuthStateStore(database=settings.db, expiration_seconds=600)
+    return Installations(store=store, states=states, bots=store, teams=teams)
+
+
 def _banner(
     settings: Settings,
     bot: ThreadBot,
@@ -91,6 +125,13 @@ def _banner(
         lines.append("  slack:  Socket Mode")
     else:
         lines.append(f"  slack:  HTTP mode at http://{host}:{port}/slack/events")
+    if slack is not None and slack.installations is not None:
+        base = (settings.public_url or f"http://{host}:{port}").rstrip("/")
+        teams = ", ".join(slack.installations.teams)
+        lines.append(
+            f"  slack:  installed by OAuth into workspaces {teams}: install at "
+            f"{base}/slack/install, redirect URL {base}/slack/oauth_redirect"
+        )
     if mail is None:
         lines.append("  email:  off")
     else:
@@ -160,7 +201,10 @@ async def serve(settings: Settings) -> None:
                 "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
                 "SLACK_SIGNING_SECRET (HTTP mode at /slack/events) is"
             )
-        slack = SlackChannel(bot, slack_settings)
+        installations = None
+        if slack_settings.oauth:
+            installations = build_slack_installations(settings, slack_settings)
+        slack = SlackChannel(bot, slack_settings, installations)
         bot.add_channel("slack", slack)
     email_settings = EmailSettings.from_env(outbox=_outbox_beside(settings.db))
     mail: EmailChannel | None = None

@@ -10,6 +10,12 @@ escalations, answers, cancellations, and the outcome of a posted question or
 approval) are posted in, or updated in, the bound Slack thread; for threads
 that started elsewhere, the people Slack reaches get them by direct message
 (outbound.py). The runner records each as `delivered`.
+
+With one workspace's bot token, that workspace is the only one. Installed
+into several by Slack's OAuth flow (install.py), each request is authorized
+for the workspace it came from, and everything it names is qualified by that
+workspace: route keys, message keys, the Slack user in a source (`T1:U2`),
+so that two workspaces' identical ids never meet.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from fastapi.responses import JSONResponse
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -48,11 +55,13 @@ from bot import (
 )
 
 from . import format as fmt
+from . import install
+from .install import Installations
 from .outbound import SlackPoster
 from .payloads import shape_problem
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, mention, post_route_key, route_key
-from .web import WebClients, base_url
+from .settings import WORKING, SlackSettings, bare, mention, post_route_key, qualify, route_key
+from .web import NotInstalled, WebClients, base_url
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
 
@@ -67,13 +76,33 @@ _PLAIN_SUBTYPES = {None, "file_share", "thread_broadcast"}
 class SlackChannel:
     name = "slack"
 
-    def __init__(self, bot: ThreadBot, settings: SlackSettings) -> None:
+    def __init__(
+        self, bot: ThreadBot, settings: SlackSettings, installations: Installations | None = None
+    ) -> None:
         self.bot = bot
         self.settings = settings
-        self.web = WebClients(settings)
+        self.installations = installations
+        """Installed into several workspaces: where the installations are."""
+        oauth: dict[str, Any] = {}
+        if settings.oauth:
+            if installations is None:
+                raise UsageError("installing into several Slack workspaces needs a store")
+            if settings.socket_mode:
+                raise UsageError(
+                    "SLACK_APP_TOKEN (Socket Mode) serves one workspace: set SLACK_BOT_TOKEN "
+                    "with it, or leave it out to install into several by OAuth"
+                )
+            install.check_people(bot.people)
+            oauth = {
+                "oauth_flow": install.oauth_flow(settings, installations),
+                "authorize": install.authorize(installations),
+            }
+        self.web = WebClients(settings, installations.bot_token if installations else None)
         """Our calls to Slack, over connections kept open (one set per loop)."""
         self.app = AsyncApp(
-            # Bolt's own calls (checking the token once) need no kept session.
+            # Bolt's own calls (checking the token once, installing) need no
+            # kept session. Installed into several workspaces, each request's
+            # `context.client` carries its workspace's token.
             client=AsyncWebClient(token=settings.bot_token, base_url=base_url(settings)),
             signing_secret=settings.signing_secret or "",
             # Socket Mode requests are authenticated by the socket itself.
@@ -84,6 +113,7 @@ class SlackChannel:
             # sends it again. Calls back to Slack (reactions, notices, message
             # updates) run after the acknowledgement (`_later`).
             process_before_response=True,
+            **oauth,
         )
         self.directory = SlackDirectory(bot.people, self.web)
         """Who a Slack user is in the people directory (`users.info`)."""
@@ -104,8 +134,17 @@ class SlackChannel:
     def mount(self, api: FastAPI, path: str = "/slack/events") -> None:
         """Serve Slack's events and interactivity on the API's server (HTTP
         mode). Bolt checks each request's signature: a bad or stale one gets
-        401 and changes nothing."""
+        401 and changes nothing. Installed into several workspaces, also
+        Slack's OAuth flow: `/slack/install` and `/slack/oauth_redirect`."""
         handler = AsyncSlackRequestHandler(self.app)
+        flow = self.app.oauth_flow
+        if flow is not None:
+
+            async def oauth(request: Request) -> Response:
+                return await handler.handle(request)
+
+            for oauth_path in (flow.install_path, flow.redirect_uri_path):
+                api.add_api_route(oauth_path, oauth, methods=["GET"], include_in_schema=False)
         verifier = SignatureVerifier(self.settings.signing_secret or "")
 
         async def slack_events(request: Request) -> Response:
@@ -139,11 +178,25 @@ class SlackChannel:
 
     # -- inbound: messages ------------------------------------------------
 
-    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        await self._inbound(event, body, mentioned=True)
+    async def _on_mention(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._inbound(event, body, self._team(context), mentioned=True)
 
-    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        await self._inbound(event, body, mentioned=False)
+    async def _on_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._inbound(event, body, self._team(context), mentioned=False)
+
+    def _team(self, context: AsyncBoltContext) -> str | None:
+        """Installed into several workspaces: the one the request came from
+        (Slack signed it, and it is installed: Bolt authorized it). With one
+        workspace's token: None, and ids stay bare."""
+        if not self.settings.oauth:
+            return None
+        if not context.team_id:
+            raise ValueError("a request from Slack with no workspace")
+        return context.team_id
 
     def _first_time(self, key: str) -> bool:
         """For replies that write no event: say them once per Slack message."""
@@ -155,7 +208,7 @@ class SlackChannel:
         return True
 
     async def _inbound(
-        self, event: dict[str, Any], body: dict[str, Any], *, mentioned: bool
+        self, event: dict[str, Any], body: dict[str, Any], team: str | None, *, mentioned: bool
     ) -> None:
         if (
             event.get("subtype") not in _PLAIN_SUBTYPES
@@ -166,19 +219,19 @@ class SlackChannel:
         channel, ts, user = event["channel"], event["ts"], event["user"]
         root = event.get("thread_ts") or ts
         text = _MENTION.sub("", event.get("text") or "").strip()
-        key = f"slack:msg:{channel}:{ts}"
+        key = f"slack:msg:{qualify(team, channel)}:{ts}"
         refs = {
             "channel": channel,
             "ts": ts,
             "thread_ts": root,
-            "team": str(body.get("team_id", "")),
+            "team": team or str(body.get("team_id", "")),
         }
-        thread_id = self.bot.routed(route_key(channel, root))
+        thread_id = self.bot.routed(route_key(channel, root, team))
         # Under a request posted to an approver elsewhere than the thread's
         # own conversation, only those who may write in the thread may.
         members_only = thread_id is None
         if thread_id is None:
-            thread_id = self.bot.routed(post_route_key(channel, root))
+            thread_id = self.bot.routed(post_route_key(channel, root, team))
         if thread_id is None:
             if not (mentioned or event.get("channel_type") == "im"):
                 return  # a channel conversation that is not for us
@@ -186,20 +239,20 @@ class SlackChannel:
                 if self._first_time(key):
                     self._later(
                         self._ephemeral(
-                            channel, user, root, "Tell me what you need after the mention."
+                            channel, user, root, "Tell me what you need after the mention.", team
                         )
                     )
                 return
             if not self.bot.received(key):
-                source = await self.directory.source(user, refs=refs)
+                source = await self.directory.source(user, refs=refs, team=team)
                 await self.bot.launch(
-                    text, source=source, key=key, routes=[route_key(channel, root)]
+                    text, source=source, key=key, routes=[route_key(channel, root, team)]
                 )
-                self._later(self._react(channel, ts))
+                self._later(self._react(channel, ts, team))
             return
         if not text or self.bot.received(key):
             return
-        source = await self.directory.source(user, refs=refs)
+        source = await self.directory.source(user, refs=refs, team=team)
         await self._continue(thread_id, text, source, key, members_only=members_only)
 
     async def _continue(
@@ -209,6 +262,7 @@ class SlackChannel:
         what it is. Anyone in the thread's own Slack conversation may write
         in it; under a post to an approver, only who may write in the thread."""
         refs = source.refs
+        team = refs.get("team") if self.settings.oauth else None
         try:
             await self.bot.reply(thread_id, text, source=source, key=key, members_only=members_only)
         except Refused as e:
@@ -219,30 +273,37 @@ class SlackChannel:
                 )
             if self._first_time(key):
                 self._later(
-                    self._ephemeral(refs["channel"], source.user or "", refs["thread_ts"], notice)
+                    self._ephemeral(
+                        refs["channel"], source.user or "", refs["thread_ts"], notice, team
+                    )
                 )
             return
-        self._later(self._react(refs["channel"], refs["ts"]))
+        self._later(self._react(refs["channel"], refs["ts"], team))
 
     # -- inbound: buttons, and the forms for a reason or a reply instead ---------
 
     async def _clicked(
-        self, body: dict[str, Any], action: dict[str, Any]
+        self, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> tuple[dict[str, Any], Source]:
         value = json.loads(action["value"])
         container = body.get("container") or {}
         channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
         ts = container.get("message_ts") or (body.get("message") or {}).get("ts", "")
-        value.update(ch=channel, ts=ts)
+        team = self._team(context)
+        value.update(ch=channel, ts=ts, team=team)
+        refs = {"channel": channel, "ts": ts}
         source = await self.directory.source(
             body["user"]["id"],
-            refs={"channel": channel, "ts": ts},
+            refs={**refs, "team": team} if team else refs,
             name=body["user"].get("username") or None,
+            team=team,
         )
         return value, source
 
-    async def _on_option(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        v, source = await self._clicked(body, action)
+    async def _on_option(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        v, source = await self._clicked(body, action, context)
         request = self.bot.request(v["t"], v["c"], self.name)
         options = request.options if isinstance(request, Question) else ()
         if not 0 <= v.get("i", -1) < len(options):
@@ -256,8 +317,10 @@ class SlackChannel:
             self.bot.respond(v["t"], option, call_id=v["c"], option=option, source=source),
         )
 
-    async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        v, source = await self._clicked(body, action)
+    async def _on_approve(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        v, source = await self._clicked(body, action, context)
         await self._settle_click(
             ack, v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
         )
@@ -271,41 +334,49 @@ class SlackChannel:
         except AlreadyAnswered as e:
             await ack()
             notice = f"Already settled by {mention(e.user or e.by)}."
-            self._later(self._ephemeral(v["ch"], source.user or "", None, notice))
+            self._later(self._ephemeral(v["ch"], source.user or "", None, notice, v["team"]))
         except Refused as e:
             await ack()
-            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
+            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e), v["team"]))
         else:
             await ack()
 
-    async def _on_cancel(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def _on_cancel(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         """Cancel the thread (Slack asked the clicker to confirm first)."""
-        v, source = await self._clicked(body, action)
+        v, source = await self._clicked(body, action, context)
         await self._settle_click(ack, v, source, self.bot.cancel(v["t"], source=source))
 
-    async def _on_form(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def _on_form(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         """Reject, or Reply instead: a form asks for the text. Someone who
         may not decide is told so, and gets no form."""
         await ack()  # nothing is stored yet: the text comes with the form
-        v, source = await self._clicked(body, action)
+        v, source = await self._clicked(body, action, context)
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
             notice = f"Already settled by {mention(e.user or e.by)}."
-            self._later(self._ephemeral(v["ch"], source.user or "", None, notice))
+            self._later(self._ephemeral(v["ch"], source.user or "", None, notice, v["team"]))
             return
         except Refused as e:
-            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e)))
+            self._later(self._ephemeral(v["ch"], source.user or "", None, str(e), v["team"]))
             return
         request = self.bot.request(v["t"], v["c"], self.name)
         tool = request.tool if isinstance(request, ApprovalRequest) else "this"
         form = fmt.respond_modal if action["action_id"] == "tb_respond" else fmt.reject_modal
         # The trigger is good for three seconds after the click.
         self._later(
-            self._open_view(body["trigger_id"], form(v["t"], v["c"], v["ch"], v["ts"], tool))
+            self._open_view(
+                body["trigger_id"], form(v["t"], v["c"], v["ch"], v["ts"], tool), v["team"]
+            )
         )
 
-    async def _on_form_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def _on_form_submit(
+        self, ack: Any, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         """The reason for a rejection, or the reply instead of a decision:
         whoever submits it must be allowed to decide, as for a click."""
         try:
@@ -315,8 +386,10 @@ class SlackChannel:
         except (ValueError, KeyError, TypeError, AttributeError):
             await ack(response_action="errors", errors={"reason": "This is not a threadbot form."})
             return
+        team = self._team(context)
+        refs = {"channel": ch, "ts": ts, "view": view.get("id", "")}
         source = await self.directory.source(
-            body["user"]["id"], refs={"channel": ch, "ts": ts, "view": view.get("id", "")}
+            body["user"]["id"], refs={**refs, "team": team} if team else refs, team=team
         )
         try:
             if view.get("callback_id") == "tb_respond_modal":
@@ -339,9 +412,9 @@ class SlackChannel:
         if not task.cancelled() and (e := task.exception()) is not None:
             log.error("a call to Slack failed", exc_info=e)
 
-    async def _open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+    async def _open_view(self, trigger_id: str, view: dict[str, Any], team: str | None) -> None:
         try:
-            await self.web().views_open(trigger_id=trigger_id, view=view)
+            await self.web(team).views_open(trigger_id=trigger_id, view=view)
         except SlackApiError as e:
             log.warning("could not open the reason form: %s", e.response.get("error"))
 
@@ -353,15 +426,17 @@ class SlackChannel:
     async def deliver(self, notice: Notice) -> Delivery:
         return await self.poster.deliver(notice)
 
-    async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
+    async def _ephemeral(
+        self, channel: str, user: str, thread_ts: str | None, text: str, team: str | None = None
+    ) -> None:
         try:
-            await self.web().chat_postEphemeral(
-                channel=channel, user=user, text=text, thread_ts=thread_ts
+            await self.web(team).chat_postEphemeral(
+                channel=channel, user=bare(user), text=text, thread_ts=thread_ts
             )
-        except SlackApiError as e:
-            log.warning("could not tell %s: %s", user, e.response.get("error"))
+        except (SlackApiError, NotInstalled) as e:
+            log.warning("could not tell %s: %s", user, e)
 
-    async def _react(self, channel: str, ts: str) -> None:
+    async def _react(self, channel: str, ts: str, team: str | None = None) -> None:
         # A missing scope or a race with the answer loses only a hint.
-        with contextlib.suppress(SlackApiError):
-            await self.web().reactions_add(channel=channel, timestamp=ts, name=WORKING)
+        with contextlib.suppress(SlackApiError, NotInstalled):
+            await self.web(team).reactions_add(channel=channel, timestamp=ts, name=WORKING)

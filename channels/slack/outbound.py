@@ -7,6 +7,10 @@ direct message (or in the channel the people file names for them), for a
 thread that started here or elsewhere (email, the HTTP API). Once a request
 is settled, wherever that happened, every post of it is updated: buttons
 gone, and who settled it and how.
+
+Installed into several workspaces, a conversation is written with its
+workspace (`T1:C2`, settings.py) wherever a post is recorded, and each call
+goes out with that workspace's token.
 """
 
 from __future__ import annotations
@@ -34,8 +38,17 @@ from bot import (
 
 from . import format as fmt
 from .people import SlackDirectory
-from .settings import WORKING, SlackSettings, is_user_id, mention, post_route_key
-from .web import WebClients
+from .settings import (
+    WORKING,
+    SlackSettings,
+    bare,
+    is_user_id,
+    mention,
+    post_route_key,
+    qualify,
+    team_of,
+)
+from .web import NotInstalled, WebClients
 from .wording import Wording
 
 __all__ = ["SlackPoster"]
@@ -57,12 +70,13 @@ def _slack_id(person: Person) -> str | None:
 
 
 def _posts_of(refs: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Every (channel, ts) a delivery record names."""
+    """Every (channel, ts) a delivery record names (the channel with its
+    workspace, where it has one)."""
     listed = [tuple(p.split("/", 1)) for p in refs.get("posts", "").split() if "/" in p]
     if listed:
         return [(c, t) for c, t in listed]
     if refs.get("channel") and refs.get("ts"):
-        return [(refs["channel"], refs["ts"])]
+        return [(qualify(refs.get("team"), refs["channel"]), refs["ts"])]
     return []
 
 
@@ -80,8 +94,16 @@ class SlackPoster:
 
     def reaches(self, person: Person) -> bool:
         """Whether Slack reaches this person: they have a Slack user id, or
-        a channel of their own for approvals."""
-        return bool(_slack_id(person) or person.slack_channel)
+        a channel of their own for approvals (installed into several
+        workspaces: written with its workspace)."""
+        where = person.slack_channel or _slack_id(person)
+        return bool(where) and (not self.settings.oauth or team_of(where or "") is not None)
+
+    def _home(self, origin: Mapping[str, str]) -> str:
+        """The thread's own conversation, with its workspace when installed
+        into several."""
+        team = origin.get("team") if self.settings.oauth else None
+        return qualify(team, origin["channel"])
 
     async def deliver(self, notice: Notice) -> Delivery:
         match notice:
@@ -95,11 +117,11 @@ class SlackPoster:
                 return Delivery(refs={"failed": "nobody could be reached in Slack"})
             return self._delivery(posted)
         origin = notice.origin.refs
-        channel, root = origin["channel"], origin["thread_ts"]
+        channel, root = self._home(origin), origin["thread_ts"]
         posts: list[Post]
         match notice:
             case Question() | ApprovalRequest():
-                posts = [await self._request_post(notice)]
+                posts = [await self._request_post(notice, team=team_of(channel))]
             case FollowUp():
                 posts = [self._follow_up_post(notice)]
             case Answer(text=text):
@@ -111,23 +133,32 @@ class SlackPoster:
         first = await self._post(notice, channel, root, posts)
         await self._unreact(notice.answers)
         if not notice.reach:
-            return Delivery(refs={"channel": channel, "ts": first})
+            return Delivery(refs=self._refs(channel, first))
         # Each approver also gets it on their own, where the buttons reach
         # them whether or not they are in this conversation.
         return self._delivery([f"{channel}/{first}", *await self._reach_people(notice)])
 
-    async def _post(self, notice: Notice, channel: str, root: str | None, posts: list[Post]) -> str:
+    def _refs(self, conversation: str, ts: str) -> dict[str, str]:
+        """A delivery record of one post."""
+        team = team_of(conversation)
+        refs = {"channel": bare(conversation), "ts": ts}
+        return {**refs, "team": team} if team else refs
+
+    async def _post(
+        self, notice: Notice, conversation: str, root: str | None, posts: list[Post]
+    ) -> str:
         """Post the parts in a Slack thread (`root`) or a conversation; the
         ts of the first. Each post says what it is, so that after a crash
         the conversation can be searched for posts that went out but were
         never recorded."""
         thread_id, seq = notice.thread_id, notice.seq
-        done = {} if notice.fresh else await self._posted(channel, root, thread_id, seq)
+        done = {} if notice.fresh else await self._posted(conversation, root, thread_id, seq)
+        team, channel = team_of(conversation), bare(conversation)
         first_ts = ""
         for part, (text, blocks) in enumerate(posts):
             ts = done.get(part)
             if ts is None:
-                sent = await self.web().chat_postMessage(
+                sent = await self.web(team).chat_postMessage(
                     channel=channel,
                     thread_ts=root,
                     text=text[:3000],
@@ -143,20 +174,21 @@ class SlackPoster:
         return first_ts
 
     async def _posted(
-        self, channel: str, root: str | None, thread_id: str, seq: int
+        self, conversation: str, root: str | None, thread_id: str, seq: int
     ) -> dict[int, str]:
         """The parts of this item already in the Slack thread (or, without
         `root`, among the conversation's newest messages): part → ts."""
         found: dict[int, str] = {}
         cursor = None
         pages = 0
+        web, channel = self.web(team_of(conversation)), bare(conversation)
         while True:
             if root is None:
-                page = await self.web().conversations_history(
+                page = await web.conversations_history(
                     channel=channel, include_all_metadata=True, limit=200, cursor=cursor
                 )
             else:
-                page = await self.web().conversations_replies(
+                page = await web.conversations_replies(
                     channel=channel, ts=root, include_all_metadata=True, limit=200, cursor=cursor
                 )
             for m in page.get("messages") or []:
@@ -171,7 +203,11 @@ class SlackPoster:
     # -- what is posted ---------------------------------------------------------
 
     async def _request_post(
-        self, request: Question | ApprovalRequest, before: list[str] | None = None
+        self,
+        request: Question | ApprovalRequest,
+        before: list[str] | None = None,
+        *,
+        team: str | None = None,
     ) -> Post:
         notes = self.say.notes(request)
         if isinstance(request, Question):
@@ -184,7 +220,7 @@ class SlackPoster:
                 notes=notes,
             )
             return request.text, blocks
-        who = await self._who_may_approve(request)
+        who = await self._who_may_approve(request, team)
         blocks = fmt.approval_blocks(
             request.thread_id,
             request.call_id,
@@ -230,6 +266,8 @@ class SlackPoster:
         before.append(self.say.started(notice.origin))
         targets: dict[str, list[str]] = {}
         for person in notice.reach:
+            if not self.reaches(person):
+                continue
             slack_id = _slack_id(person)
             key = person.slack_channel or f"@{slack_id}"
             targets.setdefault(key, []).append(mention(slack_id or person.display))
@@ -239,7 +277,7 @@ class SlackPoster:
             if channel is None:
                 continue
             lines = before if key.startswith("@") else [f"For {', '.join(names)}:", *before]
-            post = await self._request_post(request, lines)
+            post = await self._request_post(request, lines, team=team_of(channel))
             ts = await self._post(notice, channel, None, [post])
             posted.append(f"{channel}/{ts}")
         return posted
@@ -247,30 +285,34 @@ class SlackPoster:
     def _delivery(self, posted: list[str]) -> Delivery:
         first_channel, first_ts = posted[0].split("/", 1)
         # A reply under a post reaches the thread it came from (from those
-        # who may write in it: an approvals channel holds others too).
+        # who may write in it: an approvals channel holds others too). A
+        # conversation written with its workspace keys the route with it.
         routes = tuple(post_route_key(*p.split("/", 1)) for p in posted)
         return Delivery(
-            refs={"channel": first_channel, "ts": first_ts, "posts": " ".join(posted)},
+            refs={**self._refs(first_channel, first_ts), "posts": " ".join(posted)},
             routes=routes,
         )
 
     async def _conversation(self, key: str) -> str | None:
-        """A channel id as is; `@U…`: the direct message with that user."""
+        """A channel id as is; `@U…`: the direct message with that user (in
+        their workspace, `@T…:U…`, when installed into several)."""
         if not key.startswith("@"):
             return key
+        team, user = team_of(key[1:]), bare(key[1:])
         try:
-            opened = await self.web().conversations_open(users=key[1:])
-        except SlackApiError as e:
+            opened = await self.web(team).conversations_open(users=user)
+        except (SlackApiError, NotInstalled) as e:
             # One person Slack cannot message must not hold the others up.
-            log.warning("could not message %s: %s", key[1:], e.response.get("error"))
+            log.warning("could not message %s: %s", key[1:], _why(e))
             return None
-        return str((opened.get("channel") or {}).get("id", "")) or None
+        found = str((opened.get("channel") or {}).get("id", ""))
+        return qualify(team, found) if found else None
 
-    async def _who_may_approve(self, request: ApprovalRequest) -> str:
+    async def _who_may_approve(self, request: ApprovalRequest, team: str | None = None) -> str:
         """The core's rule (who decides), for people to read."""
         decide = request.deciders
         if decide.by == "approvers":
-            return "Approvers: " + ", ".join(await self.directory.describe(decide.specs))
+            return "Approvers: " + ", ".join(await self.directory.describe(decide.specs, team))
         if decide.by == "starter":
             return f"{mention(request.origin.user)} started this, so they decide."
         admins = self.directory.admins()
@@ -293,14 +335,14 @@ class SlackPoster:
             refs = next((d.refs for d in updated if d.refs.get("ts")), {})
             return Delivery(refs=dict(refs))
         origin = cancel.origin.refs
-        channel, root = origin["channel"], origin["thread_ts"]
+        channel, root = self._home(origin), origin["thread_ts"]
         text = f"⏹ Cancelled by {self.say.by(cancel.by)}"
         if cancel.reason:
             text += f": {fmt.escape(cancel.reason)}"
         post = (text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
         ts = await self._post(cancel, channel, root, [post])
         await self._unreact(cancel.answers)
-        return Delivery(refs={"channel": channel, "ts": ts})
+        return Delivery(refs=self._refs(channel, ts))
 
     async def _update(self, outcome: Outcome, text: str) -> Delivery:
         request = outcome.request
@@ -318,16 +360,16 @@ class SlackPoster:
             targets.update(dict.fromkeys(_posts_of(refs)))
         for channel, ts in targets:
             try:
-                await self.web().chat_update(
-                    channel=channel, ts=ts, text=text[:3000], blocks=blocks
+                await self.web(team_of(channel)).chat_update(
+                    channel=bare(channel), ts=ts, text=text[:3000], blocks=blocks
                 )
-            except SlackApiError as e:
+            except (SlackApiError, NotInstalled) as e:
                 # A deleted message or a missing scope loses only the update.
-                log.warning("could not update %s/%s: %s", channel, ts, e.response.get("error"))
+                log.warning("could not update %s/%s: %s", channel, ts, _why(e))
         if not targets:
             return Delivery()
         (channel, ts), *_ = targets
-        refs = {"channel": channel, "ts": ts}
+        refs = self._refs(channel, ts)
         if len(targets) > 1:
             refs["posts"] = " ".join(f"{c}/{t}" for c, t in targets)
         return Delivery(refs=refs)
@@ -336,7 +378,13 @@ class SlackPoster:
         """Take the working reaction off the messages answered by this post."""
         for source in answered:
             refs = source.refs
-            with contextlib.suppress(SlackApiError):
-                await self.web().reactions_remove(
+            with contextlib.suppress(SlackApiError, NotInstalled):
+                await self.web(refs.get("team")).reactions_remove(
                     channel=refs["channel"], timestamp=refs["ts"], name=WORKING
                 )
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, SlackApiError):
+        return str(e.response.get("error"))
+    return str(e)

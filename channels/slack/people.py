@@ -6,6 +6,10 @@ gives the address Slack holds for a user, so a click from `U…` counts as the
 person with that address; `users.lookupByEmail` gives the user id of an
 approver listed by address, so the approval request can mention them.
 
+Installed into several workspaces, each lookup asks the workspace it is
+about, with its own token, and the ids it learns are qualified by their
+workspace (`T1:U2`, settings.py).
+
 Answers are kept in memory for a while (people rarely change address, and a
 click must be acknowledged within seconds). A failed or slow lookup never
 blocks: the source is then built from the user id alone, as before.
@@ -26,7 +30,7 @@ from slack_sdk.errors import SlackApiError
 from bot import ADMINS, People, Person, Source
 
 from . import format as fmt
-from .settings import mention
+from .settings import mention, qualify
 from .web import WebClients
 
 __all__ = ["SlackDirectory", "SlackUser"]
@@ -75,18 +79,21 @@ class SlackDirectory:
 
     # -- lookups, cached ----------------------------------------------------
 
-    async def user(self, user_id: str) -> SlackUser | None:
+    async def user(self, user_id: str, team: str | None = None) -> SlackUser | None:
         """`users.info`, or None when Slack does not say."""
-        return await self._cached(self._users, user_id, "users_info", user=user_id)
+        key = qualify(team, user_id)
+        return await self._cached(self._users, key, team, "users_info", user=user_id)
 
-    async def by_email(self, email: str) -> SlackUser | None:
+    async def by_email(self, email: str, team: str | None = None) -> SlackUser | None:
         """`users.lookupByEmail`, or None when nobody in Slack has it."""
-        return await self._cached(self._emails, email.lower(), "users_lookupByEmail", email=email)
+        key = qualify(team, email.lower())
+        return await self._cached(self._emails, key, team, "users_lookupByEmail", email=email)
 
     async def _cached(
         self,
         cache: dict[str, tuple[float, SlackUser | None]],
         key: str,
+        team: str | None,
         method: str,
         **args: str,
     ) -> SlackUser | None:
@@ -96,9 +103,11 @@ class SlackDirectory:
             return hit[1]
         found: SlackUser | None = None
         try:
-            call = getattr(self.web(), method)
+            call = getattr(self.web(team), method)
             response = await asyncio.wait_for(call(**args), LOOKUP_TIMEOUT)
             found = _user(response.get("user"))
+            if found is not None:
+                found = replace(found, id=qualify(team, found.id))
         except SlackApiError as e:
             log.info("Slack's directory has no answer for %s: %s", key, e.response.get("error"))
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -109,27 +118,34 @@ class SlackDirectory:
     # -- people -------------------------------------------------------------
 
     async def source(
-        self, user_id: str, *, refs: dict[str, str], name: str | None = None
+        self,
+        user_id: str,
+        *,
+        refs: dict[str, str],
+        name: str | None = None,
+        team: str | None = None,
     ) -> Source:
         """The source of something a Slack user did (Slack authenticated
-        them), naming the person the directory knows them as."""
-        person = await self.person(user_id)
+        them), naming the person the directory knows them as. Installed into
+        several workspaces, `team` is the workspace the request came from
+        (Slack signed it), and the user is known as `team:user_id`."""
+        person = await self.person(user_id, team)
         return Source(
             channel="slack",
             auth="slack",
             member=True,  # a signed request or the Socket Mode connection: the workspace's
-            user=user_id,
+            user=qualify(team, user_id),
             person=person.id if person else None,
             name=person.display if person else name,
             refs=refs,
         )
 
-    async def person(self, user_id: str) -> Person | None:
+    async def person(self, user_id: str, team: str | None = None) -> Person | None:
         """The person behind a Slack user, the directory completed with what
         Slack says of them."""
-        found = await self.user(user_id)
+        found = await self.user(user_id, team)
         if found is None:
-            return self.people.find(user_id)
+            return self.people.find(qualify(team, user_id))
         return self._learn(found)
 
     def _learn(self, user: SlackUser) -> Person | None:
@@ -145,17 +161,17 @@ class SlackDirectory:
             return by_id
         return self.people.learn(slack=user.id, email=user.email, name=user.name or None)
 
-    async def mention(self, spec: str) -> str:
-        """An approver entry for the approval request: a Slack mention when
-        the person's Slack id is known (or found by their address), else
-        their name, else the entry as written."""
+    async def mention(self, spec: str, team: str | None = None) -> str:
+        """An approver entry for the approval request (posted in workspace
+        `team`): a Slack mention when the person's Slack id is known (or
+        found by their address), else their name, else the entry as written."""
         if spec.startswith("group:"):
             return f"group {fmt.escape(spec[6:])}"
         person = self.people.find(spec)
         if person is not None and person.slack:
             return mention(person.slack)
         for email in person.emails if person else ((spec,) if "@" in spec else ()):
-            found = await self.by_email(email)
+            found = await self.by_email(email, team)
             if found is None:
                 continue
             learned = self._learn(replace(found, email=found.email or email))
@@ -163,8 +179,8 @@ class SlackDirectory:
                 return mention(found.id)
         return mention(person.display if person else spec)
 
-    async def describe(self, specs: Iterable[str]) -> list[str]:
-        return [await self.mention(s) for s in specs]
+    async def describe(self, specs: Iterable[str], team: str | None = None) -> list[str]:
+        return [await self.mention(s, team) for s in specs]
 
     def admins(self) -> list[str]:
         """The admins, as mentions where their Slack id is known."""
