@@ -25,6 +25,12 @@ BOT_USER = "UBOT"
 class Call:
     method: str
     args: dict[str, Any]
+    auth: str = ""
+    """The Authorization header it came with."""
+
+    @property
+    def token(self) -> str:
+        return self.auth.removeprefix("Bearer ")
 
 
 @dataclass
@@ -62,7 +68,7 @@ class FakeSlack:
             time.sleep(0.02)
 
     def answer(
-        self, method: str, args: dict[str, Any]
+        self, method: str, args: dict[str, Any], auth: str = ""
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self.lock:
             queued = self.fail.get(method)
@@ -71,7 +77,10 @@ class FakeSlack:
                 return status, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
             ts = f"1700000{next(self._ts):03d}.000100"
             args["_ts"] = ts
-            self.calls.append(Call(method, args))
+            self.calls.append(Call(method, args, auth))
+        installs = self._installs(method, args, auth)
+        if installs is not None:
+            return 200, installs, {}
         if method == "auth.test":
             return (
                 200,
@@ -206,6 +215,76 @@ class FakeSlack:
             ),
         }
 
+    # -- Installing into several workspaces (OAuth v2) -----------------------------
+
+    oauth_client: tuple[str, str] = ("client-1", "client-secret")
+    """The app's client id and secret, as Slack knows them."""
+    installing: str = "T1"
+    """The workspace whose admin approves the install at the authorize page next."""
+    install_codes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """A code Slack handed out → (team, the redirect URL it was asked with)."""
+    workspaces: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """An installed workspace's bot token → (team id, bot user id)."""
+
+    @property
+    def install_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oauth/v2/authorize"
+
+    def issue_install_code(self, team: str, redirect_uri: str = "") -> str:
+        """A code as Slack's authorize page hands out once an admin approves."""
+        code = f"install-{team}-" + secrets.token_hex(6)
+        with self.lock:
+            self.install_codes[code] = (team, redirect_uri)
+        return code
+
+    def calls_with(self, token: str, method: str | None = None) -> list[Call]:
+        """The calls made with a bot token (of one method)."""
+        with self.lock:
+            return [c for c in self.calls if c.token == token and method in (None, c.method)]
+
+    def token_of(self, team: str) -> str:
+        with self.lock:
+            return next(t for t, (found, _) in self.workspaces.items() if found == team)
+
+    def _installs(self, method: str, args: dict[str, Any], auth: str) -> dict[str, Any] | None:
+        """oauth.v2.access: a code (once, with the app's credentials and the
+        redirect URL it was issued for) → a bot token of its workspace;
+        auth.test per installed workspace's token. None: not for this block."""
+        if method == "auth.test":
+            with self.lock:
+                found = self.workspaces.get(auth.removeprefix("Bearer "))
+            if found is None:
+                return None
+            team, bot_user = found
+            return {"ok": True, "team_id": team, "user_id": bot_user, "bot_id": "B" + team}
+        if method != "oauth.v2.access":
+            return None
+        basic = base64.b64encode(":".join(self.oauth_client).encode()).decode()
+        with self.lock:
+            issued = self.install_codes.pop(str(args.get("code", "")), None)  # single use
+        if auth != f"Basic {basic}":
+            return {"ok": False, "error": "invalid_client"}
+        if issued is None:
+            return {"ok": False, "error": "invalid_code"}
+        team, redirect_uri = issued
+        if redirect_uri and args.get("redirect_uri") != redirect_uri:
+            return {"ok": False, "error": "bad_redirect_uri"}
+        token = f"xoxb-{team}-" + secrets.token_hex(6)
+        with self.lock:
+            self.workspaces[token] = (team, "UBOT" + team)
+        return {
+            "ok": True,
+            "app_id": "A1",
+            "authed_user": {"id": "UADMIN"},
+            "scope": "chat:write,im:write",
+            "token_type": "bot",
+            "access_token": token,
+            "bot_user_id": "UBOT" + team,
+            "team": {"id": team, "name": f"Workspace {team}"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+        }
+
     socket_url: str = ""
     on_post: Any = None
     """Called with each chat.postMessage before it is answered."""
@@ -223,6 +302,21 @@ class FakeSlack:
 
             def do_GET(self) -> None:
                 url = urllib.parse.urlparse(self.path)
+                if url.path.endswith("/oauth/v2/authorize"):
+                    # The workspace's admin approves at once; Slack sends the browser back.
+                    q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                    redirect_uri = q.get("redirect_uri", "")
+                    code = fake.issue_install_code(fake.installing, redirect_uri)
+                    back = (
+                        redirect_uri
+                        + "?"
+                        + urllib.parse.urlencode({"code": code, "state": q.get("state", "")})
+                    )
+                    self.send_response(302)
+                    self.send_header("Location", back)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if url.path.endswith("/openid/connect/authorize"):
                     # The user consents at once; Slack sends the browser back.
                     q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
@@ -256,7 +350,9 @@ class FakeSlack:
                     auth = self.headers.get("Authorization", "")
                     args["_auth"] = auth
                     args["_token"] = args.get("token") or auth.removeprefix("Bearer ")
-                status, body, headers = fake.answer(method, args)
+                status, body, headers = fake.answer(
+                    method, args, self.headers.get("Authorization", "")
+                )
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -30,7 +30,7 @@ from slack_sdk.errors import SlackApiError
 from bot import ADMINS, People, Person, Source
 
 from . import format as fmt
-from .settings import mention, qualify
+from .settings import mention, qualify, team_of
 from .web import WebClients
 
 __all__ = ["SlackDirectory", "SlackUser"]
@@ -168,7 +168,8 @@ class SlackDirectory:
         if spec.startswith("group:"):
             return f"group {fmt.escape(spec[6:])}"
         person = self.people.find(spec)
-        if person is not None and person.slack:
+        # A mention of someone in another workspace would name nobody there.
+        if person is not None and person.slack and team_of(person.slack) == team:
             return mention(person.slack)
         for email in person.emails if person else ((spec,) if "@" in spec else ()):
             found = await self.by_email(email, team)
