@@ -92,6 +92,7 @@ def server_env(slack: FakeSlack, model: FakeOpenAI, workdir: Path, port: int) ->
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_URL=slack.api_url,
         SLACK_OAUTH_AUTHORIZE_URL=slack.install_url,
+        SLACK_OIDC_AUTHORIZE_URL=slack.authorize_url,
         SLACK_REDIRECT_URI=f"http://127.0.0.1:{port}/slack/oauth_redirect",
         SLACK_TEAMS="T1,T2",
         THREADBOT_PEOPLE=str(workdir / "people.toml"),
@@ -490,3 +491,97 @@ def test_installations_survive_a_restart(
     finally:
         again.stop()
         server.start()
+
+
+def test_signing_in_with_slack_names_the_person_of_that_workspace(
+    server: ServerProcess, slack: FakeSlack
+) -> None:
+    """The web page's Sign in with Slack: ULEAD of workspace one is Lee;
+    ULEAD of workspace two is nobody in the people file."""
+    server_env = server.env
+    assert server_env["SLACK_CLIENT_ID"] == "client-1"  # the same app signs people in
+    slack.oidc_user = "ULEAD"
+    for team, status in (("T2", 403), ("T1", 303)):
+        slack.oidc_users["ULEAD"] = {"https://slack.com/team_id": team}
+        with httpx.Client(base_url=server.url, timeout=10) as browser:
+            r = browser.get("/auth/slack")
+            r = browser.get(r.headers["location"], follow_redirects=False)  # Slack's page
+            r = browser.get(r.headers["location"])  # back to the callback
+            assert r.status_code == status, r.text
+            if status == 303:
+                me = browser.get("/auth/me").json()
+                assert me["person"] == "lee"
+
+
+# -- settings and refusals at start-up ------------------------------------------
+
+
+def test_which_slack_the_environment_turns_on() -> None:
+    from channels.slack import SlackSettings
+
+    app = {"SLACK_CLIENT_ID": "c", "SLACK_CLIENT_SECRET": "s"}
+    # The app's credentials alone sign people in on the web page: no Slack channel.
+    assert SlackSettings.from_env(app) is None
+    oauth = SlackSettings.from_env({**app, "SLACK_SIGNING_SECRET": "x"})
+    assert oauth is not None and oauth.oauth and oauth.bot_token is None
+    # A bot token is one workspace, as it always was, whatever else is set.
+    one = SlackSettings.from_env({**app, "SLACK_SIGNING_SECRET": "x", "SLACK_BOT_TOKEN": "xoxb"})
+    assert one is not None and not one.oauth and one.bot_token == "xoxb"
+
+
+def test_keys_and_ids_with_and_without_a_workspace() -> None:
+    from channels.slack.settings import (
+        bare,
+        is_user_id,
+        mention,
+        post_route_key,
+        route_key,
+        team_of,
+    )
+
+    # One workspace's token: the keys threads were stored with before.
+    assert route_key("C1", "1.2") == "slack:C1:1.2"
+    assert post_route_key("D1", "1.2") == "slack:post:D1:1.2"
+    # Several: the workspace is part of every key, so identical ids never meet.
+    assert route_key("C1", "1.2", "T1") == "slack:T1:C1:1.2" != route_key("C1", "1.2", "T2")
+    assert post_route_key("D1", "1.2", "T1") == "slack:post:T1:D1:1.2"
+    assert (team_of("T1:U2"), bare("T1:U2"), team_of("U2"), bare("U2")) == ("T1", "U2", None, "U2")
+    assert is_user_id("T1:U2") and is_user_id("U2") and not is_user_id("lee")
+    assert mention("T1:U2") == "<@U2>"
+
+
+def refused_at_start(env: dict[str, str]) -> str:
+    with pytest.raises(RuntimeError) as e:
+        ServerProcess(env).start()
+    return str(e.value)
+
+
+def test_start_up_refuses_an_install_with_no_workspaces_listed(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.txt").touch()
+    env = server_env(slack, model, tmp_path, free_port())
+    del env["SLACK_TEAMS"]
+    assert "set SLACK_TEAMS" in refused_at_start(env)
+
+
+def test_start_up_refuses_bare_slack_ids_in_the_people_file(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.txt").touch()
+    env = server_env(slack, model, tmp_path, free_port())
+    (tmp_path / "people.toml").write_text('[people.lee]\nslack = "ULEAD"\n')
+    out = refused_at_start(env)
+    assert "lee's slack 'ULEAD' needs its workspace" in out
+    (tmp_path / "people.toml").write_text(PEOPLE)
+    out = refused_at_start({**env, "THREADBOT_APPROVERS": "U0BARE"})
+    assert "THREADBOT_APPROVERS: the Slack id 'U0BARE' needs its workspace" in out
+
+
+def test_start_up_refuses_an_install_on_postgresql(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.txt").touch()
+    env = server_env(slack, model, tmp_path, free_port())
+    env["THREADBOT_DB"] = "postgresql://nobody@127.0.0.1:1/none"
+    assert "SQLite" in refused_at_start(env)

@@ -92,6 +92,8 @@ def build_slack_installations(
     store = SQLite3InstallationStore(database=settings.db, client_id=slack.client_id)
     # The state of an install under way: good for ten minutes, once.
     states = SQLite3OAuthStateStore(database=settings.db, expiration_seconds=600)
+    store.init()  # their tables, made now rather than at the first install
+    states.init()
     return Installations(store=store, states=states, bots=store, teams=teams)
 
 

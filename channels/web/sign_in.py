@@ -289,7 +289,11 @@ def mount_sign_in(
         except SlackApiError as e:
             log.warning("Slack sign-in failed: %s", e.response.get("error"))
             return _refused("Slack did not confirm who you are.", 400)
-        person = people.find(str(info.get("https://slack.com/user_id") or ""))
+        user = str(info.get("https://slack.com/user_id") or "")
+        team = str(info.get("https://slack.com/team_id") or "")
+        # Installed into several workspaces, the people file names Slack
+        # users with their workspace (`T1:U2`); with one, by the id alone.
+        person = (people.find(f"{team}:{user}") if team and user else None) or people.find(user)
         email = str(info.get("email") or "").lower()
         if person is None and email and info.get("email_verified"):
             person = people.find(email)
