@@ -578,10 +578,40 @@ def test_start_up_refuses_bare_slack_ids_in_the_people_file(
     assert "THREADBOT_APPROVERS: the Slack id 'U0BARE' needs its workspace" in out
 
 
-def test_start_up_refuses_an_install_on_postgresql(
-    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path
+def test_on_postgresql_installations_are_kept_in_its_database(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path, pg_url: str
 ) -> None:
+    """The same flow with threadbot's database on PostgreSQL: slack_sdk's
+    SQLAlchemy stores keep the installation there, and a restarted server
+    (another replica alike) finds it."""
+    import psycopg
+
     (tmp_path / "ledger.txt").touch()
-    env = server_env(slack, model, tmp_path, free_port())
-    env["THREADBOT_DB"] = "postgresql://nobody@127.0.0.1:1/none"
-    assert "SQLite" in refused_at_start(env)
+    port = free_port()
+    env = {**server_env(slack, model, tmp_path, port), "THREADBOT_DB": pg_url}
+    first = ServerProcess(env, port).start()
+    try:
+        assert install(first, slack, "T2").status_code == 200
+    finally:
+        first.stop()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT team_id, bot_token FROM slack_bots").fetchall()
+        states = conn.execute("SELECT count(*) FROM slack_oauth_states").fetchone()
+    [(team, token)] = rows
+    assert team == "T2" and token in slack.workspaces
+    assert states == (0,)  # the state was used up
+    again = ServerProcess(env, port).start()
+    try:
+        model.add(text("From PostgreSQL."))
+        TeamSender(again.url, "T2").event(mention("CPG", "hello"))
+        assert posts(slack, token, "CPG", 1)[0]["text"] == "From PostgreSQL."
+        # Refusals hold there too: a state used once is refused the second time.
+        browser, state = start_install(again)
+        redirect = f"{again.url}/slack/oauth_redirect"
+        code = slack.issue_install_code("T2", redirect)
+        assert browser.get(redirect, {"code": code, "state": state}).status_code == 200
+        browser.cookies["slack-app-oauth-state"] = state
+        code = slack.issue_install_code("T2", redirect)
+        assert browser.get(redirect, {"code": code, "state": state}).status_code == 401
+    finally:
+        again.stop()

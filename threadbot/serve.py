@@ -68,8 +68,9 @@ def build_slack_installations(
     settings: Settings, slack: SlackSettings, env: Mapping[str, str] | None = None
 ) -> Installations:
     """Where a Slack app installed into several workspaces keeps them: in
-    threadbot's own database, in slack_sdk's own tables (its SQLite stores
-    beside threadbot's tables in the same file)."""
+    threadbot's own database, in slack_sdk's own tables (its SQLite stores in
+    the same file as threadbot's tables; on PostgreSQL, its SQLAlchemy
+    stores in the same database)."""
     from slack_sdk.oauth.installation_store.sqlite3 import SQLite3InstallationStore
     from slack_sdk.oauth.state_store.sqlite3 import SQLite3OAuthStateStore
 
@@ -83,18 +84,60 @@ def build_slack_installations(
             "workspaces): set SLACK_TEAMS to the team ids that may install threadbot "
             "(T123,T456), or * for any workspace"
         )
-    if is_postgres_url(settings.db):
-        raise UsageError(
-            "installing into several Slack workspaces keeps them in a SQLite database for now; "
-            "on PostgreSQL, use one workspace's SLACK_BOT_TOKEN"
-        )
     assert slack.client_id  # slack.oauth
+    if is_postgres_url(settings.db):
+        return _postgres_installations(settings.db, slack.client_id, teams)
     store = SQLite3InstallationStore(database=settings.db, client_id=slack.client_id)
     # The state of an install under way: good for ten minutes, once.
     states = SQLite3OAuthStateStore(database=settings.db, expiration_seconds=600)
-    store.init()  # their tables, made now rather than at the first install
-    states.init()
+    store.init()  # type: ignore[no-untyped-call]  # untyped in slack_sdk; the tables, made now
+    states.init()  # type: ignore[no-untyped-call]
     return Installations(store=store, states=states, bots=store, teams=teams)
+
+
+def _postgres_installations(url: str, client_id: str, teams: tuple[str, ...]) -> Installations:
+    """slack_sdk's SQLAlchemy stores on threadbot's PostgreSQL database
+    (through psycopg, as the event store): the async ones for Bolt, on the
+    server's loop, and the same tables read without awaiting for a
+    workspace's token (kept a minute) on the agent's."""
+    try:
+        import sqlalchemy
+        from slack_sdk.oauth.installation_store.sqlalchemy import (
+            AsyncSQLAlchemyInstallationStore,
+            SQLAlchemyInstallationStore,
+        )
+        from slack_sdk.oauth.state_store.sqlalchemy import (
+            AsyncSQLAlchemyOAuthStateStore,
+            SQLAlchemyOAuthStateStore,
+        )
+        from sqlalchemy.ext.asyncio import create_async_engine
+    except ImportError as e:
+        raise UsageError(
+            f"installing into several Slack workspaces on PostgreSQL needs SQLAlchemy ({e}): "
+            "pip install 'threadbot[postgres]'"
+        ) from None
+
+    from channels.slack.install import Installations
+
+    sa_url = "postgresql+psycopg://" + url.partition("://")[2]
+    engine = sqlalchemy.create_engine(sa_url, pool_size=1, pool_pre_ping=True)
+    async_engine = create_async_engine(sa_url, pool_size=2, pool_pre_ping=True)
+    bots = SQLAlchemyInstallationStore(client_id=client_id, engine=engine)
+    bots.create_tables()  # type: ignore[no-untyped-call]  # untyped in slack_sdk; made now
+    states = SQLAlchemyOAuthStateStore(expiration_seconds=600, engine=engine)
+    states.create_tables()  # type: ignore[no-untyped-call]
+
+    async def aclose() -> None:
+        await async_engine.dispose()
+        engine.dispose()
+
+    return Installations(
+        store=AsyncSQLAlchemyInstallationStore(client_id=client_id, engine=async_engine),
+        states=AsyncSQLAlchemyOAuthStateStore(expiration_seconds=600, engine=async_engine),
+        bots=bots,
+        teams=teams,
+        aclose=aclose,
+    )
 
 
 def _banner(

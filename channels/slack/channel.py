@@ -171,6 +171,8 @@ class SlackChannel:
         if self._background:  # calls back to Slack still on their way
             await asyncio.wait(self._background, timeout=5.0)
         await self.web.close()
+        if self.installations is not None and self.installations.aclose is not None:
+            await self.installations.aclose()
 
     async def aclose(self) -> None:
         """Close the connections the agent's posts used (on its loop)."""

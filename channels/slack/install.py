@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,8 @@ class Installations:
     for a call to Slack (SQLite: the same store as `store`)."""
     teams: tuple[str, ...] = ()
     """SLACK_TEAMS: the workspaces that may install threadbot (`*`: any)."""
+    aclose: Callable[[], Awaitable[None]] | None = None
+    """Closes the stores' connections (on the server's loop), if they keep any."""
     _tokens: dict[str, tuple[float, str | None]] = field(default_factory=dict, repr=False)
 
     def allows(self, team: str | None) -> bool:
