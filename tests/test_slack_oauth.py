@@ -94,7 +94,7 @@ def server_env(slack: FakeSlack, model: FakeOpenAI, workdir: Path, port: int) ->
         SLACK_OAUTH_AUTHORIZE_URL=slack.install_url,
         SLACK_OIDC_AUTHORIZE_URL=slack.authorize_url,
         SLACK_REDIRECT_URI=f"http://127.0.0.1:{port}/slack/oauth_redirect",
-        SLACK_TEAMS="T1,T2",
+        SLACK_TEAMS="T1,T2,T4",
         THREADBOT_PEOPLE=str(workdir / "people.toml"),
         THREADBOT_APPROVERS="lee",
         THREADBOT_API_TOKEN="admin-oauth",
@@ -472,6 +472,20 @@ def test_requests_from_a_workspace_not_installed_change_nothing(
     assert len(slack.called("chat.postMessage")) == posted
 
 
+def test_an_uninstalled_workspace_is_forgotten(
+    server: ServerProcess, slack: FakeSlack, workdir: Path
+) -> None:
+    assert install(server, slack, "T4").status_code == 200
+    assert "T4" in bots(workdir / "threadbot.db")
+    uninstalled = {"type": "app_uninstalled", "ts": new_ts()}
+    assert TeamSender(server.url, "T4").event(uninstalled).status_code == 200
+    assert "T4" not in bots(workdir / "threadbot.db")
+    with sqlite3.connect(workdir / "threadbot.db") as conn:
+        left = conn.execute("SELECT count(*) FROM slack_installations WHERE team_id = 'T4'")
+        assert left.fetchone() == (0,)
+    conn.close()
+
+
 def test_installations_survive_a_restart(
     server: ServerProcess,
     slack: FakeSlack,
@@ -576,6 +590,16 @@ def test_start_up_refuses_bare_slack_ids_in_the_people_file(
     (tmp_path / "people.toml").write_text(PEOPLE)
     out = refused_at_start({**env, "THREADBOT_APPROVERS": "U0BARE"})
     assert "THREADBOT_APPROVERS: the Slack id 'U0BARE' needs its workspace" in out
+    tools = tmp_path / "tools.py"
+    tools.write_text(
+        "from bot import tool\n\n\n"
+        "@tool(requires_approval=True, approvers=['U0TOOL'])\n"
+        "def purge(cache: str) -> str:\n"
+        '    """Purge a cache."""\n'
+        "    return cache\n"
+    )
+    out = refused_at_start({**env, "THREADBOT_TOOLS": str(tools)})
+    assert "the tool purge's approvers: the Slack id 'U0TOOL' needs its workspace" in out
 
 
 def test_on_postgresql_installations_are_kept_in_its_database(

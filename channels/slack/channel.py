@@ -92,7 +92,7 @@ class SlackChannel:
                     "SLACK_APP_TOKEN (Socket Mode) serves one workspace: set SLACK_BOT_TOKEN "
                     "with it, or leave it out to install into several by OAuth"
                 )
-            install.check_people(bot.people)
+            install.check_people(bot.people, bot.tools)
             oauth = {
                 "oauth_flow": install.oauth_flow(settings, installations),
                 "authorize": install.authorize(installations),
@@ -130,6 +130,10 @@ class SlackChannel:
         self.app.action("tb_cancel")(self._on_cancel)
         self.app.view("tb_reject_modal")(self._on_form_submit)
         self.app.view("tb_respond_modal")(self._on_form_submit)
+        if settings.oauth:
+            # Uninstalled, or its token revoked: Bolt forgets the workspace's
+            # installation (its token is no longer used within a minute).
+            self.app.enable_token_revocation_listeners()
 
     def mount(self, api: FastAPI, path: str = "/slack/events") -> None:
         """Serve Slack's events and interactivity on the API's server (HTTP

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from slack_sdk.oauth.installation_store.installation_store import InstallationSt
 from slack_sdk.oauth.state_store.async_state_store import AsyncOAuthStateStore
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import People, UsageError
+from bot import People, Tool, UsageError
 
 from .settings import SlackSettings, is_user_id, team_of
 from .web import base_url
@@ -218,10 +218,10 @@ def authorize(installations: Installations) -> AsyncInstallationStoreAuthorize:
     return _Authorize(installations)
 
 
-def check_people(people: People) -> None:
+def check_people(people: People, tools: Iterable[Tool] = ()) -> None:
     """Installed into several workspaces, a Slack id names someone only
-    with its workspace (`T123:U456`): a bare one in the people file or the
-    approvers would name nobody, or the wrong person, so it is refused."""
+    with its workspace (`T123:U456`): a bare one in the people file, the
+    approvers or a tool's approvers would name nobody, so it is refused."""
     for p in people.persons:
         for what, value in (("slack", p.slack), ("slack_channel", p.slack_channel)):
             if value and team_of(value) is None:
@@ -230,9 +230,11 @@ def check_people(people: People) -> None:
                     f"threadbot is installed into several (SLACK_CLIENT_ID): write "
                     f"'T…:{value}' with the workspace's team id"
                 )
-    for spec in people.approvers:
+    named = [("THREADBOT_APPROVERS", spec) for spec in people.approvers]
+    named += [(f"the tool {t.name}'s approvers", spec) for t in tools for spec in t.approvers]
+    for where, spec in named:
         if is_user_id(spec) and team_of(spec) is None:
             raise UsageError(
-                f"THREADBOT_APPROVERS: the Slack id {spec!r} needs its workspace now that "
+                f"{where}: the Slack id {spec!r} needs its workspace now that "
                 f"threadbot is installed into several (SLACK_CLIENT_ID): write 'T…:{spec}'"
             )
