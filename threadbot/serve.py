@@ -172,10 +172,11 @@ def _banner(
         lines.append(f"  slack:  HTTP mode at http://{host}:{port}/slack/events")
     if slack is not None and slack.installations is not None:
         base = (settings.public_url or f"http://{host}:{port}").rstrip("/")
-        teams = ", ".join(slack.installations.teams)
+        listed = slack.installations.teams
+        teams = "any workspace" if "*" in listed else "workspaces " + ", ".join(listed)
         lines.append(
-            f"  slack:  installed by OAuth into workspaces {teams}: install at "
-            f"{base}/slack/install, redirect URL {base}/slack/oauth_redirect"
+            f"  slack:  installed by OAuth ({teams}): install at {base}/slack/install, "
+            f"redirect URL {base}/slack/oauth_redirect"
         )
     if mail is None:
         lines.append("  email:  off")
