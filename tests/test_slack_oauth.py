@@ -639,3 +639,32 @@ def test_on_postgresql_installations_are_kept_in_its_database(
         assert browser.get(redirect, {"code": code, "state": state}).status_code == 401
     finally:
         again.stop()
+
+
+def test_start_up_refuses_socket_mode_for_several_workspaces(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.txt").touch()
+    env = server_env(slack, model, tmp_path, free_port())
+    out = refused_at_start({**env, "SLACK_APP_TOKEN": "xapp-1"})
+    assert "SLACK_APP_TOKEN (Socket Mode) serves one workspace" in out
+
+
+def test_the_acknowledgement_benchmark_runs_small() -> None:
+    """tests/bench/slack_ack.py runs and prints its figures (not asserted)."""
+    import subprocess
+    import sys
+
+    from .fakes import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.slack_ack", "--requests", "5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert set(report["figures"]) == {"bot token", "OAuth, 2 workspaces"}
+    assert all(f["p50_ms"] > 0 for f in report["figures"].values())
