@@ -47,6 +47,7 @@ __all__ = [
     "authorize",
     "check_people",
     "oauth_flow",
+    "teams_from_env",
 ]
 
 log = logging.getLogger("threadbot.slack")
