@@ -158,7 +158,10 @@ class Streams:
                 news, origin = await asyncio.wait_for(t.queue.get(), wait)
             except TimeoutError:
                 if s is not None:
-                    await self._send(thread_id, s)
+                    try:
+                        await self._send(thread_id, s)
+                    except Exception:
+                        log.exception("thread %s: streaming into Slack failed", thread_id)
                 continue
             try:
                 await self._handle(thread_id, t, news, origin)
