@@ -9,8 +9,9 @@ task of its own, so `show` never waits for Slack:
 - The first piece starts a message with `chat.startStream` under the
   person's message; later pieces are gathered and sent with
   `chat.appendStream` every `FLUSH_CHARS` characters or `FLUSH_EVERY`
-  seconds, whichever comes first, not once per word (appends are rate
-  limited per workspace). At the end the stream is stopped with
+  seconds, whichever comes first, not once per word. Slack allows about
+  100 appends a minute per workspace: with several streams open in one
+  workspace, each waits that much longer between its appends. At the end the stream is stopped with
   `chat.stopStream`, marked as the post of that reply.
 - When the answer is then delivered, the streamed message is the answer: its
   ts is the delivery, and nothing is posted again (if what was shown differs
@@ -56,8 +57,9 @@ log = logging.getLogger("threadbot.slack")
 
 FLUSH_CHARS = 300
 """Characters gathered before they are sent to Slack at once."""
-FLUSH_EVERY = 0.5
-"""Seconds after which what was gathered is sent anyway."""
+FLUSH_EVERY = 0.6
+"""Seconds after which what was gathered is sent anyway (100 appends a
+minute), times the streams open in the workspace."""
 STREAM_MAX = 11_000
 """Characters streamed into one message at most (Slack takes 12,000 per
 call); the rest of a longer answer comes with its delivery."""
@@ -101,6 +103,9 @@ class _Stream:
     dead: bool = False
     """Slack refused or lost the stream: the rest is left to the delivery."""
     kind: str = ""
+    team: str = ""
+    open: bool = False
+    """Started and not yet stopped (counted among its workspace's open streams)."""
 
     @property
     def text(self) -> str:
@@ -127,6 +132,18 @@ class Streams:
         """Workspace and kind of conversation ("T1:C") where Slack does not stream."""
         self._no_status: set[str] = set()
         """Workspaces that refused an assistant status."""
+        self._open: dict[str, int] = {}
+        """Streams open per workspace: appends share Slack's allowance."""
+
+    def _every(self, s: _Stream) -> float:
+        return FLUSH_EVERY * max(1, self._open.get(s.team, 0))
+
+    def _closed(self, s: _Stream) -> None:
+        if s.open:
+            s.open = False
+            self._open[s.team] -= 1
+            if not self._open[s.team]:
+                del self._open[s.team]
 
     # -- news from the runner --------------------------------------------------------
 
@@ -153,7 +170,7 @@ class Streams:
             s = t.stream
             wait = None
             if s is not None and s.buffer and not s.dead:
-                wait = max(0.0, s.last + FLUSH_EVERY - time.monotonic())
+                wait = max(0.0, s.last + self._every(s) - time.monotonic())
             try:
                 news, origin = await asyncio.wait_for(t.queue.get(), wait)
             except TimeoutError:
@@ -206,7 +223,8 @@ class Streams:
             s.whole = False
             return
         s.buffer += news.text
-        if s.ts is None or len(s.buffer) >= FLUSH_CHARS or time.monotonic() - s.last >= FLUSH_EVERY:
+        due = time.monotonic() - s.last >= self._every(s)
+        if s.ts is None or due or len(s.buffer) >= FLUSH_CHARS:
             await self._send(thread_id, s)
 
     async def _send(self, thread_id: str, s: _Stream) -> None:
@@ -227,6 +245,7 @@ class Streams:
             # makes the message say the whole answer.
             log.warning("thread %s: appending to the stream failed: %s", thread_id, _error(e))
             s.dead, s.whole = True, False
+            self._closed(s)
             return
         s.sent.append(text)
         s.size += len(text)
@@ -250,6 +269,8 @@ class Streams:
             s.dead, s.whole = True, False
             return None
         ts = str(started["ts"])
+        s.open = True
+        self._open[s.team] = self._open.get(s.team, 0) + 1
         note = {"seq": s.seq, "channel": s.channel, "ts": ts}
         self.bot.keep_note(thread_id, NOTE, json.dumps(note))
         return ts
@@ -266,6 +287,8 @@ class Streams:
         except SlackApiError as e:
             log.warning("thread %s: stopping the stream failed: %s", thread_id, _error(e))
             s.whole = False
+        finally:
+            self._closed(s)
         # The note stays until the message is known to be the answer, or to
         # be superseded: a crash before that leaves it to the next process.
 
@@ -388,6 +411,7 @@ class Streams:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._threads.clear()
+        self._open.clear()
 
 
 def _section(mrkdwn: str) -> dict[str, Any]:
@@ -404,7 +428,14 @@ def _stream(seq: int, origin: Source) -> _Stream:
     recipient = {}
     if not refs["channel"].startswith("D") and origin.user:
         recipient = {"user": origin.user, "team": refs.get("team", "")}
-    return _Stream(seq, refs["channel"], refs["thread_ts"], recipient, kind=_kind(origin))
+    return _Stream(
+        seq,
+        refs["channel"],
+        refs["thread_ts"],
+        recipient,
+        kind=_kind(origin),
+        team=refs.get("team", ""),
+    )
 
 
 def _same(s: _Stream, answer: Answer) -> bool:
