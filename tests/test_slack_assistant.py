@@ -110,6 +110,8 @@ async def test_an_assistant_thread_from_its_start_to_an_approval_and_a_streamed_
         body = await settled(s.bot, "done")
         assert deployed == ["api"]
 
+        # The status is cleared once the run has ended: a moment after.
+        await asyncio.to_thread(slack.wait_live, "D_AS", "assistant.threads.setStatus", 5)
         calls = slack.live_calls("D_AS")
         statuses = [a["status"] for m, a in calls if m == "assistant.threads.setStatus"]
         assert statuses == [
