@@ -7,12 +7,12 @@ the agent is doing (`Activity`). Each thread's news is handled in order by a
 task of its own, so `show` never waits for Slack:
 
 - The first piece starts a message with `chat.startStream` under the
-  person's message; later pieces are gathered and sent with
-  `chat.appendStream` every `FLUSH_CHARS` characters or `FLUSH_EVERY`
-  seconds, whichever comes first, not once per word. Slack allows about
-  100 appends a minute per workspace: with several streams open in one
-  workspace, each waits that much longer between its appends. At the end the stream is stopped with
-  `chat.stopStream`, marked as the post of that reply.
+  person's message at once; later pieces are gathered and sent with
+  `chat.appendStream` every `FLUSH_EVERY` seconds, not once per word. Slack
+  allows about 100 appends a minute per workspace: with several streams
+  open in one workspace, each waits that much longer between its appends.
+  At the end the stream is stopped with `chat.stopStream`, marked as the
+  post of that reply.
 - When the answer is then delivered, the streamed message is the answer: its
   ts is the delivery, and nothing is posted again (if what was shown differs
   from the stored answer, it is updated to say the answer).
@@ -55,8 +55,6 @@ __all__ = ["INTERRUPTED", "Streams", "is_assistant"]
 
 log = logging.getLogger("threadbot.slack")
 
-FLUSH_CHARS = 300
-"""Characters gathered before they are sent to Slack at once."""
 FLUSH_EVERY = 0.6
 """Seconds after which what was gathered is sent anyway (100 appends a
 minute), times the streams open in the workspace."""
@@ -223,8 +221,7 @@ class Streams:
             s.whole = False
             return
         s.buffer += news.text
-        due = time.monotonic() - s.last >= self._every(s)
-        if s.ts is None or due or len(s.buffer) >= FLUSH_CHARS:
+        if s.ts is None or time.monotonic() - s.last >= self._every(s):
             await self._send(thread_id, s)
 
     async def _send(self, thread_id: str, s: _Stream) -> None:
