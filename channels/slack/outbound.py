@@ -108,23 +108,32 @@ class SlackPoster:
                 posts = fmt.answer_messages(f"⚠️ I had to stop: {message}")
             case _:
                 raise ValueError(f"Slack cannot deliver {type(notice).__name__}")
-        first = await self._post(notice, channel, root, posts)
-        await self._unreact(notice.answers)
+        first = await self.post(notice, channel, root, posts)
+        await self.unreact(notice.answers)
         if not notice.reach:
             return Delivery(refs={"channel": channel, "ts": first})
         # Each approver also gets it on their own, where the buttons reach
         # them whether or not they are in this conversation.
         return self._delivery([f"{channel}/{first}", *await self._reach_people(notice)])
 
-    async def _post(self, notice: Notice, channel: str, root: str | None, posts: list[Post]) -> str:
+    async def post(
+        self,
+        notice: Notice,
+        channel: str,
+        root: str | None,
+        posts: list[Post],
+        *,
+        first_part: int = 0,
+    ) -> str:
         """Post the parts in a Slack thread (`root`) or a conversation; the
         ts of the first. Each post says what it is, so that after a crash
         the conversation can be searched for posts that went out but were
-        never recorded."""
+        never recorded. `first_part`: the number of the first of `posts`
+        (the parts before it went out otherwise: a streamed answer)."""
         thread_id, seq = notice.thread_id, notice.seq
         done = {} if notice.fresh else await self._posted(channel, root, thread_id, seq)
         first_ts = ""
-        for part, (text, blocks) in enumerate(posts):
+        for part, (text, blocks) in enumerate(posts, first_part):
             ts = done.get(part)
             if ts is None:
                 sent = await self.web().chat_postMessage(
@@ -240,7 +249,7 @@ class SlackPoster:
                 continue
             lines = before if key.startswith("@") else [f"For {', '.join(names)}:", *before]
             post = await self._request_post(request, lines)
-            ts = await self._post(notice, channel, None, [post])
+            ts = await self.post(notice, channel, None, [post])
             posted.append(f"{channel}/{ts}")
         return posted
 
@@ -298,8 +307,8 @@ class SlackPoster:
         if cancel.reason:
             text += f": {fmt.escape(cancel.reason)}"
         post = (text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
-        ts = await self._post(cancel, channel, root, [post])
-        await self._unreact(cancel.answers)
+        ts = await self.post(cancel, channel, root, [post])
+        await self.unreact(cancel.answers)
         return Delivery(refs={"channel": channel, "ts": ts})
 
     async def _update(self, outcome: Outcome, text: str) -> Delivery:
@@ -332,7 +341,7 @@ class SlackPoster:
             refs["posts"] = " ".join(f"{c}/{t}" for c, t in targets)
         return Delivery(refs=refs)
 
-    async def _unreact(self, answered: Iterable[Source]) -> None:
+    async def unreact(self, answered: Iterable[Source]) -> None:
         """Take the working reaction off the messages answered by this post."""
         for source in answered:
             refs = source.refs
