@@ -601,6 +601,29 @@ class ThreadBot:
         """Whether something with this delivery key was stored already."""
         return self.store.find_key(key) is not None
 
+    # -- a channel's note about a thread ------------------------------------------
+
+    def note(self, thread_id: str, channel: str) -> str | None:
+        """What `channel` noted about the thread (`keep_note`), if anything."""
+        return self._store_here().note(thread_id, channel)
+
+    def keep_note(self, thread_id: str, channel: str, value: str | None) -> None:
+        """Keep a channel's small note about a thread across restarts (None
+        removes it): what it showed there that a crash could leave
+        half-done, such as the message a reply is being streamed into. Not
+        part of the thread, and written without the durability of an
+        append (a crashed process's note survives, as a lease does). From
+        the bot's thread, or from the agent's (`run_in_thread`), where
+        channels show work and deliver."""
+        self._store_here().keep_note(thread_id, channel, value)
+
+    def _store_here(self) -> Store:
+        """The connection of the calling thread: the bot's or the agent's."""
+        runner = self.runner
+        if isinstance(runner, Engine) and runner.on_its_thread():
+            return runner.runner.log.store
+        return self.log.store
+
     def exists(self, thread_id: str) -> bool:
         return self.store.thread(thread_id) is not None
 

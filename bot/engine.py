@@ -74,6 +74,10 @@ class Engine:
     def outbound(self) -> dict[str, Outbound]:
         return self.runner.outbound
 
+    def on_its_thread(self) -> bool:
+        """Whether the caller runs on the engine's own thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def kick(self, thread_id: str) -> None:
         """Hand the thread over once the caller's current step on its loop is
         done. The step that appended a person's answer goes on to write the

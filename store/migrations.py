@@ -150,3 +150,16 @@ def m008_timers_and_channels(db: Database) -> None:
     db.execute("ALTER TABLE threads DROP COLUMN undelivered")
     db.execute("CREATE INDEX threads_deliver_to ON threads (deliver_to) WHERE deliver_to != ''")
     db.execute("CREATE INDEX threads_due ON threads (due_at) WHERE due_at IS NOT NULL")
+
+
+@migrations()
+def m009_notes(db: Database) -> None:
+    # A channel's small note about a thread (the Slack message it is
+    # streaming a reply into), so that a process started after a crash can
+    # tidy what the one before left half-shown. Mutable, and not part of the
+    # thread: losing it loses only that tidying.
+    db.table("notes").create(
+        {"thread_id": str, "channel": str, "value": str},
+        pk=("thread_id", "channel"),
+        not_null={"thread_id", "channel", "value"},
+    )

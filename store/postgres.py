@@ -216,6 +216,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH ROW EXECUTE FUNCTION threadbot_lease_freed();
         """,
     ),
+    (
+        "002_notes",
+        """
+        CREATE TABLE notes (
+            thread_id text NOT NULL,
+            channel text NOT NULL,
+            value text NOT NULL,
+            PRIMARY KEY (thread_id, channel)
+        );
+        """,
+    ),
 ]
 
 
@@ -581,6 +592,10 @@ class PostgresStore(Reads):
 
         return self._write(get)
 
+    def keep_note(self, thread_id: str, channel: str, value: str | None) -> None:
+        op = partial(_keep_note, thread_id=thread_id, channel=channel, value=value)
+        self._write(op, durable=False)
+
     # -- rows beside the log ------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
@@ -746,3 +761,16 @@ def _release(conn: Conn, thread_id: str, owner: str) -> None:
 def _find_key(conn: Conn, key: str) -> tuple[str, int] | None:
     row = conn.execute(_sql(FIND_KEY), [key]).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def _keep_note(conn: Conn, thread_id: str, channel: str, value: str | None) -> None:
+    if value is None:
+        conn.execute(
+            "DELETE FROM notes WHERE thread_id = %s AND channel = %s", [thread_id, channel]
+        )
+    else:
+        conn.execute(
+            "INSERT INTO notes (thread_id, channel, value) VALUES (%s, %s, %s) "
+            "ON CONFLICT (thread_id, channel) DO UPDATE SET value = EXCLUDED.value",
+            [thread_id, channel, value],
+        )

@@ -209,6 +209,13 @@ class Reads:
         row = self._one("SELECT thread_id FROM routes WHERE ref = ?", [ref])
         return row[0] if row else None
 
+    def note(self, thread_id: str, channel: str) -> str | None:
+        """A channel's note about a thread (`keep_note`), if it keeps one."""
+        row = self._one(
+            "SELECT value FROM notes WHERE thread_id = ? AND channel = ?", [thread_id, channel]
+        )
+        return str(row[0]) if row else None
+
     def lease_owner(self, thread_id: str) -> str | None:
         row = self._one(
             "SELECT owner FROM leases WHERE thread_id = ? AND expires_at >= ?",

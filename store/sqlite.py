@@ -281,6 +281,11 @@ class EventStore(Reads):
         ).fetchone()
         return row[0] if row and row[0] is not None else None
 
+    def keep_note(self, thread_id: str, channel: str, value: str | None) -> None:
+        """Like a lease, a note is written without an fsync of its own: a
+        crashed process's note survives; a crashed machine's may not."""
+        self._lease_write(partial(_keep_note, thread_id=thread_id, channel=channel, value=value))
+
     def meta(self, key: str, default: str) -> str:
         """A deployment setting kept in the database; `default` is stored the
         first time, and wins only then (several processes agree on one value)."""
@@ -362,6 +367,16 @@ def _acquire(
 
 def _release(conn: sqlite3.Connection, thread_id: str, owner: str) -> None:
     conn.execute(RELEASE, [thread_id, owner])
+
+
+def _keep_note(conn: sqlite3.Connection, thread_id: str, channel: str, value: str | None) -> None:
+    if value is None:
+        conn.execute("DELETE FROM notes WHERE thread_id = ? AND channel = ?", [thread_id, channel])
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO notes (thread_id, channel, value) VALUES (?, ?, ?)",
+            [thread_id, channel, value],
+        )
 
 
 def _find_key(conn: sqlite3.Connection, key: str) -> tuple[str, int] | None:

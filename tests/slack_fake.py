@@ -113,8 +113,10 @@ class FakeSlack:
             messages = [
                 {"ts": p["_ts"], "text": p.get("text"), "metadata": p.get("metadata")}
                 for p in posted
-            ]
+            ] + self.streamed(str(args.get("channel")), str(args.get("ts")))
             return 200, {"ok": True, "messages": messages, "has_more": False}, {}
+        if method in LIVE_METHODS:
+            return self._live(method, args, ts)
         if method == "conversations.open":
             # One direct message per user, named after them.
             users = str(args.get("users", ""))
@@ -285,6 +287,89 @@ class FakeSlack:
             "is_enterprise_install": False,
         }
 
+    # -- streaming replies and assistant threads -----------------------------------
+
+    refuse_streaming: str | None = None
+    """An error to answer chat.startStream with (e.g. "not_allowed"): Slack
+    without streaming for this workspace or kind of conversation."""
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """ts → the streamed message: channel, thread_ts, text so far, whether it
+    is still streaming, and its metadata once stopped."""
+
+    def _live(
+        self, method: str, args: dict[str, Any], ts: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if method == "chat.startStream":
+            if self.refuse_streaming:
+                return 200, {"ok": False, "error": self.refuse_streaming}, {}
+            if not str(args.get("channel", "")).startswith("D") and not (
+                args.get("recipient_user_id") and args.get("recipient_team_id")
+            ):
+                return 200, {"ok": False, "error": "missing_recipient_user_id"}, {}
+            with self.lock:
+                self.streams[ts] = {
+                    "channel": args.get("channel"),
+                    "thread_ts": args.get("thread_ts"),
+                    "text": str(args.get("markdown_text") or ""),
+                    "streaming": True,
+                    "metadata": None,
+                }
+            return 200, {"ok": True, "channel": args.get("channel"), "ts": ts}, {}
+        if method in ("chat.appendStream", "chat.stopStream"):
+            with self.lock:
+                stream = self.streams.get(str(args.get("ts")))
+                if stream is None:
+                    return 200, {"ok": False, "error": "message_not_found"}, {}
+                if not stream["streaming"]:
+                    return 200, {"ok": False, "error": "message_not_in_streaming_state"}, {}
+                stream["text"] += str(args.get("markdown_text") or "")
+                if method == "chat.stopStream":
+                    stream["streaming"] = False
+                    stream["metadata"] = args.get("metadata")
+            return 200, {"ok": True, "channel": args.get("channel"), "ts": args.get("ts")}, {}
+        # assistant.threads.setStatus / setSuggestedPrompts / setTitle
+        if not args.get("channel_id") or not args.get("thread_ts"):
+            return 200, {"ok": False, "error": "invalid_arguments"}, {}
+        return 200, {"ok": True}, {}
+
+    def streamed(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The streamed messages in a Slack thread, as conversations.replies lists them."""
+        with self.lock:
+            # chat.update replaces a message's metadata, when it gives some.
+            updated = {
+                c.args.get("ts"): c.args["metadata"]
+                for c in self.calls
+                if c.method == "chat.update" and c.args.get("metadata")
+            }
+            return [
+                {"ts": ts, "text": s["text"], "metadata": updated.get(ts, s["metadata"])}
+                for ts, s in self.streams.items()
+                if s["channel"] == channel and s["thread_ts"] == thread_ts
+            ]
+
+    def wait_live(
+        self, channel: str, method: str, count: int = 1, timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        """The calls of `method` about one conversation, once there are `count`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [a for m, a in self.live_calls(channel) if m == method]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{method} in {channel}: {len(found)} calls, wanted {count}")
+            time.sleep(0.02)
+
+    def live_calls(self, channel: str) -> list[tuple[str, dict[str, Any]]]:
+        """The streaming, status and post calls about one conversation, in order."""
+        with self.lock:
+            return [
+                (c.method, c.args)
+                for c in self.calls
+                if c.method in LIVE_METHODS or c.method in ("chat.postMessage", "chat.update")
+                if channel in (c.args.get("channel"), c.args.get("channel_id"))
+            ]
+
     socket_url: str = ""
     on_post: Any = None
     """Called with each chat.postMessage before it is answered."""
@@ -379,6 +464,18 @@ class _Server(ThreadingHTTPServer):
         # connection it kept open: not an error of the fake's.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+LIVE_METHODS = frozenset(
+    {
+        "chat.startStream",
+        "chat.appendStream",
+        "chat.stopStream",
+        "assistant.threads.setStatus",
+        "assistant.threads.setSuggestedPrompts",
+        "assistant.threads.setTitle",
+    }
+)
 
 
 SECRET = "test-signing-secret"

@@ -93,6 +93,7 @@ def test_sqlite_migrated_schema(tmp_path: Path) -> None:
         "m006_partial_indexes",
         "m007_credentials",
         "m008_timers_and_channels",
+        "m009_notes",
     ]
     assert db.table("meta").pks == ["key"]
     # Credentials keep hashes of their secrets, never the secrets.
@@ -494,6 +495,18 @@ def test_meta_keeps_the_first_value(make_store: MakeStore) -> None:
     assert make_store().meta("secret", "first") == "first"
     assert make_store().meta("secret", "second") == "first"
     assert make_store().meta("other", "second") == "second"
+
+
+def test_notes_are_kept_per_thread_and_channel_and_removed(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    assert a.note("t", "slack") is None
+    a.keep_note("t", "slack", "first")
+    a.keep_note("t", "slack", "second")  # replaced, not added
+    a.keep_note("t", "email", "other")
+    assert b.note("t", "slack") == "second"  # another connection reads it
+    assert b.note("t", "email") == "other" and b.note("u", "slack") is None
+    b.keep_note("t", "slack", None)
+    assert a.note("t", "slack") is None and a.note("t", "email") == "other"
 
 
 def test_leases(make_store: MakeStore) -> None:

@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncAssistant
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -44,6 +44,7 @@ from bot import (
     ApprovalRequest,
     AwaitingDecision,
     Delivery,
+    News,
     Notice,
     Person,
     Question,
@@ -61,6 +62,7 @@ from .outbound import SlackPoster
 from .payloads import shape_problem
 from .people import SlackDirectory
 from .settings import WORKING, SlackSettings, bare, mention, post_route_key, qualify, route_key
+from .stream import Streams, is_assistant
 from .web import NotInstalled, WebClients, base_url
 
 __all__ = ["SlackChannel", "SlackSettings", "route_key"]
@@ -71,6 +73,11 @@ _MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
 # Message subtypes that are a person writing; every other subtype (edits,
 # deletions, joins, bot posts) is ignored.
 _PLAIN_SUBTYPES = {None, "file_share", "thread_broadcast"}
+_ASKS_PEOPLE = "request_human_input"
+"""The core's own tool for asking a person: no suggestion to make of it."""
+PROMPTS = 4
+"""Suggested prompts in an assistant thread (Slack shows four at most)."""
+GREETING = "Hi! Tell me what you need. Anything that needs approval, I ask before doing it."
 
 
 class SlackChannel:
@@ -118,9 +125,20 @@ class SlackChannel:
         self.directory = SlackDirectory(bot.people, self.web)
         """Who a Slack user is in the people directory (`users.info`)."""
         self.poster = SlackPoster(bot.people, self.web, settings, self.directory)
+        self.streams = Streams(bot, self.web, self.poster)
+        """Replies streamed as they are written; the status in assistant threads."""
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Slack's agent surface: a thread per conversation in the app's own
+        # pane. Bolt's middleware takes assistant_thread_started and every
+        # reply in a direct message's thread (whether or not it is an
+        # assistant thread) before the listeners below.
+        assistant = AsyncAssistant()
+        assistant.thread_started(self._on_assistant_thread)
+        assistant.user_message(self._on_assistant_message)
+        assistant.thread_context_changed(self._on_context_changed)
+        self.app.assistant(assistant)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.action(re.compile(r"^tb_option_\d+$"))(self._on_option)
@@ -180,6 +198,7 @@ class SlackChannel:
 
     async def aclose(self) -> None:
         """Close the connections the agent's posts used (on its loop)."""
+        await self.streams.close()
         await self.web.close()
 
     # -- inbound: messages ------------------------------------------------
@@ -212,6 +231,51 @@ class SlackChannel:
         while len(self._seen) > 10_000:
             self._seen.popitem(last=False)
         return True
+
+    async def _on_assistant_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """A person's message in a direct message's thread: in an assistant
+        thread, or under a message of a plain direct message."""
+        await self._inbound(event, body, self._team(context), mentioned=False)
+
+    async def _on_assistant_thread(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
+        """Someone opened an assistant thread: a greeting, and the tools as
+        suggested prompts. The thread starts with their first message."""
+        opened = event.get("assistant_thread") or {}
+        channel, root = opened.get("channel_id"), opened.get("thread_ts")
+        if channel and root:
+            self._later(self._greet(str(channel), str(root), self._team(context)))
+
+    async def _on_context_changed(self) -> None:
+        """The person looks at another channel beside the assistant thread.
+        The agent reads no channel, so there is nothing to keep (Bolt's
+        default would store it in the greeting's metadata)."""
+
+    async def _greet(self, channel: str, root: str, team: str | None) -> None:
+        prompts = [
+            {"title": t.name.replace("_", " ").capitalize()[:75], "message": _first_line(t)}
+            for t in self.bot.tools
+            if t.name != _ASKS_PEOPLE
+        ][:PROMPTS]
+        try:
+            await self.web(team).chat_postMessage(channel=channel, thread_ts=root, text=GREETING)
+            if prompts:
+                await self.web(team).assistant_threads_setSuggestedPrompts(
+                    channel_id=channel, thread_ts=root, prompts=prompts, title="Try:"
+                )
+        except SlackApiError as e:
+            log.warning("could not greet in an assistant thread: %s", e.response.get("error"))
+
+    async def _title(self, channel: str, root: str, text: str, team: str | None) -> None:
+        title = " ".join(text.split())
+        title = title if len(title) <= 60 else title[:59] + "…"
+        try:
+            await self.web(team).assistant_threads_setTitle(
+                channel_id=channel, thread_ts=root, title=title
+            )
+        except SlackApiError as e:
+            log.warning("could not title an assistant thread: %s", e.response.get("error"))
 
     async def _inbound(
         self, event: dict[str, Any], body: dict[str, Any], team: str | None, *, mentioned: bool
@@ -250,11 +314,19 @@ class SlackChannel:
                     )
                 return
             if not self.bot.received(key):
+                # A direct message's thread that is no thread of ours yet:
+                # Slack's assistant pane (each conversation there is a thread).
+                assistant = event.get("channel_type") == "im" and root != ts
+                if assistant:
+                    refs["assistant"] = "1"
                 source = await self.directory.source(user, refs=refs, team=team)
                 await self.bot.launch(
                     text, source=source, key=key, routes=[route_key(channel, root, team)]
                 )
-                self._later(self._react(channel, ts, team))
+                if assistant:
+                    self._later(self._title(channel, root, text, team))
+                if not assistant or self.streams.no_status(source):
+                    self._later(self._react(channel, ts, team))
             return
         if not text or self.bot.received(key):
             return
@@ -284,7 +356,9 @@ class SlackChannel:
                     )
                 )
             return
-        self._later(self._react(refs["channel"], refs["ts"], team))
+        origin = self.bot.get(thread_id).state.origin
+        if origin is None or not is_assistant(origin) or self.streams.no_status(origin):
+            self._later(self._react(refs["channel"], refs["ts"], team))
 
     # -- inbound: buttons, and the forms for a reason or a reply instead ---------
 
@@ -429,7 +503,16 @@ class SlackChannel:
     def reaches(self, person: Person) -> bool:
         return self.poster.reaches(person)
 
+    def show(self, news: News, origin: Source) -> None:
+        """The reply as it is written, and what the agent does (on the
+        agent's loop; never waits for Slack)."""
+        self.streams.show(news, origin)
+
     async def deliver(self, notice: Notice) -> Delivery:
+        if notice.home:
+            streamed = await self.streams.deliver(notice)
+            if streamed is not None:
+                return streamed
         return await self.poster.deliver(notice)
 
     async def _ephemeral(
@@ -446,3 +529,9 @@ class SlackChannel:
         # A missing scope or a race with the answer loses only a hint.
         with contextlib.suppress(SlackApiError, NotInstalled):
             await self.web(team).reactions_add(channel=channel, timestamp=ts, name=WORKING)
+
+
+def _first_line(t: Any) -> str:
+    """What a tool's suggested prompt asks: its description's first sentence."""
+    line = str(t.description or t.name).strip().splitlines()[0]
+    return line.split(": ")[0].rstrip(".")[:150] or str(t.name)

@@ -54,6 +54,7 @@ log = logging.getLogger("threadbot.slack")
 
 SCOPES = (
     "app_mentions:read",
+    "assistant:write",
     "chat:write",
     "chat:write.public",
     "im:history",

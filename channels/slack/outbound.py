@@ -99,7 +99,7 @@ class SlackPoster:
         where = person.slack_channel or _slack_id(person)
         return bool(where) and (not self.settings.oauth or team_of(where or "") is not None)
 
-    def _home(self, origin: Mapping[str, str]) -> str:
+    def home(self, origin: Mapping[str, str]) -> str:
         """The thread's own conversation, with its workspace when installed
         into several."""
         team = origin.get("team") if self.settings.oauth else None
@@ -117,7 +117,7 @@ class SlackPoster:
                 return Delivery(refs={"failed": "nobody could be reached in Slack"})
             return self._delivery(posted)
         origin = notice.origin.refs
-        channel, root = self._home(origin), origin["thread_ts"]
+        channel, root = self.home(origin), origin["thread_ts"]
         posts: list[Post]
         match notice:
             case Question() | ApprovalRequest():
@@ -130,32 +130,39 @@ class SlackPoster:
                 posts = fmt.answer_messages(f"⚠️ I had to stop: {message}")
             case _:
                 raise ValueError(f"Slack cannot deliver {type(notice).__name__}")
-        first = await self._post(notice, channel, root, posts)
-        await self._unreact(notice.answers)
+        first = await self.post(notice, channel, root, posts)
+        await self.unreact(notice.answers)
         if not notice.reach:
-            return Delivery(refs=self._refs(channel, first))
+            return Delivery(refs=self.refs_of(channel, first))
         # Each approver also gets it on their own, where the buttons reach
         # them whether or not they are in this conversation.
         return self._delivery([f"{channel}/{first}", *await self._reach_people(notice)])
 
-    def _refs(self, conversation: str, ts: str) -> dict[str, str]:
-        """A delivery record of one post."""
+    def refs_of(self, conversation: str, ts: str) -> dict[str, str]:
+        """A delivery record of one post (its workspace too, where it has one)."""
         team = team_of(conversation)
         refs = {"channel": bare(conversation), "ts": ts}
         return {**refs, "team": team} if team else refs
 
-    async def _post(
-        self, notice: Notice, conversation: str, root: str | None, posts: list[Post]
+    async def post(
+        self,
+        notice: Notice,
+        conversation: str,
+        root: str | None,
+        posts: list[Post],
+        *,
+        first_part: int = 0,
     ) -> str:
         """Post the parts in a Slack thread (`root`) or a conversation; the
         ts of the first. Each post says what it is, so that after a crash
         the conversation can be searched for posts that went out but were
-        never recorded."""
+        never recorded. `first_part`: the number of the first of `posts`
+        (the parts before it went out otherwise: a streamed answer)."""
         thread_id, seq = notice.thread_id, notice.seq
         done = {} if notice.fresh else await self._posted(conversation, root, thread_id, seq)
         team, channel = team_of(conversation), bare(conversation)
         first_ts = ""
-        for part, (text, blocks) in enumerate(posts):
+        for part, (text, blocks) in enumerate(posts, first_part):
             ts = done.get(part)
             if ts is None:
                 sent = await self.web(team).chat_postMessage(
@@ -278,7 +285,7 @@ class SlackPoster:
                 continue
             lines = before if key.startswith("@") else [f"For {', '.join(names)}:", *before]
             post = await self._request_post(request, lines, team=team_of(channel))
-            ts = await self._post(notice, channel, None, [post])
+            ts = await self.post(notice, channel, None, [post])
             posted.append(f"{channel}/{ts}")
         return posted
 
@@ -289,7 +296,7 @@ class SlackPoster:
         # conversation written with its workspace keys the route with it.
         routes = tuple(post_route_key(*p.split("/", 1)) for p in posted)
         return Delivery(
-            refs={**self._refs(first_channel, first_ts), "posts": " ".join(posted)},
+            refs={**self.refs_of(first_channel, first_ts), "posts": " ".join(posted)},
             routes=routes,
         )
 
@@ -335,14 +342,14 @@ class SlackPoster:
             refs = next((d.refs for d in updated if d.refs.get("ts")), {})
             return Delivery(refs=dict(refs))
         origin = cancel.origin.refs
-        channel, root = self._home(origin), origin["thread_ts"]
+        channel, root = self.home(origin), origin["thread_ts"]
         text = f"⏹ Cancelled by {self.say.by(cancel.by)}"
         if cancel.reason:
             text += f": {fmt.escape(cancel.reason)}"
         post = (text, [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
-        ts = await self._post(cancel, channel, root, [post])
-        await self._unreact(cancel.answers)
-        return Delivery(refs=self._refs(channel, ts))
+        ts = await self.post(cancel, channel, root, [post])
+        await self.unreact(cancel.answers)
+        return Delivery(refs=self.refs_of(channel, ts))
 
     async def _update(self, outcome: Outcome, text: str) -> Delivery:
         request = outcome.request
@@ -369,12 +376,12 @@ class SlackPoster:
         if not targets:
             return Delivery()
         (channel, ts), *_ = targets
-        refs = self._refs(channel, ts)
+        refs = self.refs_of(channel, ts)
         if len(targets) > 1:
             refs["posts"] = " ".join(f"{c}/{t}" for c, t in targets)
         return Delivery(refs=refs)
 
-    async def _unreact(self, answered: Iterable[Source]) -> None:
+    async def unreact(self, answered: Iterable[Source]) -> None:
         """Take the working reaction off the messages answered by this post."""
         for source in answered:
             refs = source.refs
