@@ -198,6 +198,33 @@ def posts(slack: FakeSlack, token: str, channel: str, count: int) -> list[dict[s
         time.sleep(0.02)
 
 
+def said(slack: FakeSlack, token: str, channel: str, count: int) -> list[tuple[str, str]]:
+    """What threadbot said in `channel` with `token`, posted whole or
+    streamed (a model that streams makes the answer a streamed message):
+    (thread_ts, text) in order, once there are `count`."""
+    deadline = time.monotonic() + 10
+    while True:
+        calls = [c for c in slack.calls_with(token) if c.args.get("channel") == channel]
+        found = []
+        for c in calls:
+            if c.method == "chat.postMessage":
+                found.append((str(c.args.get("thread_ts")), str(c.args.get("text"))))
+            elif c.method == "chat.startStream":
+                ts = c.args["_ts"]
+                parts = [c.args] + [
+                    x.args
+                    for x in calls
+                    if x.method in ("chat.appendStream", "chat.stopStream") and x.args["ts"] == ts
+                ]
+                text = "".join(str(a.get("markdown_text") or "") for a in parts)
+                found.append((str(c.args.get("thread_ts")), text))
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} said in {channel} with {token}, wanted {count}")
+        time.sleep(0.02)
+
+
 def threads(server: ServerProcess) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = httpx.get(server.url + "/threads", headers=ADMIN).json()
     return listed
@@ -378,10 +405,8 @@ def test_two_workspaces_with_the_same_ids_stay_apart(
     second = newest_thread(server, known | {first})
     thread(server, second, "done")
 
-    [to_one] = posts(slack, installed["T1"], "CSAME", 1)
-    [to_two] = posts(slack, installed["T2"], "CSAME", 1)
-    assert (to_one["thread_ts"], to_one["text"]) == (ts, "Hello, one.")
-    assert (to_two["thread_ts"], to_two["text"]) == (ts, "Hello, two.")
+    assert said(slack, installed["T1"], "CSAME", 1) == [(ts, "Hello, one.")]
+    assert said(slack, installed["T2"], "CSAME", 1) == [(ts, "Hello, two.")]
     # The working reaction went on each workspace's own message.
     for team in ("T1", "T2"):
         added = slack.calls_with(installed[team], "reactions.add")
@@ -396,9 +421,9 @@ def test_two_workspaces_with_the_same_ids_stay_apart(
     assert two.event(reply("CSAME", "more", thread_ts=ts)).status_code == 200
     after = thread(server, second, "done")
     assert [e["text"] for e in after["events"] if e["type"] == "user_message"] == ["hi", "more"]
-    assert posts(slack, installed["T2"], "CSAME", 2)[1]["text"] == "More, two."
+    assert said(slack, installed["T2"], "CSAME", 2)[1] == (ts, "More, two.")
     assert [e["type"] for e in thread(server, first)["events"]].count("user_message") == 1
-    assert len(posts(slack, installed["T1"], "CSAME", 1)) == 1
+    assert said(slack, installed["T1"], "CSAME", 1) == [(ts, "Hello, one.")]
 
 
 def test_an_approver_of_one_workspace_is_nobody_in_the_other(
@@ -450,7 +475,7 @@ def test_an_approver_of_one_workspace_is_nobody_in_the_other(
     approval = next(e for e in done["events"] if e["type"] == "approval")
     assert (approval["source"]["user"], approval["source"]["person"]) == ("T1:ULEAD", "lee")
     assert "deploy api 9" in (workdir / "ledger.txt").read_text()
-    assert posts(slack, installed["T2"], "CAPPR", 2)[1]["text"] == "Deployed."
+    assert said(slack, installed["T2"], "CAPPR", 2)[1][1] == "Deployed."
     # Both posts of the request were updated, each with its workspace's token.
     assert any(
         c.args["channel"] == "DULEAD" for c in slack.calls_with(installed["T1"], "chat.update")
@@ -500,7 +525,7 @@ def test_installations_survive_a_restart(
         model.add(text("Still here."))
         TeamSender(again.url, "T2").event(mention("CRESTART", "hello again"))
         thread(again, newest_thread(again, known), "done")
-        assert posts(slack, installed["T2"], "CRESTART", 1)[0]["text"] == "Still here."
+        assert said(slack, installed["T2"], "CRESTART", 1)[0][1] == "Still here."
         assert len(slack.called("oauth.v2.access")) == exchanged  # no new install
     finally:
         again.stop()
@@ -628,7 +653,7 @@ def test_on_postgresql_installations_are_kept_in_its_database(
     try:
         model.add(text("From PostgreSQL."))
         TeamSender(again.url, "T2").event(mention("CPG", "hello"))
-        assert posts(slack, token, "CPG", 1)[0]["text"] == "From PostgreSQL."
+        assert said(slack, token, "CPG", 1)[0][1] == "From PostgreSQL."
         # Refusals hold there too: a state used once is refused the second time.
         browser, state = start_install(again)
         redirect = f"{again.url}/slack/oauth_redirect"
@@ -668,3 +693,103 @@ def test_the_acknowledgement_benchmark_runs_small() -> None:
     report = json.loads(out.stdout.splitlines()[-1])
     assert set(report["figures"]) == {"bot token", "OAuth, 2 workspaces"}
     assert all(f["p50_ms"] > 0 for f in report["figures"].values())
+
+
+# -- streamed replies, in process -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_streamed_replies_go_out_with_their_workspaces_token(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """A model that writes word by word: each workspace's reply streams into
+    its own thread (chat.startStream/appendStream/stopStream) with its own
+    token, to its own person (Slack's bare user id), and is the answer."""
+    import asyncio
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+    from slack_sdk.oauth.installation_store import Installation
+
+    from bot import ScriptedModel, ThreadBot, Toolbox
+    from bot.model import say
+    from channels.slack import SlackChannel, SlackSettings
+    from store import EventStore
+    from threadbot.config import Settings
+    from threadbot.serve import build_slack_installations
+
+    db = tmp_path / "t.db"
+    settings = SlackSettings(
+        client_id="client-1",
+        client_secret="client-secret",
+        signing_secret=SECRET,
+        api_url=slack.api_url,
+    )
+    installations = build_slack_installations(Settings(db=str(db)), settings, {"SLACK_TEAMS": "*"})
+    tokens = {}
+    for team in ("T1", "T2"):
+        tokens[team] = f"xoxb-{team}-stream"
+        slack.workspaces[tokens[team]] = (team, "UBOT" + team)
+        installations.bots.save(
+            Installation(
+                app_id="A1",
+                team_id=team,
+                bot_token=tokens[team],
+                bot_id="B" + team,
+                bot_user_id="UBOT" + team,
+                user_id="UADMIN",
+            )
+        )
+    model = ScriptedModel.of(say("Workspace one, streamed."), say("Workspace two, streamed."))
+    bot = ThreadBot(EventStore(db), model, Toolbox(), retry_delay=0)
+    channel = SlackChannel(bot, settings, installations)
+    bot.add_channel("slack", channel)
+    bot.run_in_thread()
+    app = FastAPI()
+    channel.mount(app)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for team in ("T1", "T2"):
+            sender = TeamSender(url, team)
+            r = await asyncio.to_thread(sender.event, mention("CLIVE", "status?", user="U7"))
+            assert r.status_code == 200, r.text
+            thread_id = bot.threads()[0].id
+            async with asyncio.timeout(10):
+                while bot.get(thread_id).json()["status"] != "done":
+                    await bot.settle(thread_id)
+                    await asyncio.sleep(0.02)
+        for team, said in (("T1", "Workspace one, streamed."), ("T2", "Workspace two, streamed.")):
+            [start] = slack.calls_with(tokens[team], "chat.startStream")
+            assert start.args["channel"] == "CLIVE"
+            assert (start.args["recipient_user_id"], start.args["recipient_team_id"]) == (
+                "U7",
+                team,
+            )
+            ts = start.args["_ts"]
+            streamed = [start.args.get("markdown_text") or ""] + [
+                c.args.get("markdown_text") or ""
+                for c in slack.calls_with(tokens[team])
+                if c.method in ("chat.appendStream", "chat.stopStream") and c.args["ts"] == ts
+            ]
+            assert "".join(streamed) == said
+            assert [c.args["ts"] for c in slack.calls_with(tokens[team], "chat.stopStream")] == [ts]
+        # Each thread's answer is the streamed message, recorded with its workspace.
+        for t in bot.threads():
+            body = bot.get(t.id).json()
+            delivered = body["events"][-1]
+            team = body["events"][0]["source"]["refs"]["team"]
+            [start] = slack.calls_with(tokens[team], "chat.startStream")
+            assert delivered["refs"] == {"channel": "CLIVE", "ts": start.args["_ts"], "team": team}
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+        await channel.stop()
+        await channel.aclose()
+        await bot.close()
+        bot.store.close()
