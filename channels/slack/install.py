@@ -111,6 +111,10 @@ class Installations:
         self._tokens[team] = (now + TOKEN_TTL, token)
         return token
 
+    def forget(self, team: str) -> None:
+        """Ask the store again next time (the workspace was installed anew)."""
+        self._tokens.pop(team, None)
+
 
 def teams_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = env.get("SLACK_TEAMS") or ""
@@ -147,7 +151,7 @@ class _Flow(AsyncOAuthFlow):
             raise _NotAllowed(team)
         await super().store_installation(request, installation)
         # A reinstall may bring a new token: use it from now on.
-        self.installations._tokens.pop(team or "", None)
+        self.installations.forget(team or "")
         log.info("installed in the Slack workspace %s (%s)", team, installation.team_name)
 
 
