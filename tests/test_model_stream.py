@@ -64,6 +64,8 @@ async def test_text_reaches_on_text_piece_by_piece_while_the_model_writes(
     assert pieces == ["Deployed ", "1.4.2 ", "to ", "the ", "api, ", "all ", "checks ", "green."]
     assert reply == ModelReply(text="Deployed 1.4.2 to the api, all checks green.")
     assert fake_openai.requests[0]["stream"] is True
+    # Token counts are not asked for: some compatible servers refuse the field (400).
+    assert "stream_options" not in fake_openai.requests[0]
 
 
 async def _whole(fake: FakeOpenAI, model: OpenAIModel, reply: Reply) -> ModelReply:
@@ -228,3 +230,15 @@ def test_a_server_killed_mid_stream_keeps_no_half_reply(
     assert first["messages"] == again["messages"]
     stored = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
     assert b"tell me" in stored and b"Halfway-words" not in stored
+
+
+async def test_the_demo_model_writes_its_text_replies_word_by_word() -> None:
+    from bot.demo import DemoModel
+
+    hello = json.dumps({"role": "user", "content": "hello"}).encode()
+    pieces: list[str] = []
+    reply = await DemoModel().complete(
+        Context([system_part("x"), hello]), [], on_text=pieces.append
+    )
+    assert reply.text is not None and reply.text.startswith("(demo model) ")
+    assert "".join(pieces) == reply.text and len(pieces) == len(reply.text.split())

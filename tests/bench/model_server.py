@@ -27,10 +27,15 @@ QUESTION = "Which version should I deploy next? " + "x" * 160
 ANSWER = "Version 1.4.2, after the migration ran. " + "y" * 160
 
 
+PIECE = 4
+"""Characters of a streamed reply per chunk: about one token, as OpenAI sends them."""
+
+
 class InstantModel:
     """A minimal HTTP/1.1 Chat Completions server on the event loop: every
     request gets a call of `tool` after `delay` (see `rounds` and `ask_on`
-    for the exceptions). Records when each
+    for the exceptions), streamed as OpenAI streams it when the request asks
+    for a stream (one chunk per token or so, all sent at once). Records when each
     request arrived: the moment its last byte was read (a protocol that only
     collects the pieces, so a long body costs the server little)."""
 
@@ -96,6 +101,8 @@ class InstantModel:
             message = {"role": "assistant", "content": "done"}
         else:
             message = self._call(self.tool, self.arguments)
+        if b'"stream":true' in request or b'"stream": true' in request:
+            return _streamed(message)
         body = json.dumps(
             {
                 "id": "cmpl",
@@ -110,6 +117,45 @@ class InstantModel:
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+
+
+def _streamed(message: dict[str, Any]) -> bytes:
+    """The message as a chunked stream of server-sent events: the role, the
+    text or the call's id and name, its arguments a piece at a time, the
+    finish reason, `[DONE]`."""
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    text = message.get("content") or ""
+    deltas += [{"content": text[i : i + PIECE]} for i in range(0, len(text), PIECE)]
+    for call in message.get("tool_calls") or ():
+        arguments = call["function"]["arguments"]
+        deltas.append(
+            {"tool_calls": [{**call, "index": 0, "function": {"name": call["function"]["name"]}}]}
+        )
+        deltas += [
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + PIECE]}}]}
+            for i in range(0, len(arguments), PIECE)
+        ]
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    choices: list[dict[str, Any]] = [
+        {"index": 0, "delta": d, "finish_reason": None} for d in deltas
+    ]
+    choices.append({"index": 0, "delta": {}, "finish_reason": finish})
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    out = [head]
+    for c in choices:
+        chunk = {
+            "id": "cmpl",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "instant",
+            "choices": [c],
+        }
+        data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        out.append(b"%x\r\n%s\r\n" % (len(data), data))
+    out.append(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+    return b"".join(out)
 
 
 class _Connection(asyncio.Protocol):
