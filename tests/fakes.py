@@ -36,6 +36,8 @@ these keys shape the stream:
     "indexless"  send each call whole in one chunk, without its index, as
               Ollama and Gemini's compatible endpoint do
     "usage"   end with the token counts even unasked, as some servers do
+    "raw"     the `data:` lines to send instead of the chunks (a stream of
+              something else)
     "hold"    a `threading.Event`: after the role and the first word, wait
               for it (up to 30 s) before the rest; the fake's `holding` is
               set meanwhile, and `released` records whether it came
@@ -181,7 +183,8 @@ class FakeOpenAI:
                 reply = fake.next_reply(body)
                 status = reply.get("status", 200)
                 if status == 200 and body.get("stream") and fake.streams:
-                    self.stream(chunks(reply, body), reply)
+                    sent = reply.get("raw") or [json.dumps(c) for c in chunks(reply, body)]
+                    self.stream(sent, reply)
                     return
                 if status != 200:
                     payload = {"error": {"message": reply.get("error", "boom"), "type": "server"}}
@@ -197,7 +200,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def stream(self, chunks: list[dict[str, Any]], reply: Reply) -> None:
+            def stream(self, chunks: list[str], reply: Reply) -> None:
                 # Chunked, as OpenAI's API sends it, so that a stream cut short
                 # is one the client can tell from a complete one.
                 self.protocol_version = "HTTP/1.1"
@@ -217,7 +220,7 @@ class FakeOpenAI:
                     if i == 2 and reply.get("hold") is not None:
                         fake.holding.set()
                         fake.released.append(reply["hold"].wait(30))
-                    self.write_chunk(b"data: " + json.dumps(c).encode() + b"\n\n")
+                    self.write_chunk(f"data: {c}\n\n".encode())
                 self.write_chunk(b"data: [DONE]\n\n")
                 self.write_chunk(b"")
 

@@ -145,6 +145,25 @@ async def test_a_stream_that_breaks_midway_is_a_model_error(
 
 
 @pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (['{"choices": [{"delta": {"content": "Hel'], "is not JSON"),
+        (['{"choices": "all of them"}'], "is not a chat completion"),
+        (['["a", "list"]'], "is not a chat completion"),
+        (["null"], "is not a chat completion"),
+    ],
+    ids=["cut JSON", "choices a string", "a list", "null"],
+)
+async def test_a_stream_of_something_else_is_a_model_error(
+    fake_openai: FakeOpenAI, model: OpenAIModel, raw: list[str], said: str
+) -> None:
+    fake_openai.add({"raw": raw})
+    with pytest.raises(ModelError, match=said) as e:
+        await model.complete(CONTEXT, [])
+    assert not e.value.fatal
+
+
+@pytest.mark.parametrize(
     ("status", "fatal"), [(400, True), (401, True), (404, True), (422, True), (503, False)]
 )
 async def test_an_error_status_keeps_its_meaning(

@@ -3,7 +3,7 @@ of its own as a remote model is: its CPU is not threadbot's, and the time a
 request arrives is taken there, the moment its body is read.
 
     python -m tests.bench.model_server [--tool NAME] [--arguments JSON]
-        [--delay SECONDS] [--rounds N]
+        [--delay SECONDS] [--rounds N] [--answer TEXT] [--plain]
 
 prints its port, then (unless --quiet) `arrived <time.perf_counter()>` for
 each request.
@@ -48,10 +48,17 @@ class InstantModel:
         rounds: int | None = None,
         report: bool = False,
         ask_on: str | None = None,
+        answer: str = "done",
+        plain: bool = False,
     ) -> None:
         self.delay = delay
         self.rounds = rounds
         """With `rounds`, answer with text once a request holds that many tool results."""
+        self.answer = answer
+        """That text."""
+        self.plain = plain
+        """Answer with the whole completion even when asked for a stream, as
+        some compatible servers do."""
         self.tool = tool
         self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
@@ -94,14 +101,14 @@ class InstantModel:
         message: dict[str, Any]
         if self.ask_on is not None and self.ask_on in request:
             if results:
-                message = {"role": "assistant", "content": "done"}
+                message = {"role": "assistant", "content": self.answer}
             else:
                 message = self._call("request_human_input", json.dumps({"question": QUESTION}))
         elif self.rounds is not None and results >= self.rounds:
-            message = {"role": "assistant", "content": "done"}
+            message = {"role": "assistant", "content": self.answer}
         else:
             message = self._call(self.tool, self.arguments)
-        if b'"stream":true' in request or b'"stream": true' in request:
+        if not self.plain and (b'"stream":true' in request or b'"stream": true' in request):
             return _streamed(message)
         body = json.dumps(
             {
@@ -256,6 +263,8 @@ class ModelServer:
         delay: float = 0.0,
         rounds: int | None = None,
         report: bool = True,
+        answer: str | None = None,
+        plain: bool = False,
     ) -> ModelServer:
         """`report`: learn when each request arrives (`arrival_after`)."""
         args = ["--tool", tool, "--delay", str(delay)]
@@ -265,6 +274,10 @@ class ModelServer:
             args += ["--arguments", arguments]
         if rounds is not None:
             args += ["--rounds", str(rounds)]
+        if answer is not None:
+            args += ["--answer", answer]
+        if plain:
+            args.append("--plain")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -298,6 +311,10 @@ def main() -> None:
     p.add_argument("--arguments")
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--rounds", type=int)
+    p.add_argument("--answer", default="done", help="the text of a text reply")
+    p.add_argument(
+        "--plain", action="store_true", help="answer with the whole completion, even to a stream"
+    )
     p.add_argument("--quiet", action="store_true", help="print the port only")
     p.add_argument(
         "--ask-on", help="answer a request that holds this at once: a question, then text"
@@ -312,6 +329,8 @@ def main() -> None:
             rounds=args.rounds,
             report=not args.quiet,
             ask_on=args.ask_on,
+            answer=args.answer,
+            plain=args.plain,
         )
         await server.start()
         print(server.port, flush=True)
