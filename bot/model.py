@@ -71,10 +71,13 @@ class OpenAIModel:
     """Chat Completions with tools, on OpenAI or any compatible server.
 
     The SDK does transport, retries with backoff on 429/5xx and connection
-    errors, timeouts and response parsing. The request body is serialized here:
-    `chat.completions.create()` validates and transforms every message of the
-    context on every call, which in a long thread costs more than the rest of
-    a resume put together.
+    errors, timeouts and the stream's server-sent events. The request body is
+    serialized here: `chat.completions.create()` validates and transforms
+    every message of the context on every call, which in a long thread costs
+    more than the rest of a resume put together. The reply is asked for as a
+    stream and read as plain JSON, its text handed to `on_text` piece by
+    piece; it is returned once whole. A stream that breaks off is a
+    `ModelError`: nothing of it is kept.
     """
 
     def __init__(
