@@ -6,6 +6,8 @@ only for show: what is stored is the whole reply, once."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from bot.context import Context, system_part
 from bot.model import ModelReply
 
 from .conftest import settled
-from .fakes import FakeOpenAI, Reply, ServerProcess, calls, chunks, text
+from .fakes import REPO, FakeOpenAI, Reply, ServerProcess, calls, chunks, text
 from .test_http import env_for, wait_status
 
 pytestmark = pytest.mark.anyio
@@ -261,3 +263,21 @@ async def test_the_demo_model_writes_its_text_replies_word_by_word() -> None:
     )
     assert reply.text is not None and reply.text.startswith("(demo model) ")
     assert "".join(pieces) == reply.text and len(pieces) == len(reply.text.split())
+
+
+def test_the_stream_cost_benchmark_runs_small() -> None:
+    """`python -m tests.bench.stream_cost` runs and prints its table and JSON
+    (figures are not asserted)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.stream_cost", "--calls", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    table, _, rest = out.stdout.partition("\n[")
+    assert "CPU streamed" in table
+    rows = json.loads("[" + rest)
+    assert [r["chunks"] for r in rows] == [56, 53, 503]
+    assert all(r["streamed_cpu_ms"] > 0 and r["whole_cpu_ms"] > 0 for r in rows)

@@ -63,6 +63,12 @@ async def _measure(name: str, server_args: dict[str, Any], calls: int) -> dict[s
             if i >= 20:
                 figures[k]["cpu"].append(cpu)
                 figures[k]["wall"].append(wall)
+    # Both ways give the same reply.
+    whole, streamed = [await m.complete(CONTEXT, []) for m in models.values()]
+    assert whole.text == streamed.text, (whole, streamed)
+    assert [(c.name, c.arguments) for c in whole.calls] == [
+        (c.name, c.arguments) for c in streamed.calls
+    ]
     for model in models.values():
         await model.aclose()
     for server in servers.values():
