@@ -74,10 +74,12 @@ class OpenAIModel:
     errors, timeouts and the stream's server-sent events. The request body is
     serialized here: `chat.completions.create()` validates and transforms
     every message of the context on every call, which in a long thread costs
-    more than the rest of a resume put together. The reply is asked for as a
-    stream and read as plain JSON, its text handed to `on_text` piece by
-    piece; it is returned once whole. A stream that breaks off is a
-    `ModelError`: nothing of it is kept.
+    more than the rest of a resume put together. With `on_text` the reply is
+    asked for as a stream and read as plain JSON, its text handed to
+    `on_text` piece by piece; it is returned once whole. A stream that breaks
+    off is a `ModelError`: nothing of it is kept. Without `on_text` (nobody
+    watches) it comes whole, which costs the model's server and this process
+    less.
     """
 
     def __init__(
@@ -109,7 +111,8 @@ class OpenAIModel:
             # connection for every request) and each call costs less CPU.
             http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
-        self._head = b'{"model":' + json.dumps(model).encode() + b',"stream":true,"messages":['
+        head = b'{"model":' + json.dumps(model).encode()
+        self._heads = {True: head + b',"stream":true,"messages":[', False: head + b',"messages":['}
         self._tools_cache: tuple[Sequence[dict[str, Any]], bytes] | None = None
 
     async def aclose(self) -> None:
@@ -124,12 +127,14 @@ class OpenAIModel:
             self._tools_cache = (tools, b"]" + tail + b"}")
         return self._tools_cache[1]
 
-    def body(self, context: Context, tools: Sequence[dict[str, Any]]) -> bytes:
-        parts = context.parts
+    def body(
+        self, context: Context, tools: Sequence[dict[str, Any]], *, stream: bool = True
+    ) -> bytes:
+        head, parts = self._heads[stream], context.parts
         if not parts:
-            return self._head + self._tail(tools)
+            return head + self._tail(tools)
         # One join, so that a long context is copied once.
-        return b",".join([self._head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
+        return b",".join([head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
 
     async def complete(
         self,
@@ -147,7 +152,7 @@ class OpenAIModel:
             stream = await self.client.post(
                 "/chat/completions",
                 cast_to=object,
-                content=self.body(context, tools),
+                content=self.body(context, tools, stream=on_text is not None),
                 options={"headers": {"Content-Type": "application/json"}},
                 stream=True,
                 stream_cls=AsyncStream[object],

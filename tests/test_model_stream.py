@@ -112,7 +112,17 @@ async def test_a_chunk_with_only_token_counts_is_read_past(
     fake_openai: FakeOpenAI, model: OpenAIModel
 ) -> None:
     fake_openai.add({"text": "Fine.", "usage": True})
-    assert await model.complete(CONTEXT, []) == ModelReply(text="Fine.")
+    assert await model.complete(CONTEXT, [], on_text=lambda piece: None) == ModelReply(
+        text="Fine."
+    )
+
+
+async def test_with_nobody_to_show_it_to_the_reply_is_asked_for_whole(
+    fake_openai: FakeOpenAI, model: OpenAIModel
+) -> None:
+    fake_openai.add(text("Nobody watches."))
+    assert await model.complete(CONTEXT, []) == ModelReply(text="Nobody watches.")
+    assert "stream" not in fake_openai.requests[0]
 
 
 async def test_a_server_that_answers_plain_json_still_works(
@@ -161,7 +171,7 @@ async def test_a_stream_of_something_else_is_a_model_error(
 ) -> None:
     fake_openai.add({"raw": raw})
     with pytest.raises(ModelError, match=said) as e:
-        await model.complete(CONTEXT, [])
+        await model.complete(CONTEXT, [], on_text=lambda piece: None)
     assert not e.value.fatal
 
 
