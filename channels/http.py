@@ -223,6 +223,9 @@ def _key(request: Request, route: str, value: str | None) -> str | None:
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
+Limit = Annotated[int, Field(ge=1, le=1000)]
+Order = Literal["recent", "due"]
+
 SEQ_MAX = 2**53
 After = Annotated[
     int | None,
@@ -376,9 +379,6 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
             me = identity.source(bot.people, None)
             rows = [r for r in rows if bot.may_see(r.id, me)][:limit]
         return [_summary(r) for r in rows]
-
-    Limit = Annotated[int, Field(ge=1, le=1000)]
-    Order = Literal["recent", "due"]
 
     @app.get("/threads", response_model=list[Summary])
     async def list_threads(

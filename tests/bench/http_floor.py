@@ -31,7 +31,7 @@ from .http_latency import Client, _free_port
 
 SERVERS = ("fastapi", "fsync", "bare")
 
-SERVER = r'''
+SERVER = r"""
 import sqlite3, sys
 from typing import Annotated, Any
 
@@ -90,7 +90,7 @@ async def approve(request: Request, thread_id: str, body: ApprovalIn, key: Key =
 
 app = api if kind == "fastapi" else bare
 uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning", lifespan="off")
-'''
+"""
 
 
 def measure(kind: str, requests: int, pause: float, warmup: int = 10) -> float:
