@@ -128,31 +128,47 @@ class EventStream(Response):
         self._watch = watch
         self._first = first
         self._frames = frames
+        self._quiet = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self._watch
         listener = asyncio.create_task(self._until_gone(receive))
+        beating: asyncio.Task[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self._first, "more_body": True})
-            while True:
-                try:
-                    async with asyncio.timeout(self._streams.heartbeat):
-                        news = await anext(watch)
-                except TimeoutError:
-                    await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                    continue
-                except StopAsyncIteration:
+            beating = asyncio.create_task(self._beat(send))
+            ended = False
+            async for news in watch:
+                out = []
+                for item in (news, *watch.ready()):
+                    data = self._frames(item)
+                    if data is None:
+                        ended = True
+                        break
+                    out.append(data)
+                if any(out):
+                    self._quiet = False
+                    body = b"".join(out)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if ended:
                     break
-                data = self._frames(news)
-                if data is None:
-                    break
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            beating.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             listener.cancel()
+            if beating is not None:
+                beating.cancel()
             self._streams.release(watch)
+
+    async def _beat(self, send: Send) -> None:
+        """A heartbeat after each quiet while: its own task, so that each
+        piece of news costs the stream no timer."""
+        while True:
+            self._quiet = True
+            await asyncio.sleep(self._streams.heartbeat)
+            if self._quiet:
+                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
 
     async def _until_gone(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
