@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bot import Model, ModelError, ModelReply, ThreadBot, Toolbox
+from bot import Model, ModelError, ModelReply, ThreadBot, Toolbox, Watch
 from bot.context import Context
 from store import EventStore
 
@@ -131,10 +131,19 @@ class LiveServer:
     ) -> None:
         from channels.sse import Streams
 
+        class Counted(Streams):
+            def admit(self, watch: Callable[[], Watch]) -> Watch:
+                opened = super().admit(watch)
+                server.admitted += 1
+                return opened
+
+        server = self
+        self.admitted = 0
+        """Streams opened since the start."""
         self.db = db
         self.model = model
         self.tools = tools
-        self.streams = Streams(limit=limit, heartbeat=heartbeat)
+        self.streams = Counted(limit=limit, heartbeat=heartbeat)
         self.port = free_port()
         self.bot: ThreadBot | None = None
         self._ready = threading.Event()
