@@ -160,6 +160,25 @@ def test_the_json_form_is_an_incremental_read(client: httpx.Client, model: FakeO
     assert client.get(path, headers={"Accept": "*/*, text/event-stream;q=0"}).json() == events
 
 
+def test_a_position_beyond_the_end_blinds_nobody(client: httpx.Client, model: FakeOpenAI) -> None:
+    """A client that claims to have seen events that do not exist yet waits
+    for them; others following the same thread still get each new event."""
+    model.add(ask("Which region?"), text("eu-west it is."))
+    thread_id = client.post("/threads", json={"text": "pick a region"}).json()["id"]
+    wait_status(client, thread_id, "waiting_for_human")
+    path = f"/threads/{thread_id}/events"
+    with (
+        stream(client, path) as honest,
+        stream(client, path, {"Last-Event-ID": str(10**15)}) as ahead,
+    ):
+        read_until(honest, is_event("tool_call"))
+        client.post(f"/threads/{thread_id}/responses", json={"text": "eu-west"})
+        got = read_until(honest, is_event("assistant_message"))
+        assert [f.event for f in stored(got)] == ["human_response", "assistant_message"]
+        got = read_until(ahead, is_event("assistant_message"))
+        assert [f.event for f in stored(got)] == ["human_response", "assistant_message"]
+
+
 @pytest.mark.parametrize(
     ("query", "headers"),
     [
