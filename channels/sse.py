@@ -36,6 +36,11 @@ from bot import Activity, Appended, Delta, News, Watch
 __all__ = ["HEARTBEAT", "Busy", "EventStream", "Streams", "ThreadFeed", "frame", "with_seq"]
 
 HEARTBEAT = b": still here\n\n"
+GATHER = 0.01
+"""Seconds a stream waits after news before it writes, so that what comes in
+a burst (a tool starts, returns, the model is asked again) goes out in one
+write: each write is a system call, and every stream of a thread writes at
+the same moment."""
 MEDIA_TYPE = "text/event-stream"
 
 
@@ -140,6 +145,7 @@ class EventStream(Response):
             beating = asyncio.create_task(self._beat(send))
             ended = False
             async for news in watch:
+                await asyncio.sleep(GATHER)
                 out = []
                 for item in (news, *watch.ready()):
                     data = self._frames(item)
