@@ -236,6 +236,8 @@ function follow(path, on) {
         if (!me) {
           await askForToken();
           await loadMe();
+        } else {
+          await pause(); // signed in, yet refused: not again at once
         }
         continue;
       }
