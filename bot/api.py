@@ -783,6 +783,10 @@ class ThreadBot:
             except Exception:
                 logger.exception("looking for other processes' writes failed")
 
+    def thread_row(self, thread_id: str) -> ThreadRow | None:
+        """One thread's row as `threads` lists it, or None if there is no such thread."""
+        return self.store.thread(thread_id)
+
     def threads(
         self,
         *,

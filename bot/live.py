@@ -112,6 +112,13 @@ class Watch:
             self._ready.set()
             self._live._forget(self)
 
+    def ready(self) -> list[News]:
+        """The news already waiting, taken at once without waiting for more
+        (a watcher that writes to a socket sends it in one piece)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def __aiter__(self) -> Watch:
         return self
 

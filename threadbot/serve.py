@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -234,6 +235,7 @@ async def serve(settings: Settings) -> None:
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app, protect
     from channels.slack import SlackChannel, SlackSettings
+    from channels.sse import Streams
     from channels.web.sign_in import SignInSettings, mount_sign_in
 
     host, port = settings.host_port()
@@ -258,7 +260,8 @@ async def serve(settings: Settings) -> None:
         mail = EmailChannel(bot, email_settings)
         bot.add_channel("email", mail)
     http_slack = slack is not None and not slack.settings.socket_mode
-    app = create_app(bot)
+    streams = Streams()
+    app = create_app(bot, streams=streams)
     web.mount(app)
     mount_sign_in(
         app,
@@ -278,7 +281,15 @@ async def serve(settings: Settings) -> None:
         admin_token=settings.api_token,
         local_operator=settings.local_operator(bot.people),
     )
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn waits for every open response to end, and event
+            # streams end only when told to.
+            streams.close()
+            await super().shutdown(sockets)
+
+    server = Server(
         uvicorn.Config(
             stack, host=host, port=port, http="httptools", log_level="warning", lifespan="off"
         )
