@@ -153,7 +153,9 @@ class Live:
         with self._lock:
             self._watches.setdefault(thread_id, set()).add(watch)
             if thread_id is not None:
-                self._seen[thread_id] = max(self._seen.get(thread_id, -1), after)
+                # The first watcher's place starts the thread's count; a later
+                # one's own reading covers whatever it has that others lack.
+                self._seen.setdefault(thread_id, after)
         return watch
 
     def watched(self, thread_id: str) -> bool:

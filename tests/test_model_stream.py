@@ -21,7 +21,7 @@ from bot.context import Context, system_part
 from bot.model import ModelReply
 
 from .conftest import settled
-from .fakes import REPO, FakeOpenAI, Reply, ServerProcess, calls, chunks, text
+from .fakes import REPO, FakeOpenAI, Reply, ServerProcess, ask, calls, chunks, text
 from .test_http import env_for, wait_status
 
 pytestmark = pytest.mark.anyio
@@ -112,9 +112,7 @@ async def test_a_chunk_with_only_token_counts_is_read_past(
     fake_openai: FakeOpenAI, model: OpenAIModel
 ) -> None:
     fake_openai.add({"text": "Fine.", "usage": True})
-    assert await model.complete(CONTEXT, [], on_text=lambda piece: None) == ModelReply(
-        text="Fine."
-    )
+    assert await model.complete(CONTEXT, [], on_text=lambda piece: None) == ModelReply(text="Fine.")
 
 
 async def test_with_nobody_to_show_it_to_the_reply_is_asked_for_whole(
@@ -230,21 +228,32 @@ async def test_a_length_stop_with_no_content_is_an_empty_reply(
 def test_a_server_killed_mid_stream_keeps_no_half_reply(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
-    """SIGKILL while the model streams: the half reply was only shown, never
-    stored; the restarted server asks the model again and stores one reply."""
+    """SIGKILL while the model streams to someone following the thread: the
+    half reply was only shown, never stored; the restarted server asks the
+    model again and stores one reply."""
     hold = threading.Event()
     half = "Halfway-words never stored, " * 20
     fake_openai.add(
-        {"text": half, "pause": 0.05, "hold": hold}, text("Asked again, answered once.")
+        ask("Which one?"),
+        {"text": half, "pause": 0.05, "hold": hold},
+        text("Asked again, answered once."),
     )
     env = env_for(db_path, fake_openai, ledger)
     server = ServerProcess(env).start()
     try:
         with httpx.Client(base_url=server.url) as c:
             thread_id = c.post("/threads", json={"text": "tell me"}).json()["id"]
-            assert fake_openai.holding.wait(10)  # its first word is out, the rest to come
-            assert c.get(f"/threads/{thread_id}").json()["status"] == "running"
-        server.kill()
+            wait_status(c, thread_id, "waiting_for_human")
+            # Someone follows the thread: the model's next reply streams to them.
+            events = f"/threads/{thread_id}/events"
+            with c.stream("GET", events, headers={"Accept": "text/event-stream"}) as follow:
+                assert follow.status_code == 200
+                answered = c.post(f"/threads/{thread_id}/responses", json={"text": "the first"})
+                assert answered.status_code == 202
+                assert fake_openai.holding.wait(10)  # its first word is out, the rest to come
+                assert fake_openai.requests[-1]["stream"] is True
+                assert c.get(f"/threads/{thread_id}").json()["status"] == "running"
+                server.kill()
     finally:
         hold.set()  # the rest goes to a dead connection
 
@@ -255,9 +264,10 @@ def test_a_server_killed_mid_stream_keeps_no_half_reply(
             body = wait_status(c, thread_id, "done")
     finally:
         restarted.stop()
-    assert [e["type"] for e in body["events"]] == ["user_message", "assistant_message"]
-    assert body["events"][1]["text"] == "Asked again, answered once."
-    first, again = fake_openai.requests
+    types = [e["type"] for e in body["events"]]
+    assert types == ["user_message", "tool_call", "human_response", "assistant_message"]
+    assert body["events"][-1]["text"] == "Asked again, answered once."
+    _, first, again = fake_openai.requests
     assert first["messages"] == again["messages"]
     stored = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
     assert b"tell me" in stored and b"Halfway-words" not in stored

@@ -6,10 +6,14 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import socket
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +30,8 @@ from .config import DEFAULT_TOOLS, Settings
 from .process import tune_for_serving
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from channels.email import EmailChannel
     from channels.slack import SlackChannel, SlackSettings
     from channels.slack.install import Installations
@@ -306,7 +312,8 @@ async def serve(settings: Settings) -> None:
     resumed = await bot.resume_all()
     print(_banner(settings, bot, len(resumed), slack, mail, tuned), file=sys.stderr, flush=True)
     try:
-        await server.serve()
+        with _stopping_in_order(server):
+            await server.serve()
     finally:
         if slack is not None:
             await slack.stop()
@@ -316,6 +323,28 @@ async def serve(settings: Settings) -> None:
             print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
         await bot.close(grace=10.0)
         bot.store.close()
+
+
+@contextmanager
+def _stopping_in_order(server: uvicorn.Server) -> Iterator[None]:
+    """Once uvicorn has stopped serving, it raises the signal that stopped it
+    again, for the handler it found: by default that would end the process
+    before the channels and the agent's runs stop. Meanwhile the handler is
+    this one, which only asks the server to stop; the usual handlers are back
+    for the shutdown itself (a second Ctrl-C or SIGTERM ends it at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_serve(settings: Settings) -> None:
