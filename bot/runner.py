@@ -148,7 +148,6 @@ class Runner:
         self.max_errors = max_errors
         self.retry_delay = retry_delay
         self.outbound = dict(outbound or {})
-        self._schemas = tools.schemas()
         self._system = system_part(system_prompt)
         self._contexts: OrderedDict[str, tuple[int, list[bytes]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -495,7 +494,9 @@ class Runner:
             self._show(thread.id, origin, Delta(thread.id, seq, piece))
 
         try:
-            reply = await self.model.complete(self._context(thread), self._schemas, on_text=on_text)
+            reply = await self.model.complete(
+                self._context(thread), self.tools.schemas(), on_text=on_text
+            )
         except ModelError as e:
             return [Error(message=str(e), kind="model", fatal=e.fatal)]
         return self._reply_events(thread, reply)

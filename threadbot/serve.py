@@ -14,6 +14,7 @@ from bot.api import ThreadBot
 from bot.context import DEFAULT_SYSTEM_PROMPT
 from bot.demo import DemoModel
 from bot.errors import UsageError
+from bot.mcp_tools import McpServers
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
@@ -140,6 +141,18 @@ def _without_password(db: str) -> str:
     return urlunsplit(url._replace(netloc=netloc, query=query))
 
 
+async def _start_mcp(settings: Settings, bot: ThreadBot) -> McpServers | None:
+    """THREADBOT_MCP's servers, started on the agent's loop before any
+    thread resumes (a resumed call may be one of their tools'), stopped
+    when the bot closes."""
+    if settings.mcp is None:
+        return None
+    mcp = McpServers.load(settings.mcp)
+    await bot.on_agent_loop(lambda: mcp.start(bot.tools))
+    bot.close_with(mcp.stop)
+    return mcp
+
+
 async def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -150,6 +163,8 @@ async def serve(settings: Settings) -> None:
     from channels.web.sign_in import SignInSettings, mount_sign_in
 
     host, port = settings.host_port()
+    if settings.mcp is not None:
+        McpServers.load(settings.mcp)  # a bad file stops here, before anything starts
     bot = build_bot(settings)
     settings.check_exposure(bot.people)
     slack_settings = SlackSettings.from_env()
@@ -202,8 +217,12 @@ async def serve(settings: Settings) -> None:
         await slack.start()
     if mail is not None:
         await mail.start()
+    mcp = await _start_mcp(settings, bot)
     resumed = await bot.resume_all()
-    print(_banner(settings, bot, len(resumed), slack, mail, tuned), file=sys.stderr, flush=True)
+    banner = _banner(settings, bot, len(resumed), slack, mail, tuned)
+    if mcp is not None:
+        banner += "".join(f"\n  mcp:    {line}" for line in mcp.describe())
+    print(banner, file=sys.stderr, flush=True)
     try:
         await server.serve()
     finally:
