@@ -27,6 +27,7 @@ import fnmatch
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,6 +392,7 @@ class McpServer:
     async def run(self) -> None:
         """Keep a session to the server for as long as the bot runs."""
         delay = 0.5
+        up: float | None = None
         while True:
             try:
                 async with (
@@ -402,7 +404,7 @@ class McpServer:
                     self._lost.clear()
                     self.session, self.error = session, None
                     self.starts += 1
-                    delay = 0.5
+                    up = time.monotonic()
                     log.info("MCP server %s: connected, %d tools", self.name, len(self.tools))
                     self.ready.set()
                     await self._keep(session)
@@ -418,6 +420,9 @@ class McpServer:
                 self.session = None
             if self.error is None:
                 self.error = "the connection was lost"
+            if up is not None and time.monotonic() - up > 2 * MAX_BACKOFF:
+                delay = 0.5  # it ran for a good while: a fresh start
+            up = None
             log.warning(
                 "MCP server %s: %s; starting it again in %.1f s", self.name, self.error, delay
             )
@@ -510,7 +515,8 @@ class McpServer:
             )
         except MCPError as e:
             if e.code == mt.CONNECTION_CLOSED:
-                self._lost.set()
+                if self.session is session:  # not a session started since
+                    self._lost.set()
                 return Outcome(
                     f"MCP server {self.name} stopped during the call ({e}); its outcome is "
                     "unknown. Check its effect before retrying.",
@@ -519,9 +525,18 @@ class McpServer:
             return Outcome(f"MCP server {self.name}: {e}", is_error=True)
         except Exception as e:
             return Outcome(f"MCP server {self.name}: {_describe(e)}", is_error=True)
+        if self._relist.is_set():
+            # The call changed the server's tools: the model's next turn sees them.
+            self._relist.clear()
+            try:
+                await asyncio.wait_for(self._list(session), CONNECT_TIMEOUT)
+            except Exception as e:
+                log.warning("MCP server %s: listing its tools failed: %s", self.name, _describe(e))
         if result.is_error:
             return Outcome(_text_of(result) or "the tool failed", is_error=True)
-        if result.structured_content is not None:
+        # What the server wrote for a model to read; its structured content
+        # (the same, as JSON, when a server sends both) only when it wrote none.
+        if not result.content and result.structured_content is not None:
             return Outcome(result.structured_content)
         return Outcome(_text_of(result))
 

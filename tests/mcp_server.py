@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("testops")
@@ -49,6 +49,18 @@ def crash() -> str:
     """The server process dies while running it."""
     record(f"crash pid={os.getpid()}")
     os._exit(3)
+
+
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool `name` that echoes its text, and tell the client the list changed."""
+
+    def echo(text: str) -> str:
+        return text
+
+    server.add_tool(echo, name=name, description="Echo the text.")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
 
 
 if __name__ == "__main__":

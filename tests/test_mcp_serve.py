@@ -5,6 +5,7 @@ the call "outcome unknown" after the restart, never run twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,10 +76,8 @@ def mcp_config(request: pytest.FixtureRequest, tmp_path: Path, ledger: Path) -> 
     for line in ledger.read_text().splitlines():
         if line.startswith("started pid="):
             pid = int(line.split("=")[1])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_approved_in_slack_runs_once_and_a_kill_leaves_it_unknown(

@@ -57,8 +57,8 @@ def tool_result(bot: ThreadBot, thread_id: str, n: int = 0) -> dict[str, Any]:
     return [e for e in events if e["type"] == "tool_result"][n]
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
     while not check():
         assert time.monotonic() < deadline, f"waited in vain for {what}"
         await asyncio.sleep(0.05)
@@ -69,20 +69,40 @@ async def test_tools_join_by_server_and_name_and_a_call_runs(
 ) -> None:
     bot, mcp = await start({"mcpServers": {"ops": stdio(ledger)}})
     assert {"ops__charge", "ops__lookup", "ops__refuse", "ops__crash"} <= set(bot.tools.names())
+    assert "ops__echo" not in bot.tools.names()
     fake_openai.add(calls(("ops__lookup", {"name": "api"})), text("api is healthy"))
     thread_id = await bot.launch("is api healthy?")
     view = await settled(bot, thread_id)
     assert view.state.status == "done"
     result = tool_result(bot, thread_id)
     assert result["is_error"] is False
-    assert (result["output"]["name"], result["output"]["healthy"]) == ("api", True)
+    assert json.loads(result["output"])["name"] == "api"
     # The model was offered the server's own schema under the server's name.
     offered = {t["function"]["name"]: t["function"] for t in fake_openai.requests[0]["tools"]}
     lookup = offered["ops__lookup"]
     assert lookup["description"] == "Look a service up (read-only)."
     assert lookup["parameters"]["required"] == ["name"]
-    assert '"healthy":true' in fake_openai.requests[-1]["messages"][-1]["content"]
+    assert '"healthy": true' in fake_openai.requests[-1]["messages"][-1]["content"]
     assert mcp.servers[0].error is None
+
+
+async def test_a_changed_tool_list_is_listed_again(
+    start: Any, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    bot, _ = await start({"mcpServers": {"ops": stdio(ledger)}})
+    fake_openai.add(calls(("ops__grow", {"name": "echo"})), text("Grown."))
+    thread_id = await bot.launch("grow an echo")
+    await settled(bot, thread_id)
+    assert tool_result(bot, thread_id)["output"] == "added echo"
+    # The server said its tools changed: listed again, the new one is offered.
+    await until(lambda: "ops__echo" in bot.tools.names(), "the new tool")
+    fake_openai.add(calls(("ops__echo", {"text": "hi"})), text("It said hi."))
+    again = await bot.launch("echo hi")
+    await settled(bot, again)
+    offered = [t["function"]["name"] for t in fake_openai.requests[-1]["tools"]]
+    assert "ops__echo" in offered
+    result = tool_result(bot, again)
+    assert (result["output"], result["is_error"]) == ("hi", False)
 
 
 async def test_a_tool_error_and_invalid_arguments_reach_the_model(
@@ -151,7 +171,7 @@ async def test_a_server_that_dies_is_an_error_the_model_reads_and_starts_again(
     assert result["is_error"] is False
     started = [line for line in ledger.read_text().splitlines() if line.startswith("started")]
     assert len(started) == 2
-    assert f"pid={result['output']['pid']}" == started[1].split()[1]
+    assert f"pid={json.loads(result['output'])['pid']}" == started[1].split()[1]
 
 
 async def test_a_slow_server_is_an_error_the_model_reads(
@@ -183,7 +203,7 @@ async def test_a_server_that_cannot_start_leaves_the_rest_working(
 
 
 async def test_a_call_while_the_server_is_down_is_an_error(ledger: Path) -> None:
-    from bot import ToolContext, Toolbox
+    from bot import Toolbox, ToolContext
     from bot.mcp_tools import McpTool
 
     server = McpServer(load_mcp_config({"mcpServers": {"ops": stdio(ledger)}})[0], Toolbox())

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from channels.email import EmailChannel
     from channels.slack import SlackChannel
 
-__all__ = ["build_bot", "build_model", "serve"]
+__all__ = ["build_bot", "build_model", "serve", "start_mcp"]
 
 log = logging.getLogger("threadbot")
 
@@ -141,7 +141,7 @@ def _without_password(db: str) -> str:
     return urlunsplit(url._replace(netloc=netloc, query=query))
 
 
-async def _start_mcp(settings: Settings, bot: ThreadBot) -> McpServers | None:
+async def start_mcp(settings: Settings, bot: ThreadBot) -> McpServers | None:
     """THREADBOT_MCP's servers, started on the agent's loop before any
     thread resumes (a resumed call may be one of their tools'), stopped
     when the bot closes."""
@@ -217,7 +217,7 @@ async def serve(settings: Settings) -> None:
         await slack.start()
     if mail is not None:
         await mail.start()
-    mcp = await _start_mcp(settings, bot)
+    mcp = await start_mcp(settings, bot)
     resumed = await bot.resume_all()
     banner = _banner(settings, bot, len(resumed), slack, mail, tuned)
     if mcp is not None:
