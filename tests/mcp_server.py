@@ -39,6 +39,12 @@ def lookup(name: str) -> dict[str, object]:
 
 
 @server.tool()
+def environ(name: str) -> str:
+    """Whether an environment variable is set here."""
+    return "set" if name in os.environ else "unset"
+
+
+@server.tool()
 def refuse(why: str) -> str:
     """Always fails, as a tool error."""
     raise ToolError(f"refused: {why}")

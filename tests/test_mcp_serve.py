@@ -93,7 +93,7 @@ def test_approved_in_slack_runs_once_and_a_kill_leaves_it_unknown(
     )
     server = ServerProcess(env).start()
     assert "  mcp:    ops (" in server.output()
-    assert "4 tools" in server.output()
+    assert "6 tools" in server.output()
     channel = f"C_MCP_{db_path.parent.name[-12:]}"
     fake_openai.add(calls(("ops__charge", {"amount": 42, "reason": "invoice 7"})))
     SlackSender(server.url).event(mention(channel, "charge 42 for invoice 7"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot import ThreadBot, UsageError
-from bot.mcp_tools import McpServer, McpServers, load_mcp_config, tool_name
+from bot.mcp_tools import McpServer, McpServers, McpTool, load_mcp_config, tool_name
 
 from .conftest import make_bot, settled
 from .fakes import FakeOpenAI, calls, text
@@ -204,7 +204,6 @@ async def test_a_server_that_cannot_start_leaves_the_rest_working(
 
 async def test_a_call_while_the_server_is_down_is_an_error(ledger: Path) -> None:
     from bot import Toolbox, ToolContext
-    from bot.mcp_tools import McpTool
 
     server = McpServer(load_mcp_config({"mcpServers": {"ops": stdio(ledger)}})[0], Toolbox())
     server.error = "the connection was lost"
@@ -212,6 +211,44 @@ async def test_a_call_while_the_server_is_down_is_an_error(ledger: Path) -> None
     out = await t.invoke({}, ToolContext("t", "c"))
     assert out.is_error
     assert out.output.startswith("MCP server ops is not available (the connection was lost)")
+
+
+async def test_a_stdio_server_gets_its_env_not_threadbots_secrets(
+    start: Any, ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import ToolContext
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    bot, _ = await start({"mcpServers": {"ops": stdio(ledger, env={"OPS_TOKEN": "t"})}})
+    environ = bot.tools.get("ops__environ")
+    assert environ is not None
+    found = {}
+    for name in ("SLACK_BOT_TOKEN", "OPENAI_API_KEY", "OPS_TOKEN", "PATH"):
+        found[name] = (await environ.invoke({"name": name}, ToolContext("t", name))).output
+    assert found == {
+        "SLACK_BOT_TOKEN": "unset",
+        "OPENAI_API_KEY": "unset",
+        "OPS_TOKEN": "set",
+        "PATH": "set",
+    }
+
+
+def test_a_name_taken_by_another_tool_is_left_out() -> None:
+    from bot import Toolbox, tool
+
+    @tool(name="ops__lookup")
+    def mine(name: str) -> str:
+        """A tool of the operator's, named like a server's."""
+        return name
+
+    box = Toolbox([mine])
+    a = McpTool(None, "lookup", "ops__lookup", {"type": "object"}, "", {})
+    b = McpTool(None, "charge", "ops__charge", {"type": "object"}, "", {})
+    box.set_group("mcp:ops", [a, b])
+    assert box.get("ops__lookup") is mine and box.get("ops__charge") is b
+    box.set_group("mcp:ops", [])  # listed again: gone
+    assert box.get("ops__charge") is None and box.get("ops__lookup") is mine
 
 
 def test_tool_names_fit_the_model_apis() -> None:
@@ -287,3 +324,14 @@ def test_bad_file_and_names_are_clear_errors(tmp_path: Path) -> None:
     for name in ("a.b", "a__b", "", "x" * 31):
         with pytest.raises(UsageError, match="a server's name"):
             load_mcp_config({"mcpServers": {name: {"command": "x"}}})
+
+
+def test_the_readme_example_is_a_valid_config() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## MCP servers as tools", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    github, docs = load_mcp_config(example)
+    assert (github.transport, docs.transport, docs.timeout) == ("stdio", "http", 120.0)
+    assert github.options_for("get_me")["requires_approval"] is False
+    merge = github.options_for("merge_pull_request")
+    assert (merge["requires_approval"], merge["approvals_required"]) == (True, 2)
