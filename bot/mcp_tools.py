@@ -478,14 +478,18 @@ class McpServer:
                     t.name,
                 )
                 continue
-            tools[name] = McpTool(
-                self,
-                t.name,
-                name,
-                t.input_schema,
-                t.description or "",
-                self.spec.options_for(t.name),
-            )
+            try:
+                tools[name] = McpTool(
+                    self,
+                    t.name,
+                    name,
+                    t.input_schema,
+                    t.description or "",
+                    self.spec.options_for(t.name),
+                )
+            except UsageError as e:
+                # Options of several patterns that do not go together.
+                log.error("MCP server %s: %s left out: %s", self.name, t.name, e)
         self.tools = list(tools.values())
         self.toolbox.set_group(f"mcp:{self.name}", self.tools)
 

@@ -148,6 +148,7 @@ class Runner:
         self.max_errors = max_errors
         self.retry_delay = retry_delay
         self.outbound = dict(outbound or {})
+        tools.schemas()  # made now, not during the first thread's run (kept until tools change)
         self._system = system_part(system_prompt)
         self._contexts: OrderedDict[str, tuple[int, list[bytes]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}

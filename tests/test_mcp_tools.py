@@ -149,6 +149,32 @@ async def test_approval_by_pattern_then_runs_once(
     assert ledger.read_text().count("charge 7 ") == 1
 
 
+async def test_pattern_options_reach_the_call_and_a_conflict_leaves_the_tool_out(
+    start: Any, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    config = stdio(
+        ledger,
+        tools={
+            "c*": {"requires_approval": True, "approvers": ["U_LEE"], "deadline": "1h"},
+            # With the first pattern's deadline, crash would have timers without approval.
+            "crash": {"requires_approval": False},
+        },
+    )
+    bot, _ = await start({"mcpServers": {"ops": config}})
+    assert bot.tools.get("ops__crash") is None
+    fake_openai.add(calls(("ops__charge", {"amount": 9})))
+    thread_id = await bot.launch("charge 9")
+    view = await settled(bot, thread_id)
+    assert view.state.status == "waiting_for_approval"
+    call = next(e for e in view.json()["events"] if e["type"] == "tool_call")
+    assert (call["requires_approval"], call["approvers"]) == (True, ["U_LEE"])
+    assert call["timers"]["deadline"] == 3600.0
+    fake_openai.add(text("Not charged."))
+    await bot.decide(thread_id, False, comment="no")
+    await settled(bot, thread_id)
+    assert "charge" not in ledger.read_text()
+
+
 async def test_a_server_that_dies_is_an_error_the_model_reads_and_starts_again(
     start: Any, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
