@@ -6,7 +6,7 @@ What this package exports is what channels and the composition root use:
 nothing outside `bot` needs its modules' own names.
 """
 
-from store import SCOPES, Credentials
+from store import SCOPES, Credentials, ThreadRow
 
 from .api import AwaitingDecision, Receipt, ThreadBot, ThreadView
 from .durations import seconds
@@ -84,6 +84,7 @@ __all__ = [
     "Status",
     "ThreadBot",
     "ThreadNotFound",
+    "ThreadRow",
     "ThreadState",
     "ThreadView",
     "ThreadbotError",

@@ -775,6 +775,8 @@ class ThreadBot:
         `after` is the last seq the watcher has; read what came before with
         `events_after` once the watch is made, and nothing falls between.
         On the loop of the thread that made the bot."""
+        if thread_id is not None and (row := self.store.thread(thread_id)) is not None:
+            after = min(after, row.last_seq)  # a place past the end is the end
         watch = self.live.watch(thread_id, after=after, limit=limit)
         if self._looking is None or self._looking.done():
             self._looking = asyncio.get_running_loop().create_task(self._look_elsewhere())
@@ -803,6 +805,10 @@ class ThreadBot:
                     self.live.publish(Changed())
             except Exception:
                 logger.exception("looking for other processes' writes failed")
+
+    def thread_row(self, thread_id: str) -> ThreadRow | None:
+        """One thread's row as `threads` lists it, or None if there is no such thread."""
+        return self.store.thread(thread_id)
 
     def threads(
         self,

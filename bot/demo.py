@@ -5,6 +5,7 @@ model account. It is not an LLM, and every reply says so.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -21,6 +22,8 @@ Message = dict[str, Any]
 _SERVICES = ("api", "web", "worker")
 _VERSION = re.compile(r"\b\d+(?:\.\d+)+\b")
 _PREFIX = "(demo model) "
+WORD_PAUSE = 0.03
+"""Seconds between the words of a text reply shown as it is written."""
 
 
 def _call(name: str, **arguments: Any) -> ModelReply:
@@ -44,7 +47,16 @@ class DemoModel:
         *,
         on_text: Callable[[str], None] | None = None,
     ) -> ModelReply:
-        messages = context.messages
+        reply = self._reply(context.messages)
+        if on_text is not None and reply.text:
+            # Word by word with a short pause, as a real model writes, so
+            # that the web page shows the reply arriving.
+            for word in re.findall(r"\S+\s*", reply.text):
+                on_text(word)
+                await asyncio.sleep(WORD_PAUSE)
+        return reply
+
+    def _reply(self, messages: Sequence[Message]) -> ModelReply:
         last = messages[-1]
         if last["role"] == "tool":
             return self._after_tool(messages, last)

@@ -112,6 +112,13 @@ class Watch:
             self._ready.set()
             self._live._forget(self)
 
+    def ready(self) -> list[News]:
+        """The news already waiting, taken at once without waiting for more
+        (a watcher that writes to a socket sends it in one piece)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def __aiter__(self) -> Watch:
         return self
 
@@ -146,7 +153,9 @@ class Live:
         with self._lock:
             self._watches.setdefault(thread_id, set()).add(watch)
             if thread_id is not None:
-                self._seen[thread_id] = max(self._seen.get(thread_id, -1), after)
+                # The first watcher's place starts the thread's count; a later
+                # one's own reading covers whatever it has that others lack.
+                self._seen.setdefault(thread_id, after)
         return watch
 
     def watched(self, thread_id: str) -> bool:

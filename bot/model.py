@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,10 +71,15 @@ class OpenAIModel:
     """Chat Completions with tools, on OpenAI or any compatible server.
 
     The SDK does transport, retries with backoff on 429/5xx and connection
-    errors, timeouts and response parsing. The request body is serialized here:
-    `chat.completions.create()` validates and transforms every message of the
-    context on every call, which in a long thread costs more than the rest of
-    a resume put together.
+    errors, timeouts and the stream's server-sent events. The request body is
+    serialized here: `chat.completions.create()` validates and transforms
+    every message of the context on every call, which in a long thread costs
+    more than the rest of a resume put together. With `on_text` the reply is
+    asked for as a stream and read as plain JSON, its text handed to
+    `on_text` piece by piece; it is returned once whole. A stream that breaks
+    off is a `ModelError`: nothing of it is kept. Without `on_text` (nobody
+    watches) it comes whole, which costs the model's server and this process
+    less.
     """
 
     def __init__(
@@ -106,7 +111,8 @@ class OpenAIModel:
             # connection for every request) and each call costs less CPU.
             http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
-        self._head = b'{"model":' + json.dumps(model).encode() + b',"messages":['
+        head = b'{"model":' + json.dumps(model).encode()
+        self._heads = {True: head + b',"stream":true,"messages":[', False: head + b',"messages":['}
         self._tools_cache: tuple[Sequence[dict[str, Any]], bytes] | None = None
 
     async def aclose(self) -> None:
@@ -121,12 +127,14 @@ class OpenAIModel:
             self._tools_cache = (tools, b"]" + tail + b"}")
         return self._tools_cache[1]
 
-    def body(self, context: Context, tools: Sequence[dict[str, Any]]) -> bytes:
-        parts = context.parts
+    def body(
+        self, context: Context, tools: Sequence[dict[str, Any]], *, stream: bool = True
+    ) -> bytes:
+        head, parts = self._heads[stream], context.parts
         if not parts:
-            return self._head + self._tail(tools)
+            return head + self._tail(tools)
         # One join, so that a long context is copied once.
-        return b",".join([self._head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
+        return b",".join([head + parts[0], *parts[1:-1], parts[-1] + self._tail(tools)])
 
     async def complete(
         self,
@@ -136,14 +144,18 @@ class OpenAIModel:
         on_text: TextSink | None = None,
     ) -> ModelReply:
         openai = self._openai
-        from openai.types.chat import ChatCompletion
+        from openai import AsyncStream
 
         try:
-            completion = await self.client.post(
+            # Each chunk as the JSON object it is (`object`): the SDK's typed
+            # chunk costs about 0.1 ms to build, and there is one per token.
+            stream = await self.client.post(
                 "/chat/completions",
-                cast_to=ChatCompletion,
-                content=self.body(context, tools),
+                cast_to=object,
+                content=self.body(context, tools, stream=on_text is not None),
                 options={"headers": {"Content-Type": "application/json"}},
+                stream=True,
+                stream_cls=AsyncStream[object],
             )
         except openai.APIStatusError as e:
             # Retrying cannot fix a bad key, a missing model or a bad request.
@@ -151,15 +163,89 @@ class OpenAIModel:
             raise ModelError(f"model error {e.status_code}: {_brief(e)}", fatal=fatal) from e
         except openai.APIError as e:
             raise ModelError(f"model unreachable: {_brief(e)}") from e
-        if not completion.choices:
-            raise ModelError("model returned no choices")
-        message = completion.choices[0].message
-        calls = tuple(
-            ModelCall(c.id, c.function.name, c.function.arguments or "{}")
-            for c in message.tool_calls or ()
-            if c.type == "function"
-        )
-        return ModelReply(text=message.content, calls=calls)
+        async with stream:
+            try:
+                if _media_type(stream.response.headers).endswith("json"):
+                    # Some compatible servers send the whole completion at
+                    # once, whatever `stream` asked for.
+                    return _whole_reply(json.loads(await stream.response.aread()))
+                return await _streamed_reply(stream, on_text)
+            except openai.APIError as e:
+                # The connection dropped, a read timed out, or the server
+                # sent an error in the stream.
+                raise ModelError(f"the model's reply broke off: {_brief(e)}") from e
+            except ValueError as e:
+                raise ModelError(f"the model's reply is not JSON: {_brief(e)}") from e
+            except (AttributeError, TypeError) as e:
+                raise ModelError(f"the model's reply is not a chat completion: {e}") from e
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _whole_reply(completion: dict[str, Any]) -> ModelReply:
+    """The reply of a completion sent in one piece."""
+    choices = completion.get("choices")
+    if not choices:
+        raise ModelError("model returned no choices")
+    message = choices[0].get("message") or {}
+    calls = []
+    for c in message.get("tool_calls") or ():
+        if c.get("type", "function") == "function":
+            function = c.get("function") or {}
+            calls.append(
+                ModelCall(
+                    c.get("id") or "", function.get("name") or "", function.get("arguments") or "{}"
+                )
+            )
+    return ModelReply(text=message.get("content"), calls=tuple(calls))
+
+
+@dataclass(slots=True)
+class _CallPieces:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+async def _streamed_reply(chunks: AsyncIterator[Any], on_text: TextSink | None) -> ModelReply:
+    """The reply of a streamed completion, put together as it arrives: each
+    piece of text goes to `on_text` at once; a tool call comes in pieces (its
+    id and name, then its arguments a few characters at a time)."""
+    text: list[str] = []
+    calls: dict[int | str, _CallPieces] = {}
+    last: int | str = 0
+    finished = False
+    async for chunk in chunks:
+        for choice in chunk.get("choices") or ():  # none in a chunk that only counts tokens
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                text.append(content)
+                if on_text is not None:
+                    on_text(content)
+            for piece in delta.get("tool_calls") or ():
+                # Some servers (Ollama, Gemini's) leave out the index: a piece
+                # with an id of its own is a new call, one without goes on
+                # with the last.
+                if (index := piece.get("index")) is not None:
+                    last = index
+                elif piece.get("id"):
+                    last = piece["id"]
+                call = calls.setdefault(last, _CallPieces())
+                call.id = piece.get("id") or call.id
+                function = piece.get("function") or {}
+                call.name += function.get("name") or ""
+                if arguments := function.get("arguments"):
+                    call.arguments.append(arguments)
+            if choice.get("finish_reason") is not None:
+                finished = True
+    if not finished:
+        raise ModelError("the model's stream ended before its reply did")
+    return ModelReply(
+        text="".join(text) if text else None,
+        calls=tuple(ModelCall(c.id, c.name, "".join(c.arguments) or "{}") for c in calls.values()),
+    )
 
 
 def _brief(e: Exception) -> str:

@@ -494,9 +494,14 @@ class Runner:
         def on_text(piece: str) -> None:
             self._show(thread.id, origin, Delta(thread.id, seq, piece))
 
+        # The reply streams only for someone to see it: a watcher of the
+        # thread, or a channel that shows work in progress.
+        watched = (self.live is not None and self.live.watched(thread.id)) or (
+            origin is not None and hasattr(self.outbound.get(origin.channel), "show")
+        )
         try:
             reply = await self.model.complete(
-                self._context(thread), self.tools.schemas(), on_text=on_text
+                self._context(thread), self.tools.schemas(), on_text=on_text if watched else None
             )
         except ModelError as e:
             return [Error(message=str(e), kind="model", fatal=e.fatal)]

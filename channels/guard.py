@@ -7,7 +7,10 @@ also send requests to the server, so the server tells them apart here:
 - `Guard` (outermost) checks the Host header against an allowlist first, so a
   page on a rebound DNS name (an attacker's name that now resolves to
   127.0.0.1) reaches nothing; refuses state-changing requests that a browser
-  marks as cross-site (`Origin`, `Sec-Fetch-Site`); and adds security headers
+  marks as cross-site (`Origin`, `Sec-Fetch-Site`), and requests for an
+  event stream from another site (an EventSource on another page: it could
+  not read the stream, but would hold one of the server's streams open for
+  as long as that page stays open); and adds security headers
   to every response, so no other page can frame the web page.
 - `BodyRules` (innermost, directly around the FastAPI app) caps body size
   before anything is parsed and accepts only JSON bodies, which a page on
@@ -41,6 +44,8 @@ from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .sse import wants_stream
 
 __all__ = ["BodyRules", "Guard"]
 
@@ -144,7 +149,8 @@ class Guard:
         if not self._host_allowed(scope):
             await _refuse(send, 400, "this server does not answer to that Host")
             return
-        if scope["method"] in STATE_CHANGING and self._cross_site(scope):
+        guarded = scope["method"] in STATE_CHANGING or _asks_for_stream(scope)
+        if guarded and self._cross_site(scope):
             await _refuse(send, 403, "cross-site requests are refused")
             return
         await self.app(scope, receive, send)
@@ -169,6 +175,11 @@ class Guard:
         host = (_header(scope, b"host") or b"").decode("latin-1")
         own = origin_of(f"{scope.get('scheme', 'http')}://{host}")
         return self.origins | ({own} if own else set())
+
+
+def _asks_for_stream(scope: Scope) -> bool:
+    accept = _header(scope, b"accept")
+    return accept is not None and wants_stream(accept.decode("latin-1"))
 
 
 def _with_headers(send: Send) -> Send:

@@ -7,6 +7,10 @@ whom), 403 not allowed, 400 or 422 invalid body, 401 bad token; channels/guard.p
 refuses some requests before they get here, in the same shape.
 An `Idempotency-Key` header makes any POST safe to retry: a repeat writes
 nothing and returns the original result.
+
+A thread's events, and the list of threads, can also be followed as they
+change: `GET /threads/{id}/events` and `GET /threads/events` with `Accept:
+text/event-stream` (channels/sse.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, model_validator
@@ -26,6 +30,9 @@ from starlette.types import ASGIApp
 
 from bot import (
     AlreadyAnswered,
+    Appended,
+    Changed,
+    News,
     NotAllowed,
     Receipt,
     Refused,
@@ -33,12 +40,14 @@ from bot import (
     Status,
     ThreadBot,
     ThreadNotFound,
+    ThreadRow,
     UsageError,
     iso_utc,
 )
 
 from .auth import Authenticate, identity_of
 from .guard import BodyRules, Guard
+from .sse import Busy, EventStream, Streams, ThreadFeed, frame, wants_stream, with_seq
 from .web import OPEN_PATHS
 
 __all__ = ["create_app", "protect"]
@@ -214,10 +223,65 @@ def _key(request: Request, route: str, value: str | None) -> str | None:
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
+Limit = Annotated[int, Field(ge=1, le=1000)]
+Order = Literal["recent", "due"]
 
-def create_app(bot: ThreadBot) -> FastAPI:
+SEQ_MAX = 2**53
+After = Annotated[
+    int | None,
+    Query(ge=-1, le=SEQ_MAX, description="The last seq the client has; absent: from the start."),
+]
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=r"^[0-9]{1,16}$",
+        description="The id of the last event received, as a reconnecting EventSource "
+        "sends it; it wins over `after`.",
+    ),
+]
+
+
+def _stream_doc(what: str) -> dict[int | str, dict[str, Any]]:
+    """A route that answers JSON, or an event stream when asked for one."""
+    stream = {"schema": {"type": "string", "description": what}}
+    busy = "Too many event streams are open, or the server is stopping."
+    return {
+        200: {"content": {"text/event-stream": stream}},
+        503: {"model": ErrorOut, "description": busy},
+    }
+
+
+def _summary(r: ThreadRow) -> dict[str, Any]:
+    """A thread as GET /threads lists it (the `Summary` model, as JSON)."""
+    return {
+        "id": r.id,
+        "status": r.status,
+        "title": r.title,
+        "updated_at": r.updated_at,
+        "created_at": r.created_at,
+        "origin": str(json.loads(r.origin or "{}").get("channel", "")),
+        "waiting": r.waiting,
+        "parent_id": r.parent_id,
+        "due_at": iso_utc(r.due_at),
+        "overdue_at": iso_utc(r.overdue_at),
+    }
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+SENT_MAX = 10_000
+"""Threads an inbox stream remembers having sent (to send only what changed);
+past it, it forgets and a change from another process is sent again."""
+
+
+def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
     """The API app. Requests reach it authenticated (`channels.auth`): each
-    route records who that was."""
+    route records who that was. `streams`: the cap and heartbeat of event
+    streams, and what ends them when the server stops."""
+    streams = streams if streams is not None else Streams()
 
     def who(request: Request, claimed: str | None) -> Source:
         """The authenticated person as the events' source. A body naming
@@ -264,6 +328,10 @@ def create_app(bot: ThreadBot) -> FastAPI:
             body["by"] = exc.by
         return JSONResponse(body, status_code=403 if isinstance(exc, NotAllowed) else 409)
 
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(UsageError)
     async def _usage(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
@@ -297,18 +365,9 @@ def create_app(bot: ThreadBot) -> FastAPI:
         )
         return Created(id=thread_id, status=bot.get(thread_id).state.status)
 
-    @app.get("/threads", response_model=list[Summary])
-    async def list_threads(
-        request: Request,
-        status: StatusName | None = None,
-        limit: Annotated[int, Field(ge=1, le=1000)] = 100,
-        overdue: bool = False,
-        order: Literal["recent", "due"] = "recent",
-    ) -> list[Summary]:
-        """Threads by most recent activity (`order=due`: those with a timer
-        first, soonest due), optionally of one status; `overdue=true`: only
-        those waiting past their first reminder or deadline. All of them for
-        an admin, else those the caller takes part in or may settle."""
+    def listing(
+        request: Request, status: str | None, limit: int, overdue: bool, order: str
+    ) -> list[dict[str, Any]]:
         identity = identity_of(request.scope)
         rows = bot.threads(
             status=status,
@@ -319,21 +378,80 @@ def create_app(bot: ThreadBot) -> FastAPI:
         if not identity.admin:
             me = identity.source(bot.people, None)
             rows = [r for r in rows if bot.may_see(r.id, me)][:limit]
-        return [
-            Summary(
-                id=r.id,
-                status=r.status,
-                title=r.title,
-                updated_at=r.updated_at,
-                created_at=r.created_at,
-                origin=str(json.loads(r.origin or "{}").get("channel", "")),
-                waiting=r.waiting,
-                parent_id=r.parent_id,
-                due_at=iso_utc(r.due_at),
-                overdue_at=iso_utc(r.overdue_at),
-            )
-            for r in rows
-        ]
+        return [_summary(r) for r in rows]
+
+    @app.get("/threads", response_model=list[Summary])
+    async def list_threads(
+        request: Request,
+        status: StatusName | None = None,
+        limit: Limit = 100,
+        overdue: bool = False,
+        order: Order = "recent",
+    ) -> JSONResponse:
+        """Threads by most recent activity (`order=due`: those with a timer
+        first, soonest due), optionally of one status; `overdue=true`: only
+        those waiting past their first reminder or deadline. All of them for
+        an admin, else those the caller takes part in or may settle."""
+        return JSONResponse(listing(request, status, limit, overdue, order))
+
+    # Before /threads/{thread_id}, which would take "events" for an id.
+    @app.get(
+        "/threads/events",
+        response_model=list[Summary],
+        responses=_stream_doc(
+            "`event: threads` with the listing, then `event: thread` with a thread's "
+            "summary each time it changes."
+        ),
+    )
+    async def follow_threads(
+        request: Request,
+        status: StatusName | None = None,
+        limit: Limit = 100,
+        overdue: bool = False,
+        order: Order = "recent",
+    ) -> Response:
+        """The list of threads as it changes. With `Accept: text/event-stream`:
+        first `event: threads`, whose data is what GET /threads returns for
+        the same query; then `event: thread` with a thread's summary (as GET
+        /threads lists it) whenever one the caller may see changes, whatever
+        the query (a thread that no longer matches it is how a client learns
+        to drop it). Frames carry no id: a client that reconnects gets the
+        listing again. A comment every 15 s keeps a quiet stream open.
+        Without that Accept header: the listing, as GET /threads."""
+        if not wants_stream(request.headers.get("accept")):
+            return JSONResponse(listing(request, status, limit, overdue, order))
+        identity = identity_of(request.scope)
+        me = identity.source(bot.people, None)
+        watch = streams.admit(lambda: bot.watch(None))
+        try:
+            listed = listing(request, status, limit, overdue, order)
+        except BaseException:
+            streams.release(watch)
+            raise
+        sent = {t["id"]: _compact(t) for t in listed}
+
+        def frames(news: News) -> bytes:
+            if isinstance(news, Appended):
+                row = bot.thread_row(news.thread_id)
+                rows = [row] if row is not None else []
+            elif isinstance(news, Changed):
+                rows = bot.threads(limit=limit)  # the most recent: what another process wrote
+            else:
+                return b""
+            out = []
+            for r in rows:
+                if not identity.admin and not bot.may_see(r.id, me):
+                    continue
+                text = _compact(_summary(r))
+                if sent.get(r.id) == text:
+                    continue
+                if len(sent) >= SENT_MAX:
+                    sent.clear()
+                sent[r.id] = text
+                out.append(frame("thread", text))
+            return b"".join(out)
+
+        return EventStream(streams, watch, frame("threads", _compact(listed)), frames)
 
     @app.get("/threads/{thread_id}", response_model=ThreadOut)
     async def get_thread(request: Request, thread_id: str) -> JSONResponse:
@@ -342,6 +460,55 @@ def create_app(bot: ThreadBot) -> FastAPI:
         approval's `pending.deciders` who may."""
         visible(request, thread_id)
         return JSONResponse(bot.thread_json(thread_id, who(request, None)))
+
+    @app.get(
+        "/threads/{thread_id}/events",
+        response_model=list[dict[str, Any]],
+        responses=_stream_doc(
+            "Each stored event as `event: <type>`, `id: <seq>`, `data: <the event>`; "
+            "`event: delta` and `event: activity` frames without an id."
+        ),
+    )
+    async def follow_thread(
+        request: Request, thread_id: str, after: After = None, last_event_id: LastEventId = None
+    ) -> Response:
+        """The thread's events after `after` (or after `Last-Event-ID`), each
+        with its seq, as GET /threads/{id} shows them.
+
+        With `Accept: text/event-stream`, Server-Sent Events: each stored
+        event as `event: <type>`, `id: <seq>`, `data: <the event as JSON>`,
+        then each new one as it is stored; `event: delta` frames (no id)
+        with `{"seq", "text"}`, the reply the model is writing, which is
+        stored at that seq, and `{"seq", "text": "", "done": true}` when it
+        is complete; `event: activity` frames (no id) with `{"doing": "is
+        thinking" | "running <tool>" | null}`; and a comment every 15 s.
+        A stream that falls far behind ends: reconnect with the last id
+        (EventSource does), and nothing is lost or sent twice.
+
+        Without that Accept header: the events after `after`, as a JSON array."""
+        visible(request, thread_id)
+        after = int(last_event_id) if last_event_id is not None else after
+        start = -1 if after is None else after
+        if not wants_stream(request.headers.get("accept")):
+            rows = bot.events_after(thread_id, start)
+            body = "[" + ",".join(with_seq(seq, text) for seq, _, text in rows) + "]"
+            return Response(body, media_type="application/json")
+        row = bot.thread_row(thread_id)
+        if row is None:
+            raise ThreadNotFound(thread_id)
+        # No further than the thread goes: the watch of every client of this
+        # thread would otherwise wait for seqs that do not exist yet.
+        start = min(start, row.last_seq)
+        identity = identity_of(request.scope)
+        me = identity.source(bot.people, None)
+        feed = ThreadFeed(start, None if identity.admin else lambda: bot.may_see(thread_id, me))
+        watch = streams.admit(lambda: bot.watch(thread_id, after=start))
+        try:
+            first = feed.first(bot.events_after(thread_id, start))
+        except BaseException:
+            streams.release(watch)
+            raise
+        return EventStream(streams, watch, first, feed)
 
     @app.get("/threads/{thread_id}/pending", response_model=Pending | None)
     async def get_pending(request: Request, thread_id: str) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,25 @@ from typing import Any, Self
 import httpx
 
 Reply = dict[str, Any]
-"""`{"text": ...}` or `{"calls": [(name, args), ...]}` or `{"status": 500}`."""
+"""`{"text": ...}` or `{"calls": [(name, args), ...]}` or `{"status": 500}`.
+
+A request for a stream gets the reply as OpenAI streams one (see `chunks`);
+these keys shape the stream:
+
+    "pause"   seconds between chunks, for a reply seen while it is written
+    "cut"     drop the connection after this many chunks (a broken stream)
+    "end"     end the body cleanly after this many chunks, with no finish
+              reason and no `[DONE]` (a stream cut short by a proxy)
+    "finish"  the finish reason ("stop", or "tool_calls" with calls, by default)
+    "indexless"  send each call whole in one chunk, without its index, as
+              Ollama and Gemini's compatible endpoint do
+    "usage"   end with the token counts even unasked, as some servers do
+    "raw"     the `data:` lines to send instead of the chunks (a stream of
+              something else)
+    "hold"    a `threading.Event`: after the role and the first word, wait
+              for it (up to 30 s) before the rest; the fake's `holding` is
+              set meanwhile, and `released` records whether it came
+"""
 
 
 def completion(reply: Reply, model: str = "fake") -> dict[str, Any]:
@@ -56,6 +75,49 @@ def completion(reply: Reply, model: str = "fake") -> dict[str, Any]:
     }
 
 
+def chunks(reply: Reply, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunks of a streamed completion, as OpenAI sends them: the role,
+    the text a word at a time, each tool call's id and name and then its
+    arguments a few characters at a time, the finish reason, and the token
+    counts when the request asked for them."""
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:8]}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": word}) for word in re.findall(r"\S+\s*|\s+", reply.get("text") or "")]
+    calls = reply.get("calls") or []
+    for i, (name, args) in enumerate(calls):
+        arguments = args if isinstance(args, str) else json.dumps(args)
+        call: dict[str, Any] = {
+            "index": i,
+            "id": f"call_{uuid.uuid4().hex[:10]}",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        if reply.get("indexless"):
+            del call["index"]
+            call["function"]["arguments"] = arguments
+            out.append(chunk({"tool_calls": [call]}))
+            continue
+        out.append(chunk({"tool_calls": [call]}))
+        out += [
+            chunk({"tool_calls": [{"index": i, "function": {"arguments": arguments[k : k + 7]}}]})
+            for k in range(0, len(arguments), 7)
+        ]
+    out.append(chunk({}, reply.get("finish") or ("tool_calls" if calls else "stop")))
+    if reply.get("usage") or (body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": 1, "completion_tokens": len(out), "total_tokens": len(out) + 1}
+        out.append({**head, "choices": [], "usage": usage})
+    return out
+
+
 def text(t: str) -> Reply:
     return {"text": t}
 
@@ -76,12 +138,17 @@ class FakeOpenAI:
     """A Chat Completions endpoint on 127.0.0.1 that replays a script.
 
     Each reply is a dict (see `Reply`) or a function of the request body.
-    Records every request body it received."""
+    Records every request body it received. A request with `"stream": true`
+    gets a stream of server-sent events, unless `streams` is off: then the
+    whole completion at once, as some compatible servers answer."""
 
     script: deque[Reply | Callable[[dict[str, Any]], Reply]] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    streams: bool = True
+    holding: threading.Event = field(default_factory=threading.Event)
+    released: list[bool] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -115,6 +182,10 @@ class FakeOpenAI:
                     fake.headers.append(dict(self.headers))
                 reply = fake.next_reply(body)
                 status = reply.get("status", 200)
+                if status == 200 and body.get("stream") and fake.streams:
+                    sent = reply.get("raw") or [json.dumps(c) for c in chunks(reply, body)]
+                    self.stream(sent, reply)
+                    return
                 if status != 200:
                     payload = {"error": {"message": reply.get("error", "boom"), "type": "server"}}
                 else:
@@ -128,6 +199,33 @@ class FakeOpenAI:
                     self.send_header("retry-after-ms", "10")
                 self.end_headers()
                 self.wfile.write(data)
+
+            def stream(self, chunks: list[str], reply: Reply) -> None:
+                # Chunked, as OpenAI's API sends it, so that a stream cut short
+                # is one the client can tell from a complete one.
+                self.protocol_version = "HTTP/1.1"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for i, c in enumerate(chunks):
+                    if i == reply.get("cut"):
+                        return  # the connection closes with the body unfinished
+                    if i == reply.get("end"):
+                        self.write_chunk(b"")
+                        return
+                    if i and reply.get("pause"):
+                        time.sleep(reply["pause"])
+                    if i == 2 and reply.get("hold") is not None:
+                        fake.holding.set()
+                        fake.released.append(reply["hold"].wait(30))
+                    self.write_chunk(f"data: {c}\n\n".encode())
+                self.write_chunk(b"data: [DONE]\n\n")
+                self.write_chunk(b"")
+
+            def write_chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
         server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = server.server_address[1]

@@ -223,6 +223,8 @@ class FakeSlack:
         if method == "chat.startStream":
             if self.refuse_streaming:
                 return 200, {"ok": False, "error": self.refuse_streaming}, {}
+            if len(str(args.get("markdown_text") or "")) > MARKDOWN_TEXT_LIMIT:
+                return 200, {"ok": False, "error": "msg_too_long"}, {}
             if not str(args.get("channel", "")).startswith("D") and not (
                 args.get("recipient_user_id") and args.get("recipient_team_id")
             ):
@@ -237,6 +239,8 @@ class FakeSlack:
                 }
             return 200, {"ok": True, "channel": args.get("channel"), "ts": ts}, {}
         if method in ("chat.appendStream", "chat.stopStream"):
+            if len(str(args.get("markdown_text") or "")) > MARKDOWN_TEXT_LIMIT:
+                return 200, {"ok": False, "error": "msg_too_long"}, {}
             with self.lock:
                 stream = self.streams.get(str(args.get("ts")))
                 if stream is None:
@@ -369,6 +373,10 @@ class _Server(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
+
+MARKDOWN_TEXT_LIMIT = 12_000
+"""Characters of `markdown_text` Slack takes in one chat.startStream or
+chat.appendStream call."""
 
 LIVE_METHODS = frozenset(
     {

@@ -215,3 +215,32 @@ def test_answers_racing_through_http_slack_and_mail_record_one(tmp_path: Path) -
                 assert any("Already settled by" in t["text"] for t in told)
         finally:
             server.stop()
+
+
+def test_sigterm_lets_a_running_tool_finish_and_records_its_result(tmp_path: Path) -> None:
+    """SIGTERM is a stop, not a crash: the tool that is running finishes
+    within the grace period and its result is stored, so nothing is left
+    "interrupted, outcome unknown" for the next start."""
+    ledger = tmp_path / "ledger.txt"
+    ledger.touch()
+    with FakeOpenAI().serve() as model:
+        model.add(calls(("slow_charge", {"amount": 7})), text("charged"))
+        env = env_for(tmp_path / "t.db", model, ledger, THREADBOT_TEST_SLOW="2")
+        server = ServerProcess(env).start()
+        thread_id = httpx.post(server.url + "/threads", json={"text": "charge 7"}).json()["id"]
+        deadline = time.monotonic() + 10
+        while not ledger.read_text():  # the tool has started
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.02)
+        server.proc.terminate()
+        assert server.proc.wait(20) == 0, server.output()
+        assert "letting active threads pause" in server.output()
+        server.close()
+        restarted = ServerProcess(env, port=server.port).start()
+        try:
+            body = _wait(restarted.url, thread_id, "done")
+        finally:
+            restarted.stop()
+    results = [e for e in body["events"] if e["type"] == "tool_result"]
+    assert [r["output"] for r in results] == ["charged 7"]
+    assert ledger.read_text().count("charge 7") == 1

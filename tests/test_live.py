@@ -171,3 +171,19 @@ async def test_closing_the_bot_ends_every_watch(tmp_path: Path) -> None:
     await bot.close()
     bot.store.close()
     assert [n async for n in watch] == []
+
+
+async def test_a_place_past_the_end_blinds_no_watcher(tmp_path: Path) -> None:
+    bot = _bot(tmp_path / "t.db", say("hello"), say("again"))
+    try:
+        thread_id = await bot.launch("hi")
+        await asyncio.wait_for(bot.settle(thread_id), 10)
+        far = bot.watch(thread_id, after=10_000)
+        near = bot.watch(thread_id, after=1)
+        await bot.send(thread_id, "more")
+        for watch in (far, near):
+            got = await _collect(watch, lambda got: isinstance(got[-1], Appended))
+            assert _stored(got)[0] == (2, "user_message")
+    finally:
+        await bot.close()
+        bot.store.close()

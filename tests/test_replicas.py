@@ -55,7 +55,7 @@ from .replicas import (
     wait_until,
 )
 from .slack_fake import FakeSlack, SlackSender
-from .test_slack import mention, message, posts
+from .test_slack import finished, mention, message, posts
 
 
 @pytest.fixture(scope="module")
@@ -286,9 +286,11 @@ def slack_event_to_both(a: Replica, b: Replica, slack: FakeSlack, tag: str) -> N
         "assistant_message",
         "delivered",
     ]
-    said = [p for p in slack.called("chat.postMessage") if p["channel"] == channel]
-    assert len(said) == 2, said
-    assert f"{tag} done" in json.dumps(said[1]["blocks"])
+    # Said once each: the question posted, the answer streamed (by one replica).
+    said = finished(slack, channel)
+    assert [p["text"] for p in said][1:] == [f"{tag} done"], said
+    assert len([p for p in slack.called("chat.postMessage") if p["channel"] == channel]) == 1
+    assert len([a for a in slack.called("chat.startStream") if a["channel"] == channel]) == 1
     assert len(only_thread(b, f"plan {tag}: ask")["events"]) == len(done["events"])
 
 

@@ -50,17 +50,59 @@ def sender(server: ServerProcess) -> SlackSender:
     return SlackSender(server.url)
 
 
+@pytest.fixture(scope="module")
+def whole_server(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server of its own for the tests of answers posted whole: it
+    remembers that Slack refused to stream, and so keeps posting whole."""
+    d = tmp_path_factory.mktemp("slack-whole")
+    env = env_for(d / "threadbot.db", model, d / "ledger.txt")
+    env.update(
+        SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack.api_url
+    )
+    s = ServerProcess(env).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def whole(whole_server: ServerProcess, slack: FakeSlack) -> Iterator[SlackSender]:
+    """Events to `whole_server`, in a workspace where Slack refuses to
+    stream (`refuse_streaming`): answers are posted whole, as before."""
+    slack.refuse_streaming = "not_allowed"
+    try:
+        yield SlackSender(whole_server.url)
+    finally:
+        slack.refuse_streaming = None
+
+
 @pytest.fixture(autouse=True)
 def _script_empty(model: FakeOpenAI) -> Iterator[None]:
     yield
     assert not model.script, "the test left model replies unused"
 
 
+def finished(slack: FakeSlack, channel: str) -> list[dict[str, Any]]:
+    """The messages the bot finished in `channel` so far, in order: posted
+    whole, or streamed and stopped (the model streams, and so do answers
+    where Slack allows it)."""
+    posted = [p for p in slack.called("chat.postMessage") if p["channel"] == channel]
+    with slack.lock:
+        streamed = [
+            {"channel": channel, "thread_ts": s["thread_ts"], "text": s["text"], "_ts": ts}
+            for ts, s in slack.streams.items()
+            if s["channel"] == channel and not s["streaming"]
+        ]
+    return sorted(posted + streamed, key=lambda p: float(p["_ts"]))
+
+
 def posts(slack: FakeSlack, channel: str, count: int) -> list[dict[str, Any]]:
+    """The messages the bot finished in `channel`, once there are `count`."""
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while len(found) < count:
-        found = [p for p in slack.called("chat.postMessage") if p["channel"] == channel]
+        found = finished(slack, channel)
         if time.monotonic() > deadline:
             raise AssertionError(f"{len(found)} posts in {channel}, wanted {count}")
         time.sleep(0.02)
@@ -131,7 +173,8 @@ def test_mention_question_reply_answer(
     assert sender.event(reply).status_code == 200
     answer = posts(slack, "C_Q", 2)[1]
     assert answer["thread_ts"] == ev["ts"]
-    assert answer["blocks"][0]["text"]["text"] == "Deployed *1.4.2*."  # Markdown → mrkdwn
+    # The answer streamed into the thread as Markdown (Slack renders it).
+    assert answer["text"] == "Deployed **1.4.2**."
     body = thread_of(server, "done")
     assert [e["type"] for e in body["events"]] == [
         "user_message",
@@ -306,11 +349,17 @@ def test_retries_and_duplicates_land_once(
     body = thread_of(server, "done")
     types = [e["type"] for e in body["events"]]
     assert types.count("user_message") == 1 and types.count("human_response") == 1
-    assert len([p for p in slack.called("chat.postMessage") if p["channel"] == "C_DUP"]) == 2
+    # Nothing twice: the question posted once, the answer streamed once.
+    assert [p["text"] for p in finished(slack, "C_DUP")] == ["Which version?", "ok"]
+    assert len([p for p in slack.called("chat.postMessage") if p["channel"] == "C_DUP"]) == 1
+    assert len([a for a in slack.called("chat.startStream") if a["channel"] == "C_DUP"]) == 1
     # One thread per conversation it started in (approvers' DMs aside).
     started = [t for t in httpx.get(server.url + "/threads").json() if t["origin"] == "slack"]
     dms = {f"D{u}" for u in ("ULEAD", "UOPS")}  # the approvers' own (tests/slack_fake.py)
-    assert len(started) == len({p["channel"] for p in slack.called("chat.postMessage")} - dms)
+    wrote = {
+        p["channel"] for m in ("chat.postMessage", "chat.startStream") for p in slack.called(m)
+    }
+    assert len(started) == len(wrote - dms)
 
 
 def test_bad_signature_is_refused(server: ServerProcess, slack: FakeSlack) -> None:
@@ -341,33 +390,96 @@ def test_own_bot_and_edited_messages_are_ignored(
     assert not [p for p in slack.called("chat.postMessage") if p["channel"] in ("D_IGN", "C_IGN")]
 
 
+PARAGRAPHS = [f"Paragraph {i}: " + "word " * 150 for i in range(60)]  # ~45,000 chars
+
+
+def assert_split(parts: list[dict[str, Any]]) -> None:
+    """The parts of a long answer fit Slack's limits and say it all, once."""
+    sections = [b["text"]["text"] for p in parts for b in p["blocks"]]
+    assert all(len(s) <= 3000 for s in sections)
+    assert all(len(p["blocks"]) <= 50 for p in parts)
+    joined = " ".join(sections)
+    assert all(joined.count(f"Paragraph {i}:") == 1 for i in range(60))
+    assert [p["metadata"]["event_payload"]["part"] for p in parts] == list(range(len(parts)))
+
+
 def test_long_answer_is_split(
     server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
 ) -> None:
-    paragraphs = [f"Paragraph {i}: " + "word " * 150 for i in range(60)]  # ~45,000 chars
-    model.add(text("\n\n".join(paragraphs)))
-    sender.event(mention("C_LONG", "explain everything"))
-    thread_of(server, "done")
+    """While the model writes, the answer's beginning streams into one
+    message, within Slack's 12,000 characters of markdown_text (per call,
+    and in all); once delivered, that message says the answer's first part
+    and the rest is posted under it."""
+    answer = "\n\n".join(PARAGRAPHS)
+    model.add(text(answer))
+    ev = mention("C_LONG", "explain everything")
+    sender.event(ev)
+    body = thread_of(server, "done")
     time.sleep(0.3)
-    sent = [p for p in slack.called("chat.postMessage") if p["channel"] == "C_LONG"]
+    calls = slack.live_calls("C_LONG")
+    streaming = [a for m, a in calls if m in ("chat.startStream", "chat.appendStream")]
+    assert all(len(a.get("markdown_text") or "") <= 12_000 for a in streaming)
+    (ts,) = [a["_ts"] for m, a in calls if m == "chat.startStream"]
+    shown = slack.streams[ts]
+    assert not shown["streaming"] and 0 < len(shown["text"]) <= 12_000
+    assert answer.startswith(shown["text"])  # its beginning, no hole in it
+    (update,) = [a for m, a in calls if m == "chat.update" and a["ts"] == ts]
+    rest = [a for m, a in calls if m == "chat.postMessage"]
+    assert rest and all(p["thread_ts"] == ev["ts"] for p in rest)
+    assert_split([update, *rest])
+    assert body["events"][-1]["refs"]["ts"] == ts
+
+
+def test_long_answer_posted_whole_is_split(
+    whole_server: ServerProcess, whole: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    """Where Slack does not stream (refuse_streaming), a long answer is
+    posted whole, in as many messages as it needs."""
+    model.add(text("\n\n".join(PARAGRAPHS)))
+    whole.event(mention("C_LONGW", "explain everything"))
+    thread_of(whole_server, "done")
+    time.sleep(0.3)
+    sent = [p for p in slack.called("chat.postMessage") if p["channel"] == "C_LONGW"]
     assert len(sent) >= 2
-    sections = [b["text"]["text"] for p in sent for b in p["blocks"]]
-    assert all(len(s) <= 3000 for s in sections)
-    assert all(len(p["blocks"]) <= 50 for p in sent)
-    joined = " ".join(sections)
-    assert all(f"Paragraph {i}:" in joined for i in range(60))
+    assert_split(sent)
+    assert not [s for s in slack.streams.values() if s["channel"] == "C_LONGW"]
+
+
+def test_rate_limited_stream_is_retried(
+    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+) -> None:
+    """Slack answers 429 to starting the stream, to appending to it and to
+    stopping it: each call is made again after Retry-After, and the answer
+    arrives whole, once."""
+    for method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+        slack.fail[method] = [429]
+    model.add(text("hello, the **api** is up"))
+    t0 = time.monotonic()
+    sender.event(mention("C_429", "hi"))
+    answer = posts(slack, "C_429", 1)[0]
+    assert time.monotonic() - t0 >= 3.0  # waited for Retry-After: 1, three times
+    assert not any(slack.fail.values())  # each 429 was answered
+    assert answer["text"] == "hello, the **api** is up"
+    time.sleep(0.3)
+    assert len(finished(slack, "C_429")) == 1
+    assert not [p for p in slack.called("chat.postMessage") if p["channel"] == "C_429"]
 
 
 def test_rate_limited_post_is_retried(
-    server: ServerProcess, sender: SlackSender, slack: FakeSlack, model: FakeOpenAI
+    whole_server: ServerProcess, whole: SlackSender, slack: FakeSlack, model: FakeOpenAI
 ) -> None:
+    """Where Slack does not stream (refuse_streaming), the answer is posted
+    whole, its Markdown as mrkdwn: a 429 on the post is retried."""
     slack.fail["chat.postMessage"] = [429]
-    model.add(text("hello"))
+    model.add(text("hello, the **api** is up"))
     t0 = time.monotonic()
-    sender.event(mention("C_429", "hi"))
-    post = posts(slack, "C_429", 1)[0]
+    whole.event(mention("C_429W", "hi"))
+    post = posts(slack, "C_429W", 1)[0]
     assert time.monotonic() - t0 >= 1.0  # waited for Retry-After: 1
-    assert post["blocks"][0]["text"]["text"] == "hello"
+    assert slack.fail["chat.postMessage"] == []
+    assert post["blocks"][0]["text"]["text"] == "hello, the *api* is up"  # Markdown → mrkdwn
+    time.sleep(0.3)
+    assert len(finished(slack, "C_429W")) == 1
 
 
 def test_a_reply_after_the_answer_continues_and_strangers_cannot_answer(

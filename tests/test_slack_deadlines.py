@@ -20,7 +20,7 @@ import pytest
 from .fakes import REPO, FakeOpenAI, ServerProcess, calls, text
 from .slack_fake import SECRET, FakeSlack, SlackSender
 from .test_http import env_for
-from .test_slack import mention, posts
+from .test_slack import finished, mention, posts
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 PEOPLE = """
@@ -133,7 +133,8 @@ def launch_over_http(server: ServerProcess, words: str) -> str:
 
 
 def count(slack: FakeSlack, channel: str) -> int:
-    return len([p for p in slack.called("chat.postMessage") if p["channel"] == channel])
+    """The messages the bot finished in `channel`: posted, or streamed."""
+    return len(finished(slack, channel))
 
 
 def test_reminder_and_escalation_reach_people_by_direct_message(
@@ -195,7 +196,11 @@ def test_reminder_and_escalation_in_the_slack_thread(
     for post in (request, dm, sam_dm):
         updated(slack, post["_ts"], "Approved by <@USAM>")
     time.sleep(0.3)
-    assert count(slack, "C_REM") == 4  # nothing twice
+    # Nothing twice: the request, the reminder and the escalation posted,
+    # and the answer streamed.
+    assert count(slack, "C_REM") == 4
+    assert finished(slack, "C_REM")[-1]["text"] == "Restarted web."
+    assert len([p for p in slack.called("chat.postMessage") if p["channel"] == "C_REM"]) == 3
     assert (count(slack, "DULEE"), count(slack, "DUSAM")) == (lee + 2, sam + 1)
 
 

@@ -350,3 +350,31 @@ async def test_an_answer_stored_before_its_stream_was_stopped_is_finished_in_tha
             await c.stop()
         await bot.close()
         bot.store.close()
+
+
+async def test_an_answer_too_long_for_one_stream_shows_its_beginning_then_the_whole_answer(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """Once a piece would take the streamed message past STREAM_MAX, no
+    later piece goes into it, however short: what is shown while the model
+    writes is the answer's beginning, never the answer with a hole in it.
+    The delivery then makes the message say the whole answer."""
+    from channels.slack.stream import STREAM_MAX
+
+    first = "x" * (STREAM_MAX - 10) + " "
+    # The next word does not fit; the one after it would.
+    answer = first + "overflowing " + "ok " + "the end."
+    async with serving(tmp_path / "t.db", slack, ScriptedModel.of(say(answer))) as s:
+        await s.event(dm("D_FULL", "tell me everything"))
+        body = await settled(s.bot, "done")
+        calls = slack.live_calls("D_FULL")
+        ts = next(a["_ts"] for m, a in calls if m == "chat.startStream")
+        shown = streamed_text(calls, ts)
+        assert shown == first and answer.startswith(shown)
+        assert not slack.streams[ts]["streaming"]
+        update = next(a for m, a in calls if m == "chat.update" and a["ts"] == ts)
+        sections = "".join(b["text"]["text"] for b in update["blocks"])
+        assert sections.replace(" ", "").replace("\n", "") == answer.replace(" ", "")
+        assert update["metadata"]["event_payload"] == {"thread": body["id"], "seq": 1, "part": 0}
+        assert "chat.postMessage" not in [m for m, _ in calls]
+        assert body["events"][-1]["refs"]["ts"] == ts

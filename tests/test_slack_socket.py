@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from .fakes import FakeOpenAI, ServerProcess, ask, free_port, text
 from .slack_fake import BOT_USER, FakeSlack
 from .test_http import env_for
+from .test_slack import posts
 
 
 class FakeSocket:
@@ -143,8 +144,9 @@ def test_socket_mode_conversation(tmp_path: Path) -> None:
                     },
                 )
             )
-            answer = slack.wait_for("chat.postMessage", 2)[1]
-            assert answer["blocks"][0]["text"]["text"] == "Deployed 2.0."
+            # The answer streamed into the thread (the model streams).
+            answer = posts(slack, "C_SOCK", 2)[1]
+            assert (answer["thread_ts"], answer["text"]) == (root, "Deployed 2.0.")
             assert {a.get("envelope_id") for a in socket.acks} >= {"E1", "E2"}
         finally:
             server.stop()

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +30,8 @@ from .config import DEFAULT_TOOLS, Settings
 from .process import tune_for_serving
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from channels.email import EmailChannel
     from channels.slack import SlackChannel
 
@@ -160,6 +168,7 @@ async def serve(settings: Settings) -> None:
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app, protect
     from channels.slack import SlackChannel, SlackSettings
+    from channels.sse import Streams
     from channels.web.sign_in import SignInSettings, mount_sign_in
 
     host, port = settings.host_port()
@@ -183,7 +192,8 @@ async def serve(settings: Settings) -> None:
         mail = EmailChannel(bot, email_settings)
         bot.add_channel("email", mail)
     http_slack = slack is not None and not slack.settings.socket_mode
-    app = create_app(bot)
+    streams = Streams()
+    app = create_app(bot, streams=streams)
     web.mount(app)
     mount_sign_in(
         app,
@@ -203,7 +213,15 @@ async def serve(settings: Settings) -> None:
         admin_token=settings.api_token,
         local_operator=settings.local_operator(bot.people),
     )
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn waits for every open response to end, and event
+            # streams end only when told to.
+            streams.close()
+            await super().shutdown(sockets)
+
+    server = Server(
         uvicorn.Config(
             stack, host=host, port=port, http="httptools", log_level="warning", lifespan="off"
         )
@@ -224,7 +242,8 @@ async def serve(settings: Settings) -> None:
         banner += "".join(f"\n  mcp:    {line}" for line in mcp.describe())
     print(banner, file=sys.stderr, flush=True)
     try:
-        await server.serve()
+        with _stopping_in_order(server):
+            await server.serve()
     finally:
         if slack is not None:
             await slack.stop()
@@ -234,6 +253,28 @@ async def serve(settings: Settings) -> None:
             print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
         await bot.close(grace=10.0)
         bot.store.close()
+
+
+@contextmanager
+def _stopping_in_order(server: uvicorn.Server) -> Iterator[None]:
+    """Once uvicorn has stopped serving, it raises the signal that stopped it
+    again, for the handler it found: by default that would end the process
+    before the channels and the agent's runs stop. Meanwhile the handler is
+    this one, which only asks the server to stop; the usual handlers are back
+    for the shutdown itself (a second Ctrl-C or SIGTERM ends it at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_serve(settings: Settings) -> None:

@@ -215,8 +215,8 @@ class Streams:
             if self.refuses(origin):
                 return
             s = t.stream = _stream(news.seq, origin)
-        if s.dead:
-            return
+        if s.dead or not s.whole:
+            return  # the delivery says the rest: a later piece would leave a hole
         if s.size + len(s.buffer) + len(news.text) > STREAM_MAX:
             s.whole = False
             return

@@ -2,8 +2,11 @@
 
 Plain HTML pages with a little JavaScript that reads and writes through the
 same HTTP API as every other client (so the same rules hold: a stale page
-cannot answer twice, and with a token set the page asks for it). No build
-step and no CDN: the machine that serves it may have no internet.
+cannot answer twice, and with a token set the page asks for it). The pages
+follow the API's event streams rather than asking again on a timer: the
+inbox moves a thread the moment its status changes, and a thread's page
+shows the reply as the model writes it. No build step and no CDN: the
+machine that serves it may have no internet.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def mount(app: FastAPI) -> None:
   <a id="json-link" href="/threads/{escape(thread_id)}">JSON</a></p>
 <section id="pending" aria-live="polite"></section>
 <ol id="timeline" class="timeline"></ol>
+<p id="doing" class="doing" aria-live="polite" hidden></p>
 """
         data = f' data-page="thread" data-thread="{escape(thread_id)}"'
         return HTMLResponse(_page("Thread", body, data))

@@ -3,7 +3,7 @@ of its own as a remote model is: its CPU is not threadbot's, and the time a
 request arrives is taken there, the moment its body is read.
 
     python -m tests.bench.model_server [--tool NAME] [--arguments JSON]
-        [--delay SECONDS] [--rounds N]
+        [--delay SECONDS] [--rounds N] [--answer TEXT] [--plain]
 
 prints its port, then (unless --quiet) `arrived <time.perf_counter()>` for
 each request.
@@ -27,10 +27,15 @@ QUESTION = "Which version should I deploy next? " + "x" * 160
 ANSWER = "Version 1.4.2, after the migration ran. " + "y" * 160
 
 
+PIECE = 4
+"""Characters of a streamed reply per chunk: about one token, as OpenAI sends them."""
+
+
 class InstantModel:
     """A minimal HTTP/1.1 Chat Completions server on the event loop: every
     request gets a call of `tool` after `delay` (see `rounds` and `ask_on`
-    for the exceptions). Records when each
+    for the exceptions), streamed as OpenAI streams it when the request asks
+    for a stream (one chunk per token or so, all sent at once). Records when each
     request arrived: the moment its last byte was read (a protocol that only
     collects the pieces, so a long body costs the server little)."""
 
@@ -43,10 +48,17 @@ class InstantModel:
         rounds: int | None = None,
         report: bool = False,
         ask_on: str | None = None,
+        answer: str = "done",
+        plain: bool = False,
     ) -> None:
         self.delay = delay
         self.rounds = rounds
         """With `rounds`, answer with text once a request holds that many tool results."""
+        self.answer = answer
+        """That text."""
+        self.plain = plain
+        """Answer with the whole completion even when asked for a stream, as
+        some compatible servers do."""
         self.tool = tool
         self.arguments = arguments or json.dumps({"question": QUESTION})
         self.arrivals: list[float] = []
@@ -89,13 +101,15 @@ class InstantModel:
         message: dict[str, Any]
         if self.ask_on is not None and self.ask_on in request:
             if results:
-                message = {"role": "assistant", "content": "done"}
+                message = {"role": "assistant", "content": self.answer}
             else:
                 message = self._call("request_human_input", json.dumps({"question": QUESTION}))
         elif self.rounds is not None and results >= self.rounds:
-            message = {"role": "assistant", "content": "done"}
+            message = {"role": "assistant", "content": self.answer}
         else:
             message = self._call(self.tool, self.arguments)
+        if not self.plain and (b'"stream":true' in request or b'"stream": true' in request):
+            return _streamed(message)
         body = json.dumps(
             {
                 "id": "cmpl",
@@ -110,6 +124,45 @@ class InstantModel:
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+
+
+def _streamed(message: dict[str, Any]) -> bytes:
+    """The message as a chunked stream of server-sent events: the role, the
+    text or the call's id and name, its arguments a piece at a time, the
+    finish reason, `[DONE]`."""
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    text = message.get("content") or ""
+    deltas += [{"content": text[i : i + PIECE]} for i in range(0, len(text), PIECE)]
+    for call in message.get("tool_calls") or ():
+        arguments = call["function"]["arguments"]
+        deltas.append(
+            {"tool_calls": [{**call, "index": 0, "function": {"name": call["function"]["name"]}}]}
+        )
+        deltas += [
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + PIECE]}}]}
+            for i in range(0, len(arguments), PIECE)
+        ]
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    choices: list[dict[str, Any]] = [
+        {"index": 0, "delta": d, "finish_reason": None} for d in deltas
+    ]
+    choices.append({"index": 0, "delta": {}, "finish_reason": finish})
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    out = [head]
+    for c in choices:
+        chunk = {
+            "id": "cmpl",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "instant",
+            "choices": [c],
+        }
+        data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        out.append(b"%x\r\n%s\r\n" % (len(data), data))
+    out.append(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+    return b"".join(out)
 
 
 class _Connection(asyncio.Protocol):
@@ -210,6 +263,8 @@ class ModelServer:
         delay: float = 0.0,
         rounds: int | None = None,
         report: bool = True,
+        answer: str | None = None,
+        plain: bool = False,
     ) -> ModelServer:
         """`report`: learn when each request arrives (`arrival_after`)."""
         args = ["--tool", tool, "--delay", str(delay)]
@@ -219,6 +274,10 @@ class ModelServer:
             args += ["--arguments", arguments]
         if rounds is not None:
             args += ["--rounds", str(rounds)]
+        if answer is not None:
+            args += ["--answer", answer]
+        if plain:
+            args.append("--plain")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -252,6 +311,10 @@ def main() -> None:
     p.add_argument("--arguments")
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--rounds", type=int)
+    p.add_argument("--answer", default="done", help="the text of a text reply")
+    p.add_argument(
+        "--plain", action="store_true", help="answer with the whole completion, even to a stream"
+    )
     p.add_argument("--quiet", action="store_true", help="print the port only")
     p.add_argument(
         "--ask-on", help="answer a request that holds this at once: a question, then text"
@@ -266,6 +329,8 @@ def main() -> None:
             rounds=args.rounds,
             report=not args.quiet,
             ask_on=args.ask_on,
+            answer=args.answer,
+            plain=args.plain,
         )
         await server.start()
         print(server.port, flush=True)

@@ -210,22 +210,131 @@ async function api(path, options = {}) {
   }
 }
 
+// -- following the API's event streams ----------------------------------------------
+
+// Reads Server-Sent Events with fetch rather than EventSource, which cannot
+// send the bearer token a page may hold. `path()` gives the URL to (re)connect
+// to; `on.open()` runs when a stream starts, `on.frame(event, data)` for each
+// frame. A stream that ends or fails is opened again, a little later each
+// time it fails in a row. Returns a function that stops following.
+function follow(path, on) {
+  const control = new AbortController();
+  let delay = 1000;
+  const pause = () => new Promise((resolve) => setTimeout(resolve, delay));
+  (async () => {
+    while (!control.signal.aborted) {
+      let response = null;
+      try {
+        response = await fetch(path(), { headers: { Accept: "text/event-stream", ...tokenHeaders() }, signal: control.signal });
+      } catch (_) {
+        response = null;
+      }
+      if (control.signal.aborted) return;
+      if (response && response.status === 401) {
+        await loadMe();
+        if (!me && offersSignIn()) return; // the sign-in form is showing
+        if (!me) {
+          await askForToken();
+          await loadMe();
+        } else {
+          await pause(); // signed in, yet refused: not again at once
+        }
+        continue;
+      }
+      if (response && response.ok) {
+        delay = 1000;
+        on.open();
+        try {
+          await readFrames(response.body, on.frame);
+        } catch (_) {
+          // the connection broke: open it again
+        }
+        if (control.signal.aborted) return;
+        status("Reconnecting…");
+        continue;
+      }
+      if (response && response.status !== 503) {
+        let body = null;
+        try { body = await response.json(); } catch (_) { body = null; }
+        on.refused((body && body.error) || `Refused (${response.status})`);
+        return;
+      }
+      status("Offline? Trying again…");
+      await pause();
+      delay = Math.min(delay * 2, 30000);
+    }
+  })();
+  return () => control.abort();
+}
+
+async function readFrames(stream, onFrame) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        const colon = line.indexOf(":");
+        if (colon === 0) continue; // a comment: the heartbeat
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event = text;
+        else if (field === "data") data.push(text);
+      }
+      if (data.length) onFrame(event, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
 // -- the inbox -------------------------------------------------------------------
 
-async function loadInbox() {
+const inbox = new Map(); // id → the thread's summary, as GET /threads lists it
+let inboxDrawn = false;
+
+function inboxQuery() {
   const filter = document.getElementById("filter").value;
   // What is due first: threads with a reminder or deadline ahead, soonest first.
-  const query = filter === "overdue"
-    ? "?overdue=true&order=due&limit=500"
-    : filter ? `?status=${encodeURIComponent(filter)}&order=due&limit=500` : "?order=due&limit=500";
-  const res = await api(`/threads${query}`);
+  if (filter === "overdue") return "?overdue=true&order=due&limit=500";
+  return filter ? `?status=${encodeURIComponent(filter)}&order=due&limit=500` : "?order=due&limit=500";
+}
+
+// Whether a thread belongs in the list as filtered: a thread that changed
+// is sent whatever its status, and leaves the list when it no longer fits.
+function fits(t) {
+  const filter = document.getElementById("filter").value;
+  if (filter === "overdue") return Boolean(t.overdue_at && new Date(t.overdue_at) <= Date.now());
+  return !filter || t.status === filter;
+}
+
+// As the server orders them (order=due): those with a timer first, soonest
+// due; then the most recently active.
+function dueFirst(a, b) {
+  const da = a.due_at ? new Date(a.due_at).getTime() : Infinity;
+  const db = b.due_at ? new Date(b.due_at).getTime() : Infinity;
+  if (da !== db) return da - db;
+  return new Date(b.updated_at).getTime() - new Date(a.updated_at).getTime();
+}
+
+function drawInboxSoon() {
+  if (inboxDrawn) return;
+  inboxDrawn = true;
+  queueMicrotask(() => {
+    inboxDrawn = false;
+    drawInbox();
+  });
+}
+
+function drawInbox() {
   const box = document.getElementById("inbox");
-  if (!res.ok) {
-    status(`Could not load threads (${res.status})`);
-    return;
-  }
   const groups = {};
-  for (const t of res.body) (groups[t.status] = groups[t.status] || []).push(t);
+  for (const t of [...inbox.values()].filter(fits).sort(dueFirst)) (groups[t.status] = groups[t.status] || []).push(t);
   const parts = ORDER.filter((s) => groups[s]).map((s) =>
     el(
       "section",
@@ -255,7 +364,29 @@ async function loadInbox() {
     ),
   );
   box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted" }, "No threads yet.")]));
-  status(`Updated ${new Date().toLocaleTimeString()}`);
+  status(`Live · updated ${new Date().toLocaleTimeString()}`);
+}
+
+// The list as it changes: the stream starts with the listing, then sends a
+// thread's summary each time it changes.
+function followInbox() {
+  return follow(() => `/threads/events${inboxQuery()}`, {
+    open() {},
+    frame(event, data) {
+      if (event === "threads") {
+        inbox.clear();
+        for (const t of data) inbox.set(t.id, t);
+      } else if (event === "thread") {
+        inbox.set(data.id, data);
+      } else {
+        return;
+      }
+      drawInboxSoon();
+    },
+    refused(error) {
+      status(`Could not follow the threads: ${error}`);
+    },
+  });
 }
 
 // -- one thread ------------------------------------------------------------------
@@ -329,28 +460,73 @@ function describe(e) {
 let shownSeq = -1;
 let shownPending = null;
 
-function renderTimeline(threadId, events) {
+function eventItem(threadId, e) {
+  const [head, ...body] = describe(e);
+  return el(
+    "li",
+    { class: e.type, id: `ev-${e.seq}`, "data-seq": e.seq },
+    el("div", { class: "ev-head" }, el("span", {}, `#${e.seq}`), el("strong", {}, head), el("time", { datetime: e.ts }, when(e.ts))),
+    ...body,
+    el("details", {}, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(e, null, 2))),
+    me && me.admin
+      ? el(
+          "div",
+          { class: "ev-actions" },
+          el("button", { type: "button", onclick: () => fork(threadId, e.seq), "aria-label": `Fork a new thread from event ${e.seq}` }, "Fork from here"),
+        )
+      : null,
+  );
+}
+
+// Events after those shown, in order; the reply being written stays last.
+function showEvents(threadId, events) {
   const list = document.getElementById("timeline");
-  for (const e of events.slice(shownSeq + 1)) {
-    const [head, ...body] = describe(e);
-    list.append(
-      el(
-        "li",
-        { class: e.type, id: `ev-${e.seq}`, "data-seq": e.seq },
-        el("div", { class: "ev-head" }, el("span", {}, `#${e.seq}`), el("strong", {}, head), el("time", { datetime: e.ts }, when(e.ts))),
-        ...body,
-        el("details", {}, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(e, null, 2))),
-        me && me.admin
-          ? el(
-              "div",
-              { class: "ev-actions" },
-              el("button", { type: "button", onclick: () => fork(threadId, e.seq), "aria-label": `Fork a new thread from event ${e.seq}` }, "Fork from here"),
-            )
-          : null,
-      ),
-    );
+  for (const e of events) {
+    if (e.seq <= shownSeq) continue;
+    list.insertBefore(eventItem(threadId, e), writing ? writing.item : null);
+    shownSeq = e.seq;
+    if (writing && e.seq >= writing.seq && REPLIES.includes(e.type)) dropWriting();
   }
-  shownSeq = events.length - 1;
+}
+
+// -- what the agent is doing, and the reply as it is written -------------------------
+
+const REPLIES = ["assistant_message", "tool_call", "error"];
+// Stored events that cannot change what the thread waits for, or its status.
+const QUIET = ["delivered", "tool_started"];
+
+let writing = null; // the reply the model is writing: { seq, item, body }
+let thinking = false; // "is thinking" was seen on this stream before the reply began
+
+function dropWriting() {
+  if (writing) writing.item.remove();
+  writing = null;
+}
+
+// A provisional bubble with the reply so far; the stored reply replaces it.
+function showPiece(piece) {
+  if (piece.done) {
+    if (writing && writing.seq === piece.seq) dropWriting();
+    return;
+  }
+  if (piece.seq <= shownSeq) return;
+  if (!writing || writing.seq !== piece.seq) {
+    dropWriting();
+    // Joined while the reply was being written: its start came before.
+    const body = el("div", { class: "ev-body" }, thinking ? "" : "… ");
+    const item = el("li", { class: "assistant_message writing", id: "writing", "aria-busy": "true" },
+      el("div", { class: "ev-head" }, el("strong", {}, "threadbot is writing…")), body);
+    document.getElementById("timeline").append(item);
+    writing = { seq: piece.seq, item, body };
+  }
+  writing.body.append(piece.text);
+}
+
+function showDoing(doing) {
+  const box = document.getElementById("doing");
+  box.hidden = !doing;
+  box.textContent = doing ? `threadbot ${doing}…` : "";
+  if (doing === "is thinking") thinking = true;
 }
 
 function errorBox(card, text) {
@@ -494,7 +670,7 @@ async function loadThread() {
   const res = await api(`/threads/${encodeURIComponent(threadId)}`);
   if (!res.ok) {
     document.getElementById("title").textContent = (res.body && res.body.error) || "Not found";
-    return;
+    return false;
   }
   const t = res.body;
   document.title = `${t.title || t.id} · threadbot`;
@@ -502,44 +678,91 @@ async function loadThread() {
   const badge = document.getElementById("state");
   badge.className = `badge ${t.status}`;
   badge.textContent = LABEL[t.status] || t.status;
-  renderTimeline(threadId, t.events);
+  showEvents(threadId, t.events);
   renderPending(threadId, t.pending_calls || (t.pending ? [t.pending] : []), ENDED.includes(t.status));
-  status(`Updated ${new Date().toLocaleTimeString()}`);
+  return true;
+}
+
+// What the thread waits for, and its status, read again once after events
+// that may change them; a tab in the background waits until it is shown.
+let reading = false;
+let readAgain = false;
+let readWhenShown = false;
+
+async function readSoon() {
+  if (document.hidden) {
+    readWhenShown = true;
+    return;
+  }
+  if (reading) {
+    readAgain = true;
+    return;
+  }
+  reading = true;
+  try {
+    do {
+      readAgain = false;
+      await loadThread();
+    } while (readAgain);
+  } finally {
+    reading = false;
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && readWhenShown) {
+    readWhenShown = false;
+    readSoon();
+  }
+});
+
+async function startThread() {
+  const threadId = document.body.dataset.thread;
+  if (!(await loadThread())) return;
+  follow(() => `/threads/${encodeURIComponent(threadId)}/events?after=${shownSeq}`, {
+    open() {
+      dropWriting();
+      showDoing(null);
+      thinking = false;
+      status("Live");
+    },
+    frame(event, data) {
+      if (event === "delta") showPiece(data);
+      else if (event === "activity") showDoing(data.doing);
+      else if (data.seq > shownSeq) {
+        showEvents(threadId, [data]);
+        if (!QUIET.includes(data.type)) readSoon();
+      }
+    },
+    refused(error) {
+      status(`Not following this thread: ${error}`);
+    },
+  });
 }
 
 // -- start -------------------------------------------------------------------------
 
-function every(ms, fn) {
-  let busy = false;
-  const tick = async () => {
-    if (busy || document.hidden) return;
-    busy = true;
-    try { await fn(); } catch (err) { status(`Offline? ${err.message}`); }
-    busy = false;
-  };
-  tick();
-  setInterval(tick, ms);
-}
-
 async function start() {
   await loadMe();
   if (!me && offersSignIn()) return; // the sign-in form is showing
-  setInterval(tickCountdowns, 1000);
+  setInterval(tickCountdowns, 1000); // local: no requests
   if (document.body.dataset.page === "inbox") startInbox();
-  else if (document.body.dataset.page === "thread") every(1500, loadThread);
+  else if (document.body.dataset.page === "thread") startThread();
 }
 
 function startInbox() {
   const filter = document.getElementById("filter");
   filter.value = new URLSearchParams(location.search).get("status") || "";
+  let stop = followInbox();
   filter.addEventListener("change", () => {
     const url = new URL(location.href);
     if (filter.value) url.searchParams.set("status", filter.value);
     else url.searchParams.delete("status");
     history.replaceState(null, "", url);
-    loadInbox();
+    stop();
+    drawInbox(); // at once from what is known; the new listing follows
+    stop = followInbox();
   });
-  every(2000, loadInbox);
 }
 
 start();
