@@ -19,9 +19,9 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from store import Credentials, DuplicateKey, SeqConflict, Store, ThreadRow
 
@@ -70,6 +70,13 @@ from .tools import Toolbox
 __all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
 
 logger = logging.getLogger("threadbot")
+
+T = TypeVar("T")
+
+
+async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
+
 
 IN_PROCESS = Source(channel="api", auth="python", admin=True)
 
@@ -156,6 +163,8 @@ class ThreadBot:
             **self._runner_settings,
         )
         self._looking: asyncio.Task[None] | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        """Called on the agent's loop at close, after the runs (`close_with`)."""
         self.credentials = Credentials(store)
         """People's API tokens, web sessions and sign-in links."""
 
@@ -199,6 +208,18 @@ class ThreadBot:
         )
         engine.start()
         self.runner = engine
+
+    async def on_agent_loop(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` on the agent's loop (the engine's, once `run_in_thread`
+        gave it one; else this one): what tools keep open between calls, such
+        as MCP sessions, lives there."""
+        if isinstance(self.runner, Engine):
+            return await self.runner.run(_awaited(work))
+        return await work()
+
+    def close_with(self, aclose: Callable[[], Awaitable[None]]) -> None:
+        """Have `close` call `aclose` on the agent's loop once the runs have stopped."""
+        self._closers.append(aclose)
 
     # -- launching and continuing ------------------------------------------
 
@@ -881,11 +902,19 @@ class ThreadBot:
             self._looking = None
         for watch in self.live.watches():
             watch.close()
-        aclose = getattr(self.model, "aclose", None)
+        model_aclose = getattr(self.model, "aclose", None)
+        closers = [*self._closers, *([model_aclose] if model_aclose is not None else [])]
+
+        async def aclose() -> None:
+            for close in closers:
+                try:
+                    await close()
+                except Exception:
+                    logger.exception("closing %r failed", close)
+
         if isinstance(self.runner, Engine):
-            # The model's connections live on the engine's loop.
+            # The model's connections (and the closers') live on the engine's loop.
             await self.runner.shutdown(grace, then=aclose)
             return
         await self.runner.shutdown(grace)
-        if aclose is not None:
-            await aclose()
+        await aclose()

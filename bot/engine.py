@@ -124,6 +124,10 @@ class Engine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         await asyncio.to_thread(self._thread.join)
 
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the engine's loop (where what tools use lives)."""
+        return await self._there(coro)
+
     async def _there(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))

@@ -148,7 +148,7 @@ class Runner:
         self.max_errors = max_errors
         self.retry_delay = retry_delay
         self.outbound = dict(outbound or {})
-        self._schemas = tools.schemas()
+        tools.schemas()  # made now, not during the first thread's run (kept until tools change)
         self._system = system_part(system_prompt)
         self._contexts: OrderedDict[str, tuple[int, list[bytes]]] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -501,7 +501,7 @@ class Runner:
         )
         try:
             reply = await self.model.complete(
-                self._context(thread), self._schemas, on_text=on_text if watched else None
+                self._context(thread), self.tools.schemas(), on_text=on_text if watched else None
             )
         except ModelError as e:
             return [Error(message=str(e), kind="model", fatal=e.fatal)]

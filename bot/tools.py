@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ __all__ = [
     "merge_timers",
     "tool",
 ]
+
+logger = logging.getLogger("threadbot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,13 +381,36 @@ class Toolbox:
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {HUMAN_INPUT: HUMAN_INPUT_TOOL}
+        self._groups: dict[str, tuple[str, ...]] = {}
+        self._schemas: list[dict[str, Any]] | None = None
         for t in tools:
             self.add(t)
 
     def add(self, t: Tool) -> None:
         if t.name in self._tools and self._tools[t.name] is not t:
             raise UsageError(f"two tools are named {t.name!r}")
-        self._tools[t.name] = t
+        # A new dict rather than a change to the one others may be reading.
+        self._tools = {**self._tools, t.name: t}
+        self._schemas = None
+
+    def set_group(self, group: str, tools: Iterable[Tool]) -> None:
+        """Replace the tools last set under `group` (an MCP server's, listed
+        again after a restart or a change) with these. A tool whose name is
+        taken by another is left out, with a warning."""
+        old = set(self._groups.get(group, ()))
+        kept = {k: v for k, v in self._tools.items() if k not in old}
+        names = []
+        for t in tools:
+            if t.name in kept:
+                logger.warning(
+                    "%s: a tool is named %s already; this one is left out", group, t.name
+                )
+                continue
+            kept[t.name] = t
+            names.append(t.name)
+        self._tools = kept
+        self._groups[group] = tuple(names)
+        self._schemas = None
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
@@ -399,7 +425,10 @@ class Toolbox:
         return list(self._tools)
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [t.schema() for t in self._tools.values()]
+        """The Chat Completions `tools` list (kept until the tools change)."""
+        if self._schemas is None:
+            self._schemas = [t.schema() for t in self._tools.values()]
+        return self._schemas
 
 
 def _import(spec: str) -> ModuleType:

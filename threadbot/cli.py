@@ -257,7 +257,7 @@ def _print_threads(rows: Sequence[dict[str, Any]]) -> None:
 async def _local(settings: Settings, args: argparse.Namespace) -> None:
     from bot.events import Source
 
-    from .serve import build_bot
+    from .serve import build_bot, start_mcp
 
     bot = build_bot(settings)
     src = Source(channel="cli", user=getpass.getuser(), auth="cli", admin=True)
@@ -283,6 +283,8 @@ async def _local(settings: Settings, args: argparse.Namespace) -> None:
             _print_threads([dataclasses.asdict(r) for r in rows])
             return
         since = 0
+        # The thread may go on here, through a tool of an MCP server.
+        await start_mcp(settings, bot)
         if c == "launch":
             thread_id = await bot.launch(args.text, source=src)
         elif c == "fork":

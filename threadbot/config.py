@@ -137,6 +137,9 @@ class Settings:
     for calls waiting for approval, where their tool sets none."""
     question_timers: Timers | None = None
     """The same with THREADBOT_QUESTION_: for the agent's questions."""
+    mcp: str | None = None
+    """THREADBOT_MCP: a JSON file of MCP servers (`{"mcpServers": {...}}`)
+    whose tools join the agent's (`bot.mcp_tools`)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -164,6 +167,7 @@ class Settings:
             tune=_on_off(env, "THREADBOT_TUNE", cls.tune),
             approval_timers=_timers(env, ""),
             question_timers=_timers(env, "QUESTION_"),
+            mcp=env.get("THREADBOT_MCP") or None,
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

@@ -21,6 +21,7 @@ from bot.api import ThreadBot
 from bot.context import DEFAULT_SYSTEM_PROMPT
 from bot.demo import DemoModel
 from bot.errors import UsageError
+from bot.mcp_tools import McpServers
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from channels.slack import SlackChannel, SlackSettings
     from channels.slack.install import Installations
 
-__all__ = ["build_bot", "build_model", "build_slack_installations", "serve"]
+__all__ = ["build_bot", "build_model", "build_slack_installations", "serve", "start_mcp"]
 
 log = logging.getLogger("threadbot")
 
@@ -234,6 +235,18 @@ def _without_password(db: str) -> str:
     return urlunsplit(url._replace(netloc=netloc, query=query))
 
 
+async def start_mcp(settings: Settings, bot: ThreadBot) -> McpServers | None:
+    """THREADBOT_MCP's servers, started on the agent's loop before any
+    thread resumes (a resumed call may be one of their tools'), stopped
+    when the bot closes."""
+    if settings.mcp is None:
+        return None
+    mcp = McpServers.load(settings.mcp)
+    await bot.on_agent_loop(lambda: mcp.start(bot.tools))
+    bot.close_with(mcp.stop)
+    return mcp
+
+
 async def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -245,6 +258,8 @@ async def serve(settings: Settings) -> None:
     from channels.web.sign_in import SignInSettings, mount_sign_in
 
     host, port = settings.host_port()
+    if settings.mcp is not None:
+        McpServers.load(settings.mcp)  # a bad file stops here, before anything starts
     bot = build_bot(settings)
     settings.check_exposure(bot.people)
     slack_settings = SlackSettings.from_env()
@@ -309,8 +324,12 @@ async def serve(settings: Settings) -> None:
         await slack.start()
     if mail is not None:
         await mail.start()
+    mcp = await start_mcp(settings, bot)
     resumed = await bot.resume_all()
-    print(_banner(settings, bot, len(resumed), slack, mail, tuned), file=sys.stderr, flush=True)
+    banner = _banner(settings, bot, len(resumed), slack, mail, tuned)
+    if mcp is not None:
+        banner += "".join(f"\n  mcp:    {line}" for line in mcp.describe())
+    print(banner, file=sys.stderr, flush=True)
     try:
         with _stopping_in_order(server):
             await server.serve()
