@@ -221,6 +221,11 @@ def _key(request: Request, route: str, value: str | None) -> str | None:
     return f"http:{identity.auth}:{identity.person or identity.name}:{route}:{value}"
 
 
+def _holder(identity: Any) -> str:
+    """Whose an event stream is, for the cap on one person's streams."""
+    return f"{identity.auth}:{identity.person or identity.name}"
+
+
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 Limit = Annotated[int, Field(ge=1, le=1000)]
@@ -422,7 +427,7 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
             return JSONResponse(listing(request, status, limit, overdue, order))
         identity = identity_of(request.scope)
         me = identity.source(bot.people, None)
-        watch = streams.admit(lambda: bot.watch(None))
+        watch = streams.admit(lambda: bot.watch(None), _holder(identity))
         try:
             listed = listing(request, status, limit, overdue, order)
         except BaseException:
@@ -502,7 +507,7 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
         identity = identity_of(request.scope)
         me = identity.source(bot.people, None)
         feed = ThreadFeed(start, None if identity.admin else lambda: bot.may_see(thread_id, me))
-        watch = streams.admit(lambda: bot.watch(thread_id, after=start))
+        watch = streams.admit(lambda: bot.watch(thread_id, after=start), _holder(identity))
         try:
             first = feed.first(bot.events_after(thread_id, start))
         except BaseException:

@@ -78,29 +78,37 @@ class Streams:
     """The open streams of this server. `admit` refuses beyond `limit`, and
     once `close` has ended them all (the server is stopping)."""
 
-    def __init__(self, *, limit: int = 1000, heartbeat: float = 15.0) -> None:
+    def __init__(self, *, limit: int = 1000, per_person: int = 16, heartbeat: float = 15.0) -> None:
         self.limit = limit
+        self.per_person = per_person
+        """Streams one person (one authenticated identity) may hold open: a
+        few tabs, not every slot of the server."""
         self.heartbeat = heartbeat
         """Seconds between heartbeats on a quiet stream: a proxy or a client
         that drops idle connections sees traffic, and a gone client is found."""
-        self._open: set[Watch] = set()
+        self._open: dict[Watch, str] = {}
+        """Each open stream's watch, and whose it is."""
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def admit(self, watch: Callable[[], Watch]) -> Watch:
+    def admit(self, watch: Callable[[], Watch], who: str) -> Watch:
+        """A new stream for `who` (as authenticated), unless the server or
+        they hold as many as they may."""
         if self._closed:
             raise Busy("the server is stopping")
         if len(self._open) >= self.limit:
             raise Busy(f"{self.limit} event streams are open, the most this server keeps")
+        if sum(1 for holder in self._open.values() if holder == who) >= self.per_person:
+            raise Busy(f"you have {self.per_person} event streams open, the most one person may")
         opened = watch()
-        self._open.add(opened)
+        self._open[opened] = who
         return opened
 
     def release(self, watch: Watch) -> None:
         watch.close()
-        self._open.discard(watch)
+        self._open.pop(watch, None)
 
     def close(self) -> None:
         """End every stream, and open no more."""

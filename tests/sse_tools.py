@@ -128,12 +128,13 @@ class LiveServer:
         tools: Toolbox | None = None,
         heartbeat: float = 15.0,
         limit: int = 1000,
+        per_person: int = 16,
     ) -> None:
         from channels.sse import Streams
 
         class Counted(Streams):
-            def admit(self, watch: Callable[[], Watch]) -> Watch:
-                opened = super().admit(watch)
+            def admit(self, watch: Callable[[], Watch], who: str) -> Watch:
+                opened = super().admit(watch, who)
                 server.admitted += 1
                 return opened
 
@@ -143,7 +144,7 @@ class LiveServer:
         self.db = db
         self.model = model
         self.tools = tools
-        self.streams = Counted(limit=limit, heartbeat=heartbeat)
+        self.streams = Counted(limit=limit, per_person=per_person, heartbeat=heartbeat)
         self.port = free_port()
         self.bot: ThreadBot | None = None
         self._ready = threading.Event()

@@ -22,6 +22,7 @@ import pytest
 from bot import ScriptedModel, ThreadBot
 from bot.model import ask as ask_
 from bot.model import say
+from channels.sse import Busy, Streams
 from store import EventStore
 
 from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, text
@@ -390,6 +391,20 @@ def test_the_cap_on_streams_and_clients_that_go_free_theirs(tmp_path: Path) -> N
         s.wait_open_streams(0)
         with stream(c, path) as again:
             assert next(again).event == "user_message"
+
+
+def test_the_share_is_counted_per_person() -> None:
+    class Held:
+        def close(self) -> None:
+            pass
+
+    streams = Streams(limit=10, per_person=2)
+    mine = [streams.admit(Held, "token:1:ann"), streams.admit(Held, "token:1:ann")]
+    with pytest.raises(Busy, match="you have 2 event streams open"):
+        streams.admit(Held, "token:1:ann")
+    streams.admit(Held, "token:2:bob")  # another person is still served
+    streams.release(mine[0])  # type: ignore[arg-type]
+    streams.admit(Held, "token:1:ann")
 
 
 def test_a_client_that_vanishes_frees_its_stream_at_once(tmp_path: Path) -> None:
