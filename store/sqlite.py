@@ -161,18 +161,26 @@ class EventStore(Reads):
     ) -> bool:
         """Set a thread's projection to what its events say, if no append came
         in since they were read. False when one did (read again and retry)."""
-        with self.db.atomic():
-            last = self.db.execute(
-                "SELECT max(seq) FROM events WHERE thread_id = ?", [thread_id]
-            ).fetchone()[0]
-            if last != last_seq:
-                return False
-            self.db.execute(
-                "UPDATE threads SET status = ?, title = ?, last_seq = ?, deliver_to = ?, "
-                "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ?",
-                [status, title, last, deliver_to, waiting, due_at, overdue_at, thread_id],
-            )
-        return True
+        # One statement: a transaction that read first and wrote after would
+        # fail at once, not wait, if another process committed in between.
+        cursor = self.db.execute(
+            "UPDATE threads SET status = ?, title = ?, last_seq = ?, deliver_to = ?, "
+            "waiting = ?, due_at = ?, overdue_at = ? WHERE id = ? "
+            "AND (SELECT max(seq) FROM events WHERE thread_id = ?) = ?",
+            [
+                status,
+                title,
+                last_seq,
+                deliver_to,
+                waiting,
+                due_at,
+                overdue_at,
+                thread_id,
+                thread_id,
+                last_seq,
+            ],
+        )
+        return cursor.rowcount == 1
 
     # -- leases ---------------------------------------------------------------
 

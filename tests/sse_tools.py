@@ -157,24 +157,23 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def open_streams(self) -> int:
+    def open_streams(self) -> tuple[int, int]:
         """How many streams the server holds, and how many watches its bot has
         (asked on the server's loop)."""
         assert self._loop is not None and self.bot is not None
         bot = self.bot
 
-        async def count() -> int:
-            assert len(bot.live.watches()) == len(self.streams)
-            return len(self.streams)
+        async def count() -> tuple[int, int]:
+            return len(self.streams), len(bot.live.watches())
 
         return asyncio.run_coroutine_threadsafe(count(), self._loop).result(10)
 
     def wait_open_streams(self, n: int) -> None:
-        """Until the server holds `n` streams (a closed client is noticed
-        when its connection closes, at once)."""
+        """Until the server holds `n` streams and its bot `n` watches (a
+        closed client is noticed when its connection closes, at once)."""
         deadline = time.monotonic() + 10
-        while (now := self.open_streams()) != n:
-            assert time.monotonic() < deadline, f"{now} streams open, not {n}"
+        while (now := self.open_streams()) != (n, n):
+            assert time.monotonic() < deadline, f"(streams, watches) {now}, not {n}"
             time.sleep(0.02)
 
     async def _main(self) -> None:
