@@ -56,7 +56,14 @@ def whole_server(
 ) -> Iterator[ServerProcess]:
     """A server of its own for the tests of answers posted whole: it
     remembers that Slack refused to stream, and so keeps posting whole."""
-    d = tmp_path_factory.mktemp("slack-whole")
+    yield from _server_of_its_own(slack, model, tmp_path_factory, "slack-whole")
+
+
+def _server_of_its_own(
+    slack: FakeSlack, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[ServerProcess]:
+    """A Slack server with its own database and ledger, until the module ends."""
+    d = tmp_path_factory.mktemp(name)
     env = env_for(d / "threadbot.db", model, d / "ledger.txt")
     env.update(
         SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack.api_url
@@ -610,14 +617,7 @@ def open_server(
     slack: FakeSlack, model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """Nobody named as an approver."""
-    d = tmp_path_factory.mktemp("slack-open")
-    env = env_for(d / "threadbot.db", model, d / "ledger.txt")
-    env.update(
-        SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack.api_url
-    )
-    s = ServerProcess(env).start()
-    yield s
-    s.stop()
+    yield from _server_of_its_own(slack, model, tmp_path_factory, "slack-open")
 
 
 def test_with_no_approvers_the_starter_decides(
