@@ -759,8 +759,13 @@ async def test_streamed_replies_go_out_with_their_workspaces_token(
             r = await asyncio.to_thread(sender.event, mention("CLIVE", "status?", user="U7"))
             assert r.status_code == 200, r.text
             thread_id = bot.threads()[0].id
+            # Done, and the answer delivered: the stream is stopped and its
+            # message recorded after the thread's status turns done.
             async with asyncio.timeout(10):
-                while bot.get(thread_id).json()["status"] != "done":
+                while True:
+                    body = bot.get(thread_id).json()
+                    if body["status"] == "done" and body["events"][-1]["type"] == "delivered":
+                        break
                     await bot.settle(thread_id)
                     await asyncio.sleep(0.02)
         for team, said in (("T1", "Workspace one, streamed."), ("T2", "Workspace two, streamed.")):

@@ -434,12 +434,19 @@ def test_serve_stops_promptly_with_streams_open(
         model.add(ask("Which?"))
         thread_id = httpx.post(s.url + "/threads", json={"text": "x"}).json()["id"]
         ended: list[str] = []
+        failed: list[BaseException] = []
+        opened = threading.Semaphore(0)
 
         def follow(path: str) -> None:
-            with httpx.Client(base_url=s.url, timeout=30) as c, stream(c, path) as frames:
-                for _ in frames:
-                    pass
-                ended.append(path)
+            try:
+                with httpx.Client(base_url=s.url, timeout=30) as c, stream(c, path) as frames:
+                    for i, _ in enumerate(frames):
+                        if i == 0:
+                            opened.release()
+                    ended.append(path)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failed.append(e)
+                opened.release()
 
         paths = [f"/threads/{thread_id}/events", "/threads/events"] * 3
         followers = [threading.Thread(target=follow, args=(p,)) for p in paths]
@@ -447,11 +454,16 @@ def test_serve_stops_promptly_with_streams_open(
             t.start()
         with httpx.Client(base_url=s.url) as c:
             wait_status(c, thread_id, "waiting_for_human")
+        # Every stream is open (it has had its first frame) before the signal.
+        for _ in paths:
+            assert opened.acquire(timeout=20)
+        assert not failed, failed
         s.proc.terminate()
         # uvicorn raises the signal again once it has stopped serving.
         assert s.proc.wait(20) in (0, -signal.SIGTERM), s.output()
         for t in followers:
             t.join(10)
+        assert not failed, failed
         assert sorted(ended) == sorted(paths)
     finally:
         s.stop()
