@@ -62,7 +62,7 @@ from .step import (
 )
 from .thread import HUMAN_INPUT, OpenCall, ThreadState, Timer
 from .tools import Toolbox, ToolContext, merge_timers
-from .webhooks import WebhookSender, Webhooks
+from .webhooks import Webhooks, WebhookSender
 
 __all__ = ["Runner"]
 

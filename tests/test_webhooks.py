@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,15 @@ import httpx
 import pytest
 
 from bot import ThreadBot
-from bot.errors import UsageError
 from bot.api import IN_PROCESS
+from bot.errors import UsageError
 from bot.events import AssistantMessage, UserMessage
 from bot.log import ThreadLog
 from bot.webhooks import Webhooks, new_secret
 from store import EventStore, Outbox, SeqConflict, Store
 
 from .conftest import make_bot, settled
-from .fakes import REPO, FakeOpenAI, ServerProcess, ask, clean_environ, text
+from .fakes import REPO, FakeOpenAI, ServerProcess, ask, clean_environ, free_port, text
 from .test_http import env_for, wait_status
 from .webhook_receiver import Receiver
 
@@ -182,7 +183,9 @@ async def test_a_tampered_body_or_an_old_timestamp_does_not_verify(receiver: Rec
     good = Webhook(SECRET).sign("msg_x_1", now, body)
     headers = {"webhook-id": "msg_x_1", "webhook-timestamp": str(int(now.timestamp()))}
     async with httpx.AsyncClient() as c:
-        ok = await c.post(receiver.url, content=body, headers={**headers, "webhook-signature": good})
+        ok = await c.post(
+            receiver.url, content=body, headers={**headers, "webhook-signature": good}
+        )
         tampered = await c.post(
             receiver.url,
             content=body.replace('"x"', '"y"'),
@@ -205,23 +208,35 @@ async def test_a_tampered_body_or_an_old_timestamp_does_not_verify(receiver: Rec
 async def test_a_receiver_that_is_down_gets_it_once_it_is_up(
     db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
-    with Receiver(SECRET).serve() as gone:
-        url = gone.url  # a port nobody listens on once this block ends
-    b = make_bot(db_path, fake_openai, webhooks=hooks(url))
+    port = free_port()  # nobody listens there yet
+    url = f"http://127.0.0.1:{port}/hooks"
+    b = make_bot(db_path, fake_openai, webhooks=hooks(url, max_retry=0.3))
     try:
         await b.resume_all()
         fake_openai.add(ask("Which version?"))
         thread_id = await b.launch("deploy")
         await settled(b, thread_id)
-        outbox = Outbox(b.store)
-        while not outbox.attempts():
-            await asyncio.sleep(0.01)
-        first = outbox.attempts()[0]
-        assert (first.status, first.state) == (None, "pending")
-        assert first.error is not None and "Connect" in first.error
+        store = b.store.reopen()
+        await asyncio.to_thread(until, lambda: len(Outbox(store).attempts()) >= 2)
+        with Receiver(SECRET).serve(port=port) as receiver:
+            await asyncio.to_thread(receiver.wait_for, lambda _: not Outbox(store).pending())
+        log = sorted(Outbox(store).attempts(), key=lambda a: a.attempt)
+        store.close()
     finally:
         await b.close()
         b.store.close()
+    assert [r.id for r in receiver.got] == [f"msg_{thread_id}_1"]
+    *refused, last = log
+    assert all(a.status is None and "ConnectError" in (a.error or "") for a in refused)
+    assert (last.status, last.error, last.state) == (204, None, "delivered")
+
+
+def until(check: Callable[[], bool], timeout: float = 10) -> None:
+    """Until `check()` holds, looked at every 10 ms (what the sender records)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.01)
 
 
 def test_an_append_that_loses_a_race_stores_no_webhook(tmp_path: Path) -> None:
@@ -339,23 +354,18 @@ def test_each_event_arrives_at_least_once_across_a_sigkill(
 
 
 def test_a_generated_secret_is_printed_once_and_kept(
-    db_path: Path, fake_openai: FakeOpenAI, ledger: Path, receiver: Receiver
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
 ) -> None:
-    env = env_for(db_path, fake_openai, ledger, THREADBOT_WEBHOOKS=receiver.url)
-    outputs = []
-    for _ in range(2):
-        server = ServerProcess(env).start()
-        try:
-            outputs.append(server.output())
-        finally:
-            server.stop()
-    first_output, second_output = outputs
-    secrets_printed = [
-        line.rsplit(" ", 1)[-1] for line in first_output.splitlines() if "new secret" in line
-    ]
-    assert len(secrets_printed) == 1 and secrets_printed[0].startswith("whsec_")
-    assert "new secret" not in second_output
-    assert EventStore(db_path).meta("webhook_secret", "") == secrets_printed[0]
+    env = env_for(db_path, fake_openai, ledger, THREADBOT_WEBHOOKS="https://example.com/hooks")
+    first, second = (cli(env, "--local", "threads") for _ in range(2))
+    printed = [line for line in first.stderr.splitlines() if "new secret" in line]
+    assert len(printed) == 1
+    secret = printed[0].rsplit(" ", 1)[-1]
+    assert secret.startswith("whsec_")
+    assert "new secret" not in second.stderr
+    store = EventStore(db_path)
+    assert store.meta("webhook_secret", "") == secret
+    store.close()
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ webhooks would run one: it checks every signature with the
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -66,21 +65,22 @@ class Receiver:
         self._release.set()
 
     def wait_for(self, done: Callable[[Receiver], bool], timeout: float = 15) -> None:
-        """Until `done(self)` holds, woken at each request."""
+        """Until `done(self)` holds: looked at each request, and every 20 ms
+        (for what the sender records once a request is answered)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not done(self):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"receiver: got {self.got}, refused {self.refused}")
-                self._changed.wait(left)
+                self._changed.wait(min(left, 0.02))
 
     def types(self) -> list[str]:
         with self._changed:
             return [r.type for r in self.got]
 
     @contextmanager
-    def serve(self) -> Iterator[Receiver]:
+    def serve(self, port: int = 0) -> Iterator[Receiver]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,7 +97,7 @@ class Receiver:
                 except OSError:
                     pass  # the sender is gone (killed while this was held)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         server.daemon_threads = True
         self.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -108,7 +108,3 @@ class Receiver:
             self._release.set()
             server.shutdown()
             server.server_close()
-
-
-def payloads(receiver: Receiver) -> list[dict[str, Any]]:
-    return [json.loads(json.dumps(r.data)) for r in receiver.got]
