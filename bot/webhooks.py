@@ -254,8 +254,12 @@ class WebhookSender:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        if not task.cancelled() and task.exception() is None:
-            self._wake.set()  # room for another
+        if task.cancelled():
+            return
+        if (e := task.exception()) is not None:
+            # A bug: the webhook stays claimed until its claim runs out, then is sent again.
+            log.error("sending a webhook failed", exc_info=e)
+        self._wake.set()  # room for another
 
     async def _send(self, due: Due) -> None:
         assert self._client is not None

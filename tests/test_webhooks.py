@@ -377,3 +377,25 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def test_a_change_made_from_the_shell_waits_in_the_outbox_for_the_server(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    """`threadbot --local` appends (and stores webhooks) without sending
+    them: the server sends them when it runs; the log lists them meanwhile."""
+    fake_openai.add(ask("Which version?"))
+    env = env_for(
+        db_path,
+        fake_openai,
+        ledger,
+        THREADBOT_WEBHOOKS="https://example.com/hooks",
+        THREADBOT_WEBHOOK_SECRET=SECRET,
+    )
+    assert cli(env, "webhooks", "log").stdout == "no webhooks\n"
+    launched = cli(env, "--local", "launch", "deploy")
+    assert launched.returncode == 0, launched.stderr
+    log = cli(env, "webhooks", "log")
+    [line] = log.stdout.splitlines()
+    assert line.startswith("pending  msg_") and "thread.waiting" in line
+    assert line.endswith("https://example.com/hooks")
