@@ -399,3 +399,39 @@ def test_a_change_made_from_the_shell_waits_in_the_outbox_for_the_server(
     [line] = log.stdout.splitlines()
     assert line.startswith("pending  msg_") and "thread.waiting" in line
     assert line.endswith("https://example.com/hooks")
+
+
+async def test_two_servers_on_one_database_deliver_each_webhook_once(
+    make_store: Callable[[], Store], fake_openai: FakeOpenAI, ledger: Path, receiver: Receiver
+) -> None:
+    """Two bots (as two replicas, each sending on a thread of its own) send
+    from one outbox. Every first attempt gets a 500, so each retry falls due
+    for both senders at the same moment and both may read it as due: one
+    claims it, and the receiver gets each webhook once per attempt."""
+    from bot import OpenAIModel
+    from bot.tools import load_tools
+
+    def replica() -> ThreadBot:
+        model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
+        return ThreadBot(
+            make_store(), model, load_tools("tests.ledger_tools"), webhooks=hooks(receiver.url)
+        )
+
+    bots = [replica(), replica()]
+    try:
+        for b in bots:
+            b.run_in_thread()
+            await b.resume_all()
+        ids = []
+        receiver.fail_first = True
+        for i in range(6):
+            fake_openai.add(ask(f"Which version of service {i}?"))
+            ids.append(await bots[i % 2].launch(f"deploy service {i}"))
+            await settled(bots[i % 2], ids[-1])
+        await wait_delivered(bots[0], receiver)
+    finally:
+        for b in bots:
+            await b.close()
+    answered = [r.id for r in receiver.got if r.answered == 204]
+    assert sorted(answered) == sorted(f"msg_{t}_1" for t in ids)
+    assert len(receiver.got) == 12  # one 500 and one 204 each: no retry sent twice

@@ -35,6 +35,8 @@ class Receiver:
     """Every webhook whose signature verified, in order of arrival."""
     refused: list[str] = field(default_factory=list)
     """Why each refused request was refused."""
+    fail_first: bool = False
+    """Answer 500 to the first arrival of each webhook id."""
     holding: bool = False
     """While set, a verified webhook is recorded and left unanswered."""
     url: str = ""
@@ -52,6 +54,8 @@ class Receiver:
         with self._changed:
             hold = self.holding
             status = 0 if hold else (self.answers.popleft() if self.answers else 204)
+            if self.fail_first and all(r.id != headers["webhook-id"] for r in self.got):
+                status = 500
             self.got.append(Received(headers["webhook-id"], payload["type"], payload, status))
             self._changed.notify_all()
         if hold:
