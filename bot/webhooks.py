@@ -44,6 +44,7 @@ __all__ = [
     "EVENT_TYPES",
     "WebhookSender",
     "Webhooks",
+    "check_urls",
     "event_type",
     "new_secret",
     "webhook_rows",
@@ -87,9 +88,7 @@ class Webhooks:
     """Seconds after the event when no more attempts are made."""
 
     def __post_init__(self) -> None:
-        for url in self.urls:
-            if not url.startswith(("http://", "https://")):
-                raise UsageError(f"a webhook URL must be http(s)://…, not {url!r}")
+        check_urls(self.urls)
         try:
             Webhook(self.secret)
         except Exception:
@@ -104,6 +103,12 @@ class Webhooks:
         together)."""
         base = min(self.max_retry, self.first_retry * 2.0 ** min(attempts - 1, 30))
         return base * random.uniform(0.8, 1.2)
+
+
+def check_urls(urls: Sequence[str]) -> None:
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"a webhook URL must be http(s)://…, not {url!r}")
 
 
 def new_secret() -> str:
@@ -205,12 +210,17 @@ class WebhookSender:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop sending. A webhook cut off mid-request stays claimed by this
-        sender, which is gone: the next one sends it again."""
+        """Stop sending. A webhook cut off mid-request is let go, to be sent
+        again (by another process on the database, or at the next start)."""
         tasks = [t for t in (self._task, *self._sending) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            try:
+                self.outbox.release(self.owner, time.time())
+            except Exception:
+                log.exception("letting go of the webhooks being sent failed")
         self._task = None
         if self._client is not None:
             await self._client.aclose()

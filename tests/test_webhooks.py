@@ -294,11 +294,17 @@ def row_values(row: Any) -> tuple[str, str, str, int]:
     return (row.id, row.url, row.payload, 0)
 
 
-def test_settings_refuse_a_bad_url_or_secret() -> None:
+def test_settings_refuse_a_bad_url_or_secret(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="http"):
         Webhooks(("ftp://example.com/x",), SECRET)
     with pytest.raises(UsageError, match="whsec_"):
         Webhooks(("https://example.com/x",), "not base64!")
+    env = {"THREADBOT_DB": str(tmp_path / "t.db"), "THREADBOT_WEBHOOKS": "example.com/hooks"}
+    refused = cli(env, "--local", "threads")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "threadbot: a webhook URL must be http(s)://…, not 'example.com/hooks'\n"
+    )
 
 
 # -- `threadbot serve`, killed -------------------------------------------------------

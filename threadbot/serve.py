@@ -17,7 +17,7 @@ from bot.errors import UsageError
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
-from bot.webhooks import Webhooks, new_secret
+from bot.webhooks import Webhooks, check_urls, new_secret
 from store import Store, is_postgres_url, open_store
 
 from .config import DEFAULT_TOOLS, Settings
@@ -54,6 +54,7 @@ def build_webhooks(settings: Settings, store: Store) -> Webhooks | None:
     secret is generated once, kept in the database and printed that once."""
     if not settings.webhooks:
         return None
+    check_urls(settings.webhooks)  # before a secret is made for them
     secret = settings.webhook_secret
     if secret is None:
         fresh = new_secret()
