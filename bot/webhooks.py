@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks import Webhook
@@ -47,6 +48,7 @@ __all__ = [
     "check_urls",
     "event_type",
     "new_secret",
+    "shown",
     "webhook_rows",
 ]
 
@@ -109,6 +111,16 @@ def check_urls(urls: Sequence[str]) -> None:
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"a webhook URL must be http(s)://…, not {url!r}")
+
+
+def shown(url: str) -> str:
+    """A webhook URL as logs show it: its origin only (a path or query may
+    hold a token, as some services' webhook URLs do)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    rest = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 def new_secret() -> str:
@@ -308,7 +320,7 @@ class WebhookSender:
             log.warning(
                 "webhook %s to %s: %s%s",
                 due.id,
-                due.url,
+                shown(due.url),
                 error,
                 "; given up" if late else f"; again in {next_at - now:.0f} s",
             )

@@ -17,7 +17,7 @@ from bot.errors import UsageError
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
-from bot.webhooks import Webhooks, check_urls, new_secret
+from bot.webhooks import Webhooks, check_urls, new_secret, shown
 from store import Store, is_postgres_url, open_store
 
 from .config import DEFAULT_TOOLS, Settings
@@ -133,7 +133,8 @@ def _banner(
     if settings.webhooks:
         where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
         lines.append(
-            f"  hooks:  {', '.join(settings.webhooks)}  (signed with the secret from {where})"
+            f"  hooks:  {', '.join(map(shown, settings.webhooks))}  "
+            f"(signed with the secret from {where})"
         )
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
