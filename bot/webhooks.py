@@ -250,8 +250,11 @@ class WebhookSender:
                 following = None
             wait = LOOK if following is None else min(LOOK, following - time.time())
             if wait > 0:
+                # Not asyncio.wait_for: on Python 3.11 it loses a cancellation
+                # that comes as the event is set, and `stop` would wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     def _take_back(self) -> None:
         """Webhooks claimed by a sender that died (a killed process) are due

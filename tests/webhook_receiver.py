@@ -76,7 +76,8 @@ class Receiver:
             while not done(self):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"receiver: got {self.got}, refused {self.refused}")
+                    got = [(r.id, r.type, r.answered) for r in self.got]
+                    raise AssertionError(f"receiver: got {got}, refused {self.refused}")
                 self._changed.wait(min(left, 0.02))
 
     def types(self) -> list[str]:
