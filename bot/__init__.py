@@ -42,6 +42,7 @@ from .render import iso_utc
 from .step import next_step
 from .thread import Status, ThreadState, derive
 from .tools import Deferred, Tool, Toolbox, ToolContext, load_tools, tool
+from .webhooks import Webhooks
 
 __all__ = [
     "ADMINS",
@@ -94,6 +95,7 @@ __all__ = [
     "Toolbox",
     "UsageError",
     "Watch",
+    "Webhooks",
     "derive",
     "iso_utc",
     "load_tools",

@@ -66,6 +66,7 @@ from .render import pending_json, thread_json, thread_markdown
 from .runner import Runner
 from .thread import ENDED, HUMAN_INPUT, OpenCall, Pending, ThreadState, derive, waiting_summary
 from .tools import Toolbox
+from .webhooks import Webhooks
 
 __all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
 
@@ -136,10 +137,13 @@ class ThreadBot:
         people: People | None = None,
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.live = Live(self._read_live)
         """What happens in threads as it happens (`watch`); nothing of it is stored."""
         self._log = ThreadLog(store, live=self.live)
+        if webhooks is not None:
+            self._log.webhooks = webhooks.urls
         self._home = threading.get_ident()
         self.model = model
         self.tools = tools or Toolbox()
@@ -152,6 +156,7 @@ class ThreadBot:
             "retry_delay": retry_delay,
             "approval_timers": approval_timers,
             "question_timers": question_timers,
+            "webhooks": webhooks,
         }
         self.runner: Runner | Engine = Runner(
             self._log,
@@ -885,6 +890,7 @@ class ThreadBot:
         for thread_id in ids:
             self.runner.kick(thread_id)
         self.runner.watch_timers()  # overdue ones fire at once
+        self.runner.send_webhooks()
         return ids
 
     async def settle(self, thread_id: str | None = None) -> None:

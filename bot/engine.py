@@ -96,6 +96,10 @@ class Engine:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.runner.watch_timers)
 
+    def send_webhooks(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.runner.send_webhooks)
+
     def active(self) -> list[str]:
         return self.runner.active()
 

@@ -10,7 +10,7 @@ nothing but its rows.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,8 @@ from store import NewRow, SeqConflict, Store, UnknownThread
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
 from .live import Appended, Live
-from .thread import Fold, ThreadState, waiting_summary
+from .thread import Fold, Status, ThreadState, waiting_summary
+from .webhooks import webhook_rows
 
 __all__ = ["Thread", "ThreadLog", "deliver_to"]
 
@@ -70,6 +71,11 @@ class ThreadLog:
         self.store = store
         self.live = live
         """Told of every append made through this log."""
+        self.webhooks: tuple[str, ...] = ()
+        """URLs told of the changes of status that appends make: each such
+        append stores one webhook per URL in its transaction (`bot.webhooks`)."""
+        self.on_webhook: Callable[[], None] | None = None
+        """Called after an append that stored webhooks (the sender wakes)."""
         self.cache_events = cache_events
         """Events kept in memory (about 1.5 KB each), besides pinned threads'."""
         self._cache: OrderedDict[str, Thread] = OrderedDict()
@@ -186,8 +192,9 @@ class ThreadLog:
         """Store a new thread; returns once it is on disk."""
         thread, projection = self._prepare_create(thread_id, events, parent)
         rows = _rows(events)
-        await self.store.create_async(thread_id, rows, routes=routes, **projection)
-        self._tell(thread, 0, rows)
+        outbox = self._outbox(None, thread)
+        await self.store.create_async(thread_id, rows, routes=routes, **outbox, **projection)
+        self._tell(thread, 0, rows, outbox)
         return self._keep(thread)
 
     def create_sync(
@@ -201,8 +208,9 @@ class ThreadLog:
         """`create` on the caller's thread (scripts, fixtures)."""
         thread, projection = self._prepare_create(thread_id, events, parent)
         rows = _rows(events)
-        self.store.create(thread_id, rows, routes=routes, **projection)
-        self._tell(thread, 0, rows)
+        outbox = self._outbox(None, thread)
+        self.store.create(thread_id, rows, routes=routes, **outbox, **projection)
+        self._tell(thread, 0, rows, outbox)
         return self._keep(thread)
 
     def preview(self, thread: Thread, new: Sequence[Event]) -> Thread:
@@ -223,16 +231,17 @@ class ThreadLog:
         got there first."""
         after = self.preview(thread, new)
         rows = _rows(new)
+        outbox = self._outbox(thread.state.status, after)
         try:
             await self.store.append_async(
-                thread.id, len(thread.events), rows, routes=routes, **_projection(after)
+                thread.id, len(thread.events), rows, routes=routes, **outbox, **_projection(after)
             )
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)  # read it again, whatever else says
             raise
-        self._tell(after, len(thread.events), rows)
+        self._tell(after, len(thread.events), rows, outbox)
         return self._keep(after)
 
     def append_sync(
@@ -241,18 +250,36 @@ class ThreadLog:
         """`append` on the caller's thread (scripts, fixtures)."""
         after = self.preview(thread, new)
         rows = _rows(new)
+        outbox = self._outbox(thread.state.status, after)
         try:
             seq = len(thread.events)
-            self.store.append(thread.id, seq, rows, routes=routes, **_projection(after))
+            self.store.append(thread.id, seq, rows, routes=routes, **outbox, **_projection(after))
         except UnknownThread as e:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)
             raise
-        self._tell(after, seq, rows)
+        self._tell(after, seq, rows, outbox)
         return self._keep(after)
 
-    def _tell(self, thread: Thread, first_seq: int, rows: Sequence[NewRow]) -> None:
+    def _outbox(self, before: Status | None, after: Thread) -> dict[str, Any]:
+        """The store's `outbox` argument for an append that takes the thread
+        from status `before` (None: it is new) to `after`'s; empty if it
+        makes no webhook."""
+        if not self.webhooks:
+            return {}
+        rows = webhook_rows(self.webhooks, after.id, before, after.state, after.events)
+        return {"outbox": rows} if rows else {}
+
+    def _tell(
+        self,
+        thread: Thread,
+        first_seq: int,
+        rows: Sequence[NewRow],
+        outbox: dict[str, Any] | None = None,
+    ) -> None:
+        if outbox and self.on_webhook is not None:
+            self.on_webhook()
         if self.live is not None and self.live.watching():
             events = tuple((r.type, r.body) for r in rows)
             self.live.publish(Appended(thread.id, first_seq, events, thread.state.status))

@@ -62,6 +62,7 @@ from .step import (
 )
 from .thread import HUMAN_INPUT, OpenCall, ThreadState, Timer
 from .tools import Toolbox, ToolContext, merge_timers
+from .webhooks import Webhooks, WebhookSender
 
 __all__ = ["Runner"]
 
@@ -132,6 +133,7 @@ class Runner:
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
         live: Live | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.log = log_
         self.live = live
@@ -170,12 +172,36 @@ class Runner:
         self._lease_waits: dict[str, asyncio.Event] = {}
         """Threads waiting here for another runner's lease, woken when it is freed."""
         self.log.store.hold_presence(self.owner)
+        self._webhooks: WebhookSender | None = None
+        if webhooks is not None:
+            self.log.webhooks = webhooks.urls
+            self._webhooks = WebhookSender(
+                self.log.store,
+                webhooks,
+                owner=self.owner,
+                is_gone=lambda owner: (
+                    _is_dead(owner, self.owner) or bool(self.log.store.owner_gone(owner))
+                ),
+            )
+            self.log.on_webhook = self._webhooks.wake
+
+    # -- webhooks -------------------------------------------------------------
+
+    def send_webhooks(self) -> None:
+        """Start sending the webhooks the outbox holds (this process's
+        appends' and any other's on the same database)."""
+        if self._webhooks is not None:
+            self._webhooks.start()
 
     # -- scheduling ---------------------------------------------------------
 
     def kick(self, thread_id: str) -> None:
         """Make sure the thread gets a run: start one, or have the active one
         look again when it would stop."""
+        if self._webhooks is not None:
+            # An append made elsewhere (an answer, on the inbound side) may
+            # have stored webhooks.
+            self._webhooks.wake()
         if thread_id in self._tasks:
             self._again.add(thread_id)
             return
@@ -277,6 +303,8 @@ class Runner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._webhooks is not None:
+            await self._webhooks.stop()
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None

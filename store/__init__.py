@@ -8,7 +8,8 @@ from pathlib import Path
 from .base import Cursor, Store
 from .credentials import SCOPES, Credentials, Session, Token
 from .errors import DuplicateKey, SeqConflict, StoreError, UnknownThread
-from .rows import NewRow, ThreadRow
+from .outbox import Outbox
+from .rows import NewRow, OutboxRow, ThreadRow
 from .sqlite import EventStore
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "DuplicateKey",
     "EventStore",
     "NewRow",
+    "Outbox",
+    "OutboxRow",
     "SeqConflict",
     "Session",
     "Store",

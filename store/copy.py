@@ -5,7 +5,8 @@ deployment from SQLite to PostgreSQL (or back). Everything that outlives a
 process is copied: the events, the thread list, the routes, the settings
 kept in the database (signing secrets: a reply address signed before the
 move still verifies after it) and people's API tokens, sessions and sign-in
-links. Leases are not: they belong to the processes that ran before.
+links, and the webhooks still to send with every attempt logged. Leases are
+not: they belong to the processes that ran before.
 """
 
 from __future__ import annotations
@@ -43,10 +44,28 @@ TABLES: dict[str, tuple[str, ...]] = {
     "tokens": ("id", "person", "scope", "hash", "created_at", "expires_at", "revoked_at"),
     "sessions": ("hash", "person", "auth", "csrf", "expires_at"),
     "sign_in_links": ("hash", "person", "expires_at", "used_at"),
+    "webhook_outbox": (
+        "id",
+        "url",
+        "type",
+        "thread_id",
+        "seq",
+        "payload",
+        "created_at",
+        "next_at",
+        "attempts",
+        "state",
+        "claimed_by",
+    ),
+    "webhook_attempts": ("id", "url", "attempt", "at", "status", "error", "duration"),
 }
 """What is copied, in this order (a thread's row before its events)."""
 
-KEYS = {"events": ("thread_id", "seq")}
+KEYS = {
+    "events": ("thread_id", "seq"),
+    "webhook_outbox": ("id", "url"),
+    "webhook_attempts": ("id", "url", "attempt"),
+}
 """Each table's primary key, when not its first column."""
 
 BATCH = 1000

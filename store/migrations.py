@@ -163,3 +163,31 @@ def m009_notes(db: Database) -> None:
         pk=("thread_id", "channel"),
         not_null={"thread_id", "channel", "value"},
     )
+
+
+@migrations()
+def m010_webhook_outbox(db: Database) -> None:
+    # Webhooks to send, one row per (event, URL), written in the transaction
+    # of the append that caused the event: none is lost to a crash and none
+    # is sent for an append that did not land. `next_at` is when it is due
+    # (its next retry, or the end of the claim of the sender trying it now,
+    # `claimed_by`); `state` is pending, delivered or failed (given up).
+    db.execute(
+        "CREATE TABLE webhook_outbox ("
+        " id TEXT NOT NULL, url TEXT NOT NULL, type TEXT NOT NULL,"
+        " thread_id TEXT NOT NULL, seq INTEGER NOT NULL, payload TEXT NOT NULL,"
+        " created_at FLOAT NOT NULL, next_at FLOAT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'pending',"
+        " claimed_by TEXT, PRIMARY KEY (id, url))"
+    )
+    db.execute(
+        "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE state = 'pending'"
+    )
+    # Every attempt at sending one: what `threadbot webhooks log` shows.
+    db.execute(
+        "CREATE TABLE webhook_attempts ("
+        " id TEXT NOT NULL, url TEXT NOT NULL, attempt INTEGER NOT NULL, at FLOAT NOT NULL,"
+        " status INTEGER, error TEXT, duration FLOAT NOT NULL,"
+        " PRIMARY KEY (id, url, attempt))"
+    )
+    db.execute("CREATE INDEX webhook_attempts_at ON webhook_attempts (at)")

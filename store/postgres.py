@@ -44,14 +44,16 @@ from .queries import (
     ACQUIRE,
     APPEND_PROJECTION,
     FIND_KEY,
+    INSERT_OUTBOX,
     INSERT_THREAD,
     RELEASE,
     Reads,
     acquire_params,
     append_params,
+    outbox_params,
     thread_params,
 )
-from .rows import NewRow, now_iso
+from .rows import NewRow, OutboxRow, now_iso
 from .writer import GroupCommit
 
 __all__ = ["PostgresStore", "migrate"]
@@ -225,6 +227,38 @@ MIGRATIONS: list[tuple[str, str]] = [
             value text NOT NULL,
             PRIMARY KEY (thread_id, channel)
         );
+        """,
+    ),
+    (
+        "003_webhooks",
+        # See store.migrations, m010.
+        """
+        CREATE TABLE webhook_outbox (
+            id text NOT NULL,
+            url text NOT NULL,
+            type text NOT NULL,
+            thread_id text NOT NULL,
+            seq integer NOT NULL,
+            payload text NOT NULL,
+            created_at double precision NOT NULL,
+            next_at double precision NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            state text NOT NULL DEFAULT 'pending',
+            claimed_by text,
+            PRIMARY KEY (id, url)
+        );
+        CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE state = 'pending';
+        CREATE TABLE webhook_attempts (
+            id text NOT NULL,
+            url text NOT NULL,
+            attempt integer NOT NULL,
+            at double precision NOT NULL,
+            status integer,
+            error text,
+            duration double precision NOT NULL,
+            PRIMARY KEY (id, url, attempt)
+        );
+        CREATE INDEX webhook_attempts_at ON webhook_attempts (at);
         """,
     ),
 ]
@@ -681,12 +715,13 @@ def _create(
     rows: Sequence[NewRow],
     *,
     routes: Iterable[str] = (),
+    outbox: Sequence[OutboxRow] = (),
     **projection: Any,
 ) -> None:
     params = thread_params(thread_id, len(rows) - 1, **projection)
     if conn.execute(CREATE_THREAD, params).rowcount != 1:
         raise SeqConflict(thread_id, 0)  # a thread of that id exists already
-    _insert(conn, thread_id, 0, rows, routes)
+    _insert(conn, thread_id, 0, rows, routes, outbox)
 
 
 def _append(
@@ -696,6 +731,7 @@ def _append(
     rows: Sequence[NewRow],
     *,
     routes: Iterable[str] = (),
+    outbox: Sequence[OutboxRow] = (),
     **projection: Any,
 ) -> int:
     last = expected_seq + len(rows) - 1
@@ -705,7 +741,7 @@ def _append(
     if conn.execute(_sql(APPEND_PROJECTION), params).rowcount != 1:
         known = conn.execute("SELECT 1 FROM threads WHERE id = %s", [thread_id]).fetchone()
         raise SeqConflict(thread_id, expected_seq) if known else UnknownThread(thread_id)
-    _insert(conn, thread_id, expected_seq, rows, routes)
+    _insert(conn, thread_id, expected_seq, rows, routes, outbox)
     return last
 
 
@@ -715,6 +751,7 @@ def _insert(
     first_seq: int,
     rows: Sequence[NewRow],
     routes: Iterable[str],
+    outbox: Sequence[OutboxRow] = (),
 ) -> None:
     # ON CONFLICT DO NOTHING keeps the transaction usable after a clash, so
     # that the clash can be named (a stored key, or a seq taken by a writer
@@ -747,6 +784,9 @@ def _insert(
                 "ON CONFLICT (ref) DO UPDATE SET thread_id = excluded.thread_id",
                 refs,
             )
+    if outbox:
+        with conn.cursor() as cur:
+            cur.executemany(_sql(INSERT_OUTBOX), outbox_params(outbox))
 
 
 def _acquire(conn: Conn, thread_id: str, owner: str, ttl: float, steal_from: str | None) -> bool:

@@ -7,18 +7,20 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .rows import THREAD_COLUMNS, ThreadRow, now_iso
+from .rows import THREAD_COLUMNS, OutboxRow, ThreadRow, now_iso
 
 __all__ = [
     "ACQUIRE",
     "APPEND_PROJECTION",
     "FIND_KEY",
     "INSERT_EVENT",
+    "INSERT_OUTBOX",
     "INSERT_THREAD",
     "RELEASE",
     "Reads",
     "acquire_params",
     "append_params",
+    "outbox_params",
     "thread_params",
 ]
 
@@ -32,6 +34,12 @@ APPEND_PROJECTION = (
 last seq is the one the writer read, which is what makes an append optimistic."""
 
 INSERT_EVENT = "INSERT INTO events (thread_id, seq, type, key, body) VALUES (?,?,?,?,?)"
+
+INSERT_OUTBOX = (
+    "INSERT INTO webhook_outbox (id, url, type, thread_id, seq, payload, created_at, next_at) "
+    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id, url) DO NOTHING"
+)
+"""A webhook to send, due at once; stored once whatever asks again."""
 
 ACQUIRE = (
     "INSERT INTO leases (thread_id, owner, expires_at) VALUES (?, ?, ?) "
@@ -101,6 +109,12 @@ def append_params(
         thread_id,
         expected_seq - 1,
     ]
+
+
+def outbox_params(rows: Sequence[OutboxRow]) -> list[tuple[Any, ...]]:
+    """`INSERT_OUTBOX`'s values, one tuple per row."""
+    now = time.time()
+    return [(r.id, r.url, r.type, r.thread_id, r.seq, r.payload, now, now) for r in rows]
 
 
 def acquire_params(thread_id: str, owner: str, ttl: float, steal_from: str | None) -> list[Any]:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["THREAD_COLUMNS", "NewRow", "ThreadRow", "now_iso"]
+__all__ = ["THREAD_COLUMNS", "NewRow", "OutboxRow", "ThreadRow", "now_iso"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +15,20 @@ class NewRow:
     type: str
     body: str
     key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A webhook to send, stored with the append that caused it."""
+
+    id: str
+    """The same for every attempt (and every URL): receivers deduplicate by it."""
+    url: str
+    type: str
+    thread_id: str
+    seq: int
+    payload: str
+    """The JSON body, exactly as it is signed and sent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,14 +32,16 @@ from .queries import (
     APPEND_PROJECTION,
     FIND_KEY,
     INSERT_EVENT,
+    INSERT_OUTBOX,
     INSERT_THREAD,
     RELEASE,
     Reads,
     acquire_params,
     append_params,
+    outbox_params,
     thread_params,
 )
-from .rows import NewRow
+from .rows import NewRow, OutboxRow
 from .writer import GroupCommit
 
 __all__ = ["EventStore"]
@@ -312,11 +314,12 @@ def _create(
     rows: Sequence[NewRow],
     *,
     routes: Iterable[str] = (),
+    outbox: Sequence[OutboxRow] = (),
     **projection: Any,
 ) -> None:
     try:
         conn.execute(INSERT_THREAD, thread_params(thread_id, len(rows) - 1, **projection))
-        _insert(conn, thread_id, 0, rows, routes)
+        _insert(conn, thread_id, 0, rows, routes, outbox)
     except sqlite3.IntegrityError:
         _raise_duplicate(conn, rows)
         raise SeqConflict(thread_id, 0) from None  # a thread of that id exists already
@@ -329,6 +332,7 @@ def _append(
     rows: Sequence[NewRow],
     *,
     routes: Iterable[str] = (),
+    outbox: Sequence[OutboxRow] = (),
     **projection: Any,
 ) -> int:
     last = expected_seq + len(rows) - 1
@@ -339,7 +343,7 @@ def _append(
         known = conn.execute("SELECT 1 FROM threads WHERE id = ?", [thread_id]).fetchone()
         raise SeqConflict(thread_id, expected_seq) if known else UnknownThread(thread_id)
     try:
-        _insert(conn, thread_id, expected_seq, rows, routes)
+        _insert(conn, thread_id, expected_seq, rows, routes, outbox)
     except sqlite3.IntegrityError:
         _raise_duplicate(conn, rows)
         # The seq was taken by a writer that did not update the projection.
@@ -353,6 +357,7 @@ def _insert(
     first_seq: int,
     rows: Sequence[NewRow],
     routes: Iterable[str],
+    outbox: Sequence[OutboxRow] = (),
 ) -> None:
     if len(rows) == 1:
         r = rows[0]
@@ -365,6 +370,8 @@ def _insert(
     refs = [(ref, thread_id) for ref in routes]
     if refs:
         conn.executemany("INSERT OR REPLACE INTO routes (ref, thread_id) VALUES (?, ?)", refs)
+    if outbox:
+        conn.executemany(INSERT_OUTBOX, outbox_params(outbox))
 
 
 def _acquire(

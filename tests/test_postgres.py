@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from bot import OpenAIModel, ThreadBot, load_tools
-from store import Credentials, NewRow, SeqConflict, Store, open_store
+from bot.webhooks import Webhooks, new_secret
+from store import Credentials, NewRow, Outbox, SeqConflict, Store, open_store
 from store.copy import TABLES
 from store.postgres import MIGRATIONS, PostgresStore
 from store.rows import now_iso
@@ -514,6 +515,14 @@ def counts(db: str) -> dict[str, int]:
         store.close()
 
 
+def pending(db: str) -> list[tuple[str, str]]:
+    store = open_store(db)
+    try:
+        return [(d.id, d.payload) for d in Outbox(store).pending()]
+    finally:
+        store.close()
+
+
 def printed_counts(stdout: str) -> dict[str, int]:
     found = {}
     for line in stdout.splitlines():
@@ -539,7 +548,11 @@ async def test_migrate_copies_a_deployment_to_postgresql_and_back(
 ) -> None:
     source = str(tmp_path / "threadbot.db")
     model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
-    bot = ThreadBot(open_store(source), model, load_tools("tests.ledger_tools"), retry_delay=0)
+    # Webhooks stored and not sent (nothing sends them here): they move too.
+    hooks = Webhooks(("http://127.0.0.1:9/hooks",), new_secret())
+    bot = ThreadBot(
+        open_store(source), model, load_tools("tests.ledger_tools"), retry_delay=0, webhooks=hooks
+    )
     try:
         fake_openai.add(ask("Which version?"), text("Deploying 1.4.2."), text("Hello."))
         asked = await bot.launch("deploy the api", routes=["slack:C1:17.1"])
@@ -565,6 +578,8 @@ async def test_migrate_copies_a_deployment_to_postgresql_and_back(
     assert copied.returncode == 0, copied.stderr
     expected = counts(source)
     assert expected["threads"] == 3 and expected["routes"] == 1 and expected["tokens"] == 1
+    # waiting, resumed, done; done; waiting (the fork)
+    assert expected["webhook_outbox"] == 5
     assert printed_counts(copied.stdout) == expected
     assert counts(pg_url) == expected
     assert await views(pg_url, fake_openai, ids) == before
@@ -575,6 +590,7 @@ async def test_migrate_copies_a_deployment_to_postgresql_and_back(
         assert found is not None and (found.person, found.scope) == ("ann", "read")
         assert target.meta("email_secret", "another") == secret
         assert target.route("slack:C1:17.1") == asked
+        assert [(d.id, d.payload) for d in Outbox(target).pending()] == pending(source)
         forked = target.thread(fork)
         assert forked is not None and (forked.parent_id, forked.parent_seq) == (asked, 1)
     finally:

@@ -94,6 +94,7 @@ def test_sqlite_migrated_schema(tmp_path: Path) -> None:
         "m007_credentials",
         "m008_timers_and_channels",
         "m009_notes",
+        "m010_webhook_outbox",
     ]
     assert db.table("meta").pks == ["key"]
     # Credentials keep hashes of their secrets, never the secrets.

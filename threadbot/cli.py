@@ -159,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="every token: id, person, scope, expiry, revoked")
     s = tsub.add_parser("revoke", help="revoke a token by its id")
     s.add_argument("id")
+    hooks = sub.add_parser("webhooks", help="webhooks sent: every attempt, and what waits")
+    hsub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    s = hsub.add_parser("log", help="the latest attempts, newest first, then those still to send")
+    s.add_argument("--thread", help="only this thread's webhooks")
+    s.add_argument("--limit", type=int, default=50)
     s = sub.add_parser(
         "migrate", help="copy every thread into another database (SQLite to PostgreSQL, say)"
     )
@@ -361,6 +366,30 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> None:
         store.close()
 
 
+def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
+    """The delivery log, read from the database (as `tokens` is)."""
+    from store import Outbox, open_store
+
+    store = open_store(settings.db)
+    try:
+        outbox = Outbox(store)
+        attempts = outbox.attempts(limit=args.limit, thread_id=args.thread)
+        for a in attempts:
+            result = str(a.status) if a.status is not None else "-"
+            error = f"  {a.error}" if a.error and a.status is None else ""
+            print(
+                f"{_iso(a.at)}  {a.id}  {a.type:<16} #{a.attempt:<2} {result:>3} "
+                f"{a.duration * 1000:6.0f} ms  {a.state:<9} {a.url}{error}"
+            )
+        waiting = [d for d in outbox.pending() if args.thread in (None, d.thread_id)]
+        for d in waiting:
+            print(f"pending  {d.id}  {d.type:<16} next try {_iso(d.next_at)}  {d.url}")
+        if not attempts and not waiting:
+            print("no webhooks")
+    finally:
+        store.close()
+
+
 def _migrate(source_db: str, target_db: str) -> None:
     """Stop the servers on the source first: what they append meanwhile is
     not copied."""
@@ -402,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tokens":
             _tokens(settings, args)
+            return 0
+        if args.command == "webhooks":
+            _webhooks(settings, args)
             return 0
         if args.command == "migrate":
             _migrate(args.source or settings.db, args.target)

@@ -140,6 +140,18 @@ class Settings:
     mcp: str | None = None
     """THREADBOT_MCP: a JSON file of MCP servers (`{"mcpServers": {...}}`)
     whose tools join the agent's (`bot.mcp_tools`)."""
+    webhooks: tuple[str, ...] = ()
+    """THREADBOT_WEBHOOKS: URLs (comma-separated) told of threads' changes of status."""
+    webhook_secret: str | None = None
+    """THREADBOT_WEBHOOK_SECRET: `whsec_…`, the key webhooks are signed
+    with; generated once and kept in the database if unset."""
+    webhook_retry: float = 5.0
+    """THREADBOT_WEBHOOK_RETRY: the wait before a failed webhook's second
+    attempt; each later one doubles, up to an hour."""
+    webhook_give_up: float = 86400.0
+    """THREADBOT_WEBHOOK_GIVE_UP: how long after its event a webhook is tried (24h)."""
+    webhook_timeout: float = 10.0
+    """THREADBOT_WEBHOOK_TIMEOUT: seconds an attempt may take."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -168,6 +180,11 @@ class Settings:
             approval_timers=_timers(env, ""),
             question_timers=_timers(env, "QUESTION_"),
             mcp=env.get("THREADBOT_MCP") or None,
+            webhooks=_list(env, "THREADBOT_WEBHOOKS"),
+            webhook_secret=env.get("THREADBOT_WEBHOOK_SECRET") or None,
+            webhook_retry=_seconds(env, "THREADBOT_WEBHOOK_RETRY", cls.webhook_retry),
+            webhook_give_up=_seconds(env, "THREADBOT_WEBHOOK_GIVE_UP", cls.webhook_give_up),
+            webhook_timeout=_seconds(env, "THREADBOT_WEBHOOK_TIMEOUT", cls.webhook_timeout),
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

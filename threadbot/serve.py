@@ -25,6 +25,7 @@ from bot.mcp_tools import McpServers
 from bot.model import Model, OpenAIModel
 from bot.people import People
 from bot.tools import load_tools
+from bot.webhooks import Webhooks, check_urls, new_secret, shown
 from store import Store, is_postgres_url, open_store
 
 from .config import DEFAULT_TOOLS, Settings
@@ -59,9 +60,36 @@ def build_people(settings: Settings) -> People:
     )
 
 
+def build_webhooks(settings: Settings, store: Store) -> Webhooks | None:
+    """THREADBOT_WEBHOOKS's settings. Without THREADBOT_WEBHOOK_SECRET, a
+    secret is generated once, kept in the database and printed that once."""
+    if not settings.webhooks:
+        return None
+    check_urls(settings.webhooks)  # before a secret is made for them
+    secret = settings.webhook_secret
+    if secret is None:
+        fresh = new_secret()
+        secret = store.meta("webhook_secret", fresh)
+        if secret == fresh:
+            print(
+                f"threadbot: webhooks are signed with this new secret (kept in the database; "
+                f"give it to the receivers): {secret}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return Webhooks(
+        settings.webhooks,
+        secret,
+        timeout=settings.webhook_timeout,
+        first_retry=settings.webhook_retry,
+        give_up_after=settings.webhook_give_up,
+    )
+
+
 def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
+    store = store or open_store(settings.db)
     return ThreadBot(
-        store or open_store(settings.db),
+        store,
         build_model(settings),
         load_tools(settings.tools or DEFAULT_TOOLS),
         system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
@@ -69,6 +97,7 @@ def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
         people=build_people(settings),
         approval_timers=settings.approval_timers,
         question_timers=settings.question_timers,
+        webhooks=build_webhooks(settings, store),
     )
 
 
@@ -196,6 +225,12 @@ def _banner(
             else f"written to {es.outbox} (set THREADBOT_SMTP_RELAY)"
         )
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
+    if settings.webhooks:
+        where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
+        lines.append(
+            f"  hooks:  {', '.join(map(shown, settings.webhooks))}  "
+            f"(signed with the secret from {where})"
+        )
     if resumed:
         lines.append(f"  resumed {resumed} running thread(s)")
     if mail is not None and not mail.settings.loopback_only and not bot.people.senders:
