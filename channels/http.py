@@ -273,7 +273,7 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-SENT_MAX = 2_000
+SENT_MAX = 1_000
 """Threads an inbox stream remembers having sent (a checksum of each
 summary, to send only what changed); past it, it forgets, and a thread's
 summary may be sent again unchanged after another process wrote."""

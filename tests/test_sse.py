@@ -344,6 +344,9 @@ def test_people_follow_only_what_they_may_see_and_stop_when_they_no_longer_may(
                 got += list(frames)  # it ends
             assert "tool_call" in [f.event for f in stored(got)]
             assert "approval" not in [f.event for f in stored(got)]
+            # Nor does she see the agent go on: neither its work nor its reply.
+            assert "delta" not in [f.event for f in got]
+            assert not [f for f in got if f.event == "activity" and f.data["doing"]]
             wait_as_admin(s.url, deploy["id"], "done")
             # Bob's chat goes on; Ann's inbox hears of her own thread only.
             model.add(text("Again, Bob."), text("Hi Ann."))
