@@ -17,7 +17,10 @@ A stream is plain text, one frame after another, each ended by a blank line:
 
 `Streams` admits the process's streams (a cap, so that a flood of
 connections cannot hold memory without end) and ends them all when the
-server stops: uvicorn waits for every open response before it exits.
+server stops: uvicorn waits for every open response before it exits. A
+stream also ends once the credential it was opened with no longer holds (a
+token revoked, a session signed out): it asks again from time to time, and
+at once when someone signs out here.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class Streams:
         """`who` signed out or lost a credential here: end at once their
         streams whose credential no longer holds."""
         for watch, holder in list(self._open.items()):
-            if holder.who == who and holder.valid is not None and not holder.valid():
+            if holder.who == who and holder.valid is not None and not _holds(holder.valid):
                 watch.close()
 
     def close(self) -> None:
@@ -150,6 +153,14 @@ class Streams:
 class Holder:
     who: str
     valid: Callable[[], bool] | None
+
+
+def _holds(valid: Callable[[], bool]) -> bool:
+    try:
+        return valid()
+    except Exception:  # the store is away: the client comes back and is asked again
+        log.exception("looking up an event stream's credential failed; ending the stream")
+        return False
 
 
 class EventStream(Response):
@@ -228,11 +239,7 @@ class EventStream(Response):
         if now - self._checked < self._streams.recheck:
             return True
         self._checked = now
-        try:
-            holds = self._valid()
-        except Exception:  # the store is away: the client comes back and is asked again
-            log.exception("looking up an event stream's credential failed; ending the stream")
-            holds = False
+        holds = _holds(self._valid)
         if not holds:
             self._watch.close()
         return holds
