@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -423,14 +425,17 @@ def test_a_revoked_token_s_streams_end(
             assert r.status_code == 401 and "revoked" in r.json()["error"]
 
 
-def test_signing_out_ends_that_session_s_streams_at_once(
-    tmp_path: Path, people: tuple[People, dict[str, str]]
+@pytest.mark.parametrize("end", ["sign out", "expiry"])
+def test_a_session_that_ends_ends_its_streams(
+    tmp_path: Path, people: tuple[People, dict[str, str]], end: str
 ) -> None:
-    """Heartbeats an hour apart: the streams end because signing out told
-    them, not at a heartbeat. Ann's other browser (its own session) goes on."""
+    """Signed out, with heartbeats an hour apart: the streams end because
+    signing out told them. Expired (its row says so, as time would): they
+    end at a heartbeat. Ann's other browser (its own session) goes on."""
     directory, _ = people
     model = ScriptedModel.of(say("Hi Ann."), say("Still here for the laptop."))
-    with LiveServer(tmp_path / "t.db", model, heartbeat=3600, people=directory) as s:
+    heartbeat = 3600 if end == "sign out" else 0.1
+    with LiveServer(tmp_path / "t.db", model, heartbeat=heartbeat, people=directory) as s:
         phone, phone_csrf = s.sign_in("ann@example.com")
         laptop, laptop_csrf = s.sign_in("ann@example.com")
         with contextlib.closing(phone), contextlib.closing(laptop):
@@ -447,10 +452,14 @@ def test_signing_out_ends_that_session_s_streams_at_once(
                 assert next(inbox).event == "threads"
                 read_until(kept, is_event("assistant_message"))
                 s.wait_open_streams(3)
-                r = phone.post("/auth/logout", json={}, headers={"X-CSRF-Token": phone_csrf})
-                assert r.status_code == 200
+                if end == "sign out":
+                    r = phone.post("/auth/logout", json={}, headers={"X-CSRF-Token": phone_csrf})
+                    assert r.status_code == 200
+                else:
+                    expire(tmp_path / "t.db", phone.cookies["threadbot_session"])
+                most = 1 if end == "sign out" else 100
                 for ended in (frames, inbox):
-                    assert not [f for f in to_the_end(ended, most=1) if f.event is not None]
+                    assert not [f for f in to_the_end(ended, most) if f.event is not None]
                 s.wait_open_streams(1)
                 r = laptop.post(
                     f"/threads/{chat}/messages",
@@ -461,6 +470,20 @@ def test_signing_out_ends_that_session_s_streams_at_once(
                 got = read_until(kept, is_event("assistant_message"))
                 assert got[-1].data["text"] == "Still here for the laptop."
             assert phone.get(path, headers=STREAM).status_code == 401
+
+
+def expire(db: Path, cookie: str) -> None:
+    """The session of `cookie` is past its time (another connection writes
+    it, as time passing would)."""
+    store = EventStore(db)
+    try:
+        with store.atomic():
+            store.execute(
+                "UPDATE sessions SET expires_at = ? WHERE hash = ?",
+                [time.time() - 1, hashlib.sha256(cookie.encode()).hexdigest()],
+            )
+    finally:
+        store.close()
 
 
 def test_one_person_holds_at_most_16_streams(
