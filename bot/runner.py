@@ -239,7 +239,8 @@ class Runner:
             self._timers_wake.clear()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._timers_wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._timers_wake.wait()
 
     def _notified(self, thread_id: str, due_at: float | None) -> None:
         """Another connection changed the thread (or freed its lease)."""
@@ -385,7 +386,8 @@ class Runner:
                     return False  # the other process finished it
                 # Woken when the lease is freed, where the store tells.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(freed.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await freed.wait()
                 delay = min(delay * 2, 2.0)
         finally:
             self._lease_waits.pop(thread_id, None)

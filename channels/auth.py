@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Literal, cast
 
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import SCOPES, Credentials, People, Source
 
-__all__ = ["SCOPES", "SESSION_COOKIE", "Authenticate", "Identity", "identity_of"]
+__all__ = ["SCOPES", "SESSION_COOKIE", "Authenticate", "Identity", "identity_of", "still_valid"]
 
 SESSION_COOKIE = "threadbot_session"
 
@@ -48,10 +48,20 @@ class Identity:
     name: str = ""
     csrf: str | None = None
     """The session's CSRF token, which its writes must carry."""
+    secret: str | None = field(default=None, repr=False, compare=False)
+    """The person's token or session cookie as it was presented, to ask
+    again whether it still holds (`still_valid`); None for the admin token
+    and the local operator, which last as long as the server."""
 
     @property
     def admin(self) -> bool:
         return self.scope == "admin"
+
+    @property
+    def who(self) -> str:
+        """How and whom this request was authenticated as, in one string
+        (one person's share of event streams is counted by it)."""
+        return f"{self.auth}:{self.person or self.name}"
 
     def source(self, people: People, claimed: str | None, channel: str = "http") -> Source:
         """The events' source for this identity. An admin may name someone it
@@ -91,6 +101,19 @@ class Identity:
 
 OPERATOR = Identity(auth="operator", scope="admin", name="local operator")
 ADMIN_TOKEN = Identity(auth="admin-token", scope="admin", name="admin token")
+
+
+def still_valid(credentials: Credentials, identity: Identity) -> bool:
+    """Whether the credential `identity` was authenticated with still holds:
+    a token not revoked nor expired, a session not signed out nor expired.
+    One lookup, for what stays open after the request was let in (event
+    streams)."""
+    if identity.secret is None:
+        return True
+    if identity.auth.startswith("token:"):
+        return credentials.check_token(identity.secret) is not None
+    session = credentials.session(identity.secret)
+    return session is not None and session.person == identity.person
 
 
 def identity_of(scope: Scope) -> Identity:
@@ -181,6 +204,7 @@ class Authenticate:
                     person=session.person,
                     name=person.display if person else session.person,
                     csrf=session.csrf,
+                    secret=cookie,
                 ), None
         if self.local_operator:
             return OPERATOR, None
@@ -200,6 +224,7 @@ class Authenticate:
             scope=cast(ScopeName, row.scope),  # one of SCOPES, checked above
             person=person.id if person else row.person,
             name=person.display if person else row.person,
+            secret=token,
         )
 
 

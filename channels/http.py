@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
@@ -45,7 +46,7 @@ from bot import (
     iso_utc,
 )
 
-from .auth import Authenticate, identity_of
+from .auth import Authenticate, Identity, identity_of, still_valid
 from .guard import BodyRules, Guard
 from .sse import Busy, EventStream, Streams, ThreadFeed, frame, wants_stream, with_seq
 from .web import OPEN_PATHS
@@ -221,11 +222,6 @@ def _key(request: Request, route: str, value: str | None) -> str | None:
     return f"http:{identity.auth}:{identity.person or identity.name}:{route}:{value}"
 
 
-def _holder(identity: Any) -> str:
-    """Whose an event stream is, for the cap on one person's streams."""
-    return f"{identity.auth}:{identity.person or identity.name}"
-
-
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 Limit = Annotated[int, Field(ge=1, le=1000)]
@@ -277,9 +273,16 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-SENT_MAX = 10_000
-"""Threads an inbox stream remembers having sent (to send only what changed);
-past it, it forgets and a change from another process is sent again."""
+SENT_MAX = 1_000
+"""Threads an inbox stream remembers having sent (a checksum of each
+summary, to send only what changed); past it, it forgets, and a thread's
+summary may be sent again unchanged after another process wrote."""
+
+
+def _fingerprint(summary: str) -> int:
+    """A checksum of a thread's summary as sent: what an inbox stream keeps
+    of it, to tell whether it changed."""
+    return zlib.crc32(summary.encode())
 
 
 def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
@@ -298,6 +301,13 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
                 f"{identity.name} ({identity.auth}); only an admin acts for someone else"
             )
         return identity.source(bot.people, claimed)
+
+    def holds(identity: Identity) -> Callable[[], bool] | None:
+        """For an event stream: whether the credential it was opened with
+        still holds (None for those that last as long as the server)."""
+        if identity.secret is None:
+            return None
+        return lambda: still_valid(bot.credentials, identity)
 
     def visible(request: Request, thread_id: str) -> None:
         """Threads are shown to admins, and to people who take part in them
@@ -427,13 +437,13 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
             return JSONResponse(listing(request, status, limit, overdue, order))
         identity = identity_of(request.scope)
         me = identity.source(bot.people, None)
-        watch = streams.admit(lambda: bot.watch(None), _holder(identity))
+        watch = streams.admit(lambda: bot.watch(None), identity.who, holds(identity))
         try:
             listed = listing(request, status, limit, overdue, order)
         except BaseException:
             streams.release(watch)
             raise
-        sent = {t["id"]: _compact(t) for t in listed}
+        sent = {t["id"]: _fingerprint(_compact(t)) for t in listed}
 
         def frames(news: News) -> bytes:
             if isinstance(news, Appended):
@@ -448,11 +458,12 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
                 if not identity.admin and not bot.may_see(r.id, me):
                     continue
                 text = _compact(_summary(r))
-                if sent.get(r.id) == text:
+                fingerprint = _fingerprint(text)
+                if sent.get(r.id) == fingerprint:
                     continue
                 if len(sent) >= SENT_MAX:
                     sent.clear()
-                sent[r.id] = text
+                sent[r.id] = fingerprint
                 out.append(frame("thread", text))
             return b"".join(out)
 
@@ -506,8 +517,14 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
         start = min(start, row.last_seq)
         identity = identity_of(request.scope)
         me = identity.source(bot.people, None)
-        feed = ThreadFeed(start, None if identity.admin else lambda: bot.may_see(thread_id, me))
-        watch = streams.admit(lambda: bot.watch(thread_id, after=start), _holder(identity))
+        feed = ThreadFeed(
+            start,
+            None if identity.admin else lambda: bot.may_see(thread_id, me),
+            every=streams.recheck,
+        )
+        watch = streams.admit(
+            lambda: bot.watch(thread_id, after=start), identity.who, holds(identity)
+        )
         try:
             first = feed.first(bot.events_after(thread_id, start))
         except BaseException:

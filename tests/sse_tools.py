@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
 import threading
 import time
@@ -19,13 +20,16 @@ from typing import Any
 
 import httpx
 
-from bot import Model, ModelError, ModelReply, ThreadBot, Toolbox, Watch
+from bot import Model, ModelError, ModelReply, People, ThreadBot, Toolbox, Watch
 from bot.context import Context
 from store import EventStore
 
 from .fakes import free_port
 
 STREAM = {"Accept": "text/event-stream"}
+ADMIN = "admin-secret-token"
+"""A `LiveServer` with people takes this as its admin token (as
+tests/test_identity.py's servers do)."""
 
 
 @dataclass
@@ -129,12 +133,19 @@ class LiveServer:
         heartbeat: float = 15.0,
         limit: int = 1000,
         per_person: int = 16,
+        people: People | None = None,
+        recheck: float = 1.0,
     ) -> None:
         from channels.sse import Streams
 
         class Counted(Streams):
-            def admit(self, watch: Callable[[], Watch], who: str) -> Watch:
-                opened = super().admit(watch, who)
+            def admit(
+                self,
+                watch: Callable[[], Watch],
+                who: str,
+                valid: Callable[[], bool] | None = None,
+            ) -> Watch:
+                opened = super().admit(watch, who, valid)
                 server.admitted += 1
                 return opened
 
@@ -144,7 +155,14 @@ class LiveServer:
         self.db = db
         self.model = model
         self.tools = tools
-        self.streams = Counted(limit=limit, per_person=per_person, heartbeat=heartbeat)
+        self.people = people
+        """With people: they sign in or send their tokens, and ADMIN is the
+        admin token; without: everyone is the local operator."""
+        self.streams = Counted(
+            limit=limit, per_person=per_person, heartbeat=heartbeat, recheck=recheck
+        )
+        self.mailed: queue.Queue[tuple[str, str]] = queue.Queue()
+        """The sign-in links mailed: (address, link)."""
         self.port = free_port()
         self.bot: ThreadBot | None = None
         self._ready = threading.Event()
@@ -184,7 +202,7 @@ class LiveServer:
         from channels.web.sign_in import SignInSettings, mount_sign_in
 
         store = EventStore(self.db)
-        bot = ThreadBot(store, self.model, self.tools)
+        bot = ThreadBot(store, self.model, self.tools, people=self.people)
         self.bot = bot
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -196,9 +214,16 @@ class LiveServer:
             credentials=bot.credentials,
             people=bot.people,
             settings=SignInSettings.from_env({}),
-            send_link=None,
+            send_link=self._mail,
+            signed_out=self.streams.signed_out,
         )
-        stack = protect(app, bot, hosts=["127.0.0.1"], local_operator=True)
+        stack = protect(
+            app,
+            bot,
+            hosts=["127.0.0.1"],
+            admin_token=ADMIN if self.people is not None else None,
+            local_operator=self.people is None,
+        )
         server = uvicorn.Server(
             uvicorn.Config(
                 stack,
@@ -228,6 +253,20 @@ class LiveServer:
         finally:
             await bot.close()
             store.close()
+
+    async def _mail(self, address: str, link: str) -> None:
+        self.mailed.put((address, link))
+
+    def sign_in(self, address: str) -> tuple[httpx.Client, str]:
+        """A client holding a session of the person at `address` (signed in
+        by the link the server mails), and its CSRF token."""
+        r = httpx.post(self.url + "/auth/email", json={"email": address})
+        assert r.status_code == 202, r.text
+        to, link = self.mailed.get(timeout=10)
+        assert to == address
+        client = httpx.Client(base_url=self.url, timeout=10)
+        assert client.get(link).status_code == 303
+        return client, str(client.get("/auth/me").json()["csrf"])
 
     def __enter__(self) -> LiveServer:
         self._thread.start()

@@ -7,11 +7,14 @@ the refusals; the cap; and a server that stops while streams are open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot import ScriptedModel, ThreadBot
+from bot import People, ScriptedModel, ThreadBot
 from bot.model import ask as ask_
 from bot.model import say
 from channels.sse import Busy, Streams
@@ -27,6 +30,7 @@ from store import EventStore
 
 from .fakes import REPO, FakeOpenAI, ServerProcess, ask, calls, text
 from .sse_tools import STREAM, Frame, GatedModel, LiveServer, read_until, stored, stream
+from .test_cli import cli
 from .test_http import env_for, wait_status
 from .test_identity import ADMIN, PEOPLE, bearer, token_for, wait_as_admin
 
@@ -342,6 +346,9 @@ def test_people_follow_only_what_they_may_see_and_stop_when_they_no_longer_may(
                 got += list(frames)  # it ends
             assert "tool_call" in [f.event for f in stored(got)]
             assert "approval" not in [f.event for f in stored(got)]
+            # Nor does she see the agent go on: neither its work nor its reply.
+            assert "delta" not in [f.event for f in got]
+            assert not [f for f in got if f.event == "activity" and f.data["doing"]]
             wait_as_admin(s.url, deploy["id"], "done")
             # Bob's chat goes on; Ann's inbox hears of her own thread only.
             model.add(text("Again, Bob."), text("Hi Ann."))
@@ -352,6 +359,166 @@ def test_people_follow_only_what_they_may_see_and_stop_when_they_no_longer_may(
             assert chat not in {f.data["id"] for f in after}
         r = c.get(f"/threads/{deploy['id']}/events", headers={**STREAM, **bearer(ann)})
         assert r.status_code == 403
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> tuple[People, dict[str, str]]:
+    """The people of tests/test_identity.py (Ann approves, as one of ops) for
+    a `LiveServer` of tmp_path/t.db, and the environment in which the CLI
+    makes and revokes their tokens there."""
+    (tmp_path / "people.toml").write_text(PEOPLE)
+    env = {
+        "THREADBOT_DB": str(tmp_path / "t.db"),
+        "THREADBOT_PEOPLE": str(tmp_path / "people.toml"),
+    }
+    return People.load(tmp_path / "people.toml", approvers=["group:ops"]), env
+
+
+def to_the_end(frames: Iterator[Frame], most: int) -> list[Frame]:
+    """The frames up to the end of the stream, which comes before `most` heartbeats."""
+    got: list[Frame] = []
+    for f in frames:
+        got.append(f)
+        beats = sum(1 for g in got if g.comment is not None)
+        assert beats < most, f"the stream goes on after {beats} heartbeats: {got[-3:]}"
+    return got
+
+
+def test_a_revoked_token_s_streams_end(
+    tmp_path: Path, people: tuple[People, dict[str, str]]
+) -> None:
+    """`threadbot tokens revoke`, another process: the token's open streams (a
+    thread's and the inbox) end at their next look at it (at a heartbeat, a
+    second apart at most), with nothing more sent. Bob's other token still
+    follows the thread; the revoked one cannot come back."""
+    directory, env = people
+    model = ScriptedModel.of(say("Hi Bob."), say("Only for those still let in."))
+    with (
+        LiveServer(tmp_path / "t.db", model, heartbeat=0.1, people=directory) as s,
+        httpx.Client(base_url=s.url, timeout=10) as c,
+        httpx.Client(base_url=s.url, timeout=10, headers=bearer(ADMIN)) as admin,
+    ):
+        bob, other = token_for(env, "bob"), token_for(env, "bob")
+        chat = c.post("/threads", json={"text": "hi"}, headers=bearer(bob)).json()["id"]
+        wait_status(admin, chat, "done")
+        path = f"/threads/{chat}/events"
+        with (
+            stream(c, path, bearer(bob)) as frames,
+            stream(c, "/threads/events", bearer(bob)) as inbox,
+            stream(c, path, bearer(other)) as kept,
+        ):
+            read_until(frames, is_event("assistant_message"))
+            assert next(inbox).event == "threads"
+            read_until(kept, is_event("assistant_message"))
+            s.wait_open_streams(3)
+            token_id = bob.split("_")[1]
+            done = cli(env, "tokens", "revoke", token_id)
+            assert done.returncode == 0, done.stderr
+            for ended in (frames, inbox):
+                assert not [f for f in to_the_end(ended, most=100) if f.event is not None]
+            s.wait_open_streams(1)
+            admin.post(f"/threads/{chat}/messages", json={"text": "and now?"})
+            got = read_until(kept, is_event("assistant_message"))
+            assert got[-1].data["text"] == "Only for those still let in."
+        for p in (path, "/threads/events"):
+            r = c.get(p, headers={**STREAM, **bearer(bob)})
+            assert r.status_code == 401 and "revoked" in r.json()["error"]
+
+
+@pytest.mark.parametrize("end", ["sign out", "expiry"])
+def test_a_session_that_ends_ends_its_streams(
+    tmp_path: Path, people: tuple[People, dict[str, str]], end: str
+) -> None:
+    """Signed out, with heartbeats an hour apart: the streams end because
+    signing out told them. Expired (its row says so, as time would): they
+    end at a heartbeat. Ann's other browser (its own session) goes on."""
+    directory, _ = people
+    model = ScriptedModel.of(say("Hi Ann."), say("Still here for the laptop."))
+    heartbeat = 3600 if end == "sign out" else 0.1
+    with LiveServer(tmp_path / "t.db", model, heartbeat=heartbeat, people=directory) as s:
+        phone, phone_csrf = s.sign_in("ann@example.com")
+        laptop, laptop_csrf = s.sign_in("ann@example.com")
+        with contextlib.closing(phone), contextlib.closing(laptop):
+            r = phone.post("/threads", json={"text": "hi"}, headers={"X-CSRF-Token": phone_csrf})
+            chat = r.json()["id"]
+            wait_status(phone, chat, "done")
+            path = f"/threads/{chat}/events"
+            with (
+                stream(phone, path) as frames,
+                stream(phone, "/threads/events") as inbox,
+                stream(laptop, path) as kept,
+            ):
+                read_until(frames, is_event("assistant_message"))
+                assert next(inbox).event == "threads"
+                read_until(kept, is_event("assistant_message"))
+                s.wait_open_streams(3)
+                if end == "sign out":
+                    r = phone.post("/auth/logout", json={}, headers={"X-CSRF-Token": phone_csrf})
+                    assert r.status_code == 200
+                else:
+                    expire(tmp_path / "t.db", phone.cookies["threadbot_session"])
+                most = 1 if end == "sign out" else 100
+                for ended in (frames, inbox):
+                    assert not [f for f in to_the_end(ended, most) if f.event is not None]
+                s.wait_open_streams(1)
+                r = laptop.post(
+                    f"/threads/{chat}/messages",
+                    json={"text": "still there?"},
+                    headers={"X-CSRF-Token": laptop_csrf},
+                )
+                assert r.status_code == 202, r.text
+                got = read_until(kept, is_event("assistant_message"))
+                assert got[-1].data["text"] == "Still here for the laptop."
+            assert phone.get(path, headers=STREAM).status_code == 401
+
+
+def expire(db: Path, cookie: str) -> None:
+    """The session of `cookie` is past its time (another connection writes
+    it, as time passing would)."""
+    store = EventStore(db)
+    try:
+        with store.atomic():
+            store.execute(
+                "UPDATE sessions SET expires_at = ? WHERE hash = ?",
+                [time.time() - 1, hashlib.sha256(cookie.encode()).hexdigest()],
+            )
+    finally:
+        store.close()
+
+
+def test_one_person_holds_at_most_16_streams(
+    tmp_path: Path, people: tuple[People, dict[str, str]]
+) -> None:
+    """The 17th stream of one token is refused with 503 and Retry-After;
+    another person is still served, and so is the same token's JSON."""
+    directory, env = people
+    with (
+        LiveServer(tmp_path / "t.db", ScriptedModel.of(say("hi")), people=directory) as s,
+        httpx.Client(base_url=s.url, timeout=10) as c,
+    ):
+        bob, ann = token_for(env, "bob"), token_for(env, "ann")
+        chat = c.post("/threads", json={"text": "hi"}, headers=bearer(bob)).json()["id"]
+        path = f"/threads/{chat}/events"
+        with contextlib.ExitStack() as held:
+            # Kept: a stream's reader that is let go closes its response.
+            readers = [
+                held.enter_context(stream(c, (path, "/threads/events")[i % 2], bearer(bob)))
+                for i in range(16)
+            ]
+            for reader in readers:
+                next(reader)
+            s.wait_open_streams(16)
+            for p in (path, "/threads/events"):
+                r = c.get(p, headers={**STREAM, **bearer(bob)})
+                assert r.status_code == 503 and r.headers["retry-after"] == "5"
+                assert "you have 16 event streams open" in r.json()["error"]
+            assert c.get(path, headers=bearer(bob)).status_code == 200
+            with stream(c, "/threads/events", bearer(ann)) as hers:
+                assert next(hers).event == "threads"
+                s.wait_open_streams(17)
+        s.wait_open_streams(0)
+        with stream(c, path, bearer(bob)) as again:
+            assert next(again).event == "user_message"
 
 
 # -- the process's streams: heartbeat, cap, clients that go, a server that stops ----

@@ -325,6 +325,7 @@ async def serve(settings: Settings) -> None:
         people=bot.people,
         settings=SignInSettings.from_env(),
         send_link=mail.send_sign_in if mail is not None else None,
+        signed_out=streams.signed_out,
     )
     if slack is not None and http_slack:
         slack.mount(app)

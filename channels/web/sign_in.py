@@ -127,8 +127,11 @@ def mount_sign_in(
     people: People,
     settings: SignInSettings,
     send_link: SendLink | None,
+    signed_out: Callable[[str], None] | None = None,
 ) -> None:
-    """The `/auth/` routes. `send_link` is None when the email channel is off."""
+    """The `/auth/` routes. `send_link` is None when the email channel is off.
+    `signed_out(who)` is told of each sign-out (`Identity.who`): the event
+    streams of that session end at once."""
     pending_mail: set[asyncio.Task[None]] = set()
 
     def base(request: Request) -> str:
@@ -189,6 +192,8 @@ def mount_sign_in(
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             credentials.end_session(cookie)
+            if signed_out is not None:
+                signed_out(identity.who)
         response = JSONResponse({"signed_out": True})
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
         return response
