@@ -2,13 +2,14 @@
 workspaces. Who acted is known by their own workspace (`event.user_team`,
 `user.team_id`), not by the workspace the request came through: a user of a
 workspace that is not listed or not installed is no member (never an
-approver, never someone of the people file, never starts a thread), and
+approver, never someone of the people file, starts and settles nothing), and
 nobody is taken for a person by an address an admin of some workspace gave
 them. `threadbot serve` installed into two workspaces by OAuth, signed
 requests through its real Bolt app, the local fake of Slack's Web API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -18,8 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bot import ModelReply, ScriptedModel, tool
+from bot.model import ModelCall, say
+
 from .fakes import FakeOpenAI, ServerProcess, calls, free_port, text
 from .slack_fake import FakeSlack, SlackSender, signed_headers
+from .test_slack_live import serving, settled
 from .test_slack_oauth import (
     TeamSender,
     bots,
@@ -157,7 +162,12 @@ def test_someone_of_an_unlisted_workspace_with_an_approvers_id_cannot_approve(
     outsider = SharedSender(server.url, "T1", user_team="T9")
     assert outsider.click("U1", request, SHARED, "tb_approve").status_code == 200
     refusal = told(slack, t1, before)
-    assert refusal["user"] == "U1" and "not one of the approvers" in refusal["text"]
+    assert refusal["user"] == "U1" and "members of the workspaces" in refusal["text"]
+    # Reject gets them no form either.
+    opened = len(slack.called("views.open"))
+    assert outsider.click("U1", request, SHARED, "tb_reject").status_code == 200
+    assert "members of the workspaces" in told(slack, t1, before + 1)["text"]
+    assert len(slack.called("views.open")) == opened
     assert thread(server, thread_id)["status"] == "waiting_for_approval"
     assert "deploy api 11" not in (workdir / "ledger.txt").read_text()
     # Slack was not asked who T9's U1 is: they are linked to nobody.
@@ -209,8 +219,7 @@ def test_someone_of_an_unlisted_workspace_starts_nothing_and_writes_in_no_thread
     server: ServerProcess, slack: FakeSlack, model: FakeOpenAI, installed: dict[str, str]
 ) -> None:
     """T9's U1 mentions threadbot in the shared channel: told privately, no
-    thread. Their reply in a thread of T1's is refused, as from anyone who
-    takes no part in it."""
+    thread. Their reply in a thread of T1's is refused too."""
     t1 = installed["T1"]
     outsider = SharedSender(server.url, "T1", user_team="T9")
     known = [t["id"] for t in threads(server)]
@@ -229,7 +238,7 @@ def test_someone_of_an_unlisted_workspace_starts_nothing_and_writes_in_no_thread
     before = len(slack.calls_with(t1, "chat.postEphemeral"))
     assert outsider.event(reply(SHARED, "production, all of it", ev["ts"])).status_code == 200
     refusal = told(slack, t1, before)
-    assert refusal["user"] == "U1" and "may not write" in refusal["text"]
+    assert refusal["user"] == "U1" and "members of the workspaces" in refusal["text"]
     assert len(thread(server, thread_id)["events"]) == len(events)
 
 
@@ -255,3 +264,45 @@ def test_someone_of_another_installed_workspace_is_known_by_their_own(
         if c.args["thread_ts"] == ts
     )
     assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", "T2")
+
+
+@tool(requires_approval=True, approvers=["U1"])
+def purge(cache: str) -> str:
+    """Purge a cache."""
+    return f"purged {cache}"
+
+
+@pytest.mark.anyio
+async def test_with_one_workspaces_token_someone_of_another_is_no_member(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """With one workspace's (T1's) bot token, U1 of T9 in a shared channel
+    is T9:U1, no member: their click on an approval U1 of T1 may give is
+    refused; the click of T1's U1 approves."""
+    model = ScriptedModel.of(
+        ModelReply(calls=(ModelCall("call_1", "purge", json.dumps({"cache": "edge"})),)),
+        say("Purged."),
+    )
+    async with serving(tmp_path / "t.db", slack, model, tools=[purge]) as s:
+        ts = new_ts()
+        await s.event(mention("C_TOKEN_SHARED", "purge the edge cache", user="UASK", ts=ts))
+        await settled(s.bot, "waiting_for_approval")
+        request = next(
+            a
+            for m, a in slack.live_calls("C_TOKEN_SHARED")
+            if m == "chat.postMessage" and "Approval needed" in str(a.get("text"))
+        )
+        message = {"ts": request["_ts"], "blocks": request["blocks"]}
+        before = len(slack.called("chat.postEphemeral"))
+        base = s.sender.url.removesuffix("/slack/events")
+        outsider = SharedSender(base, "T1", user_team="T9")
+        r = await asyncio.to_thread(outsider.click, "U1", message, "C_TOKEN_SHARED", "tb_approve")
+        assert r.status_code == 200
+        refusal = (await asyncio.to_thread(slack.wait_for, "chat.postEphemeral", before + 1))[-1]
+        assert refusal["user"] == "U1" and "members of the workspaces" in refusal["text"]
+        assert (await settled(s.bot))["status"] == "waiting_for_approval"
+
+        await s.click("U1", message, "C_TOKEN_SHARED", "tb_approve")
+        body = await settled(s.bot, "done")
+        approval = next(e for e in body["events"] if e["type"] == "approval")
+        assert (approval["source"]["user"], approval["source"]["member"]) == ("U1", True)

@@ -78,10 +78,7 @@ _ASKS_PEOPLE = "request_human_input"
 PROMPTS = 4
 """Suggested prompts in an assistant thread (Slack shows four at most)."""
 GREETING = "Hi! Tell me what you need. Anything that needs approval, I ask before doing it."
-OUTSIDER = (
-    "I take requests from the members of the workspaces I'm installed in only: "
-    "ask someone of theirs."
-)
+OUTSIDER = "I only take requests, answers and decisions from members of the workspaces I'm in."
 
 
 class SlackChannel:
@@ -340,6 +337,14 @@ class SlackChannel:
             "team": team or str(body.get("team_id", "")),
         }
         thread_id = self.bot.routed(route_key(channel, root, team))
+        if not member:
+            # Someone of another workspace, in a channel shared with ours:
+            # nothing they write reaches a thread.
+            addressed = mentioned or event.get("channel_type") == "im"
+            bound = thread_id or self.bot.routed(post_route_key(channel, root, team))
+            if (addressed or bound) and self._first_time(key):
+                self._later(self._ephemeral(channel, user, root, OUTSIDER, team))
+            return
         # Under a request posted to an approver elsewhere than the thread's
         # own conversation, only those who may write in the thread may.
         members_only = thread_id is None
@@ -355,11 +360,6 @@ class SlackChannel:
                             channel, user, root, "Tell me what you need after the mention.", team
                         )
                     )
-                return
-            if not member:
-                # Someone of another workspace, in a channel shared with ours.
-                if self._first_time(key):
-                    self._later(self._ephemeral(channel, user, root, OUTSIDER, team))
                 return
             if not self.bot.received(key):
                 # A direct message's thread that is no thread of ours yet:
@@ -378,9 +378,7 @@ class SlackChannel:
             return
         if not text or self.bot.received(key):
             return
-        source = await self.directory.source(user, refs=refs, team=their_team, member=member)
-        # Someone of another workspace writes only where they may answer.
-        members_only = members_only or not member
+        source = await self.directory.source(user, refs=refs, team=their_team)
         await self._continue(thread_id, text, source, key, members_only=members_only)
 
     async def _continue(
@@ -436,6 +434,9 @@ class SlackChannel:
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         request = self.bot.request(v["t"], v["c"], self.name)
         options = request.options if isinstance(request, Question) else ()
         if not 0 <= v.get("i", -1) < len(options):
@@ -453,9 +454,20 @@ class SlackChannel:
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         await self._settle_click(
             ack, v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
         )
+
+    def _outsider(self, v: dict[str, Any], source: Source) -> bool:
+        """Someone of another workspace (no member) settles nothing: told
+        so, privately."""
+        if source.member:
+            return False
+        self._later(self._ephemeral(v["ch"], source.user or "", None, OUTSIDER, v["team"]))
+        return True
 
     async def _settle_click(self, ack: Any, v: dict[str, Any], source: Source, settle: Any) -> None:
         """Store the click's answer or decision, then acknowledge it. The
@@ -478,6 +490,9 @@ class SlackChannel:
     ) -> None:
         """Cancel the thread (Slack asked the clicker to confirm first)."""
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         await self._settle_click(ack, v, source, self.bot.cancel(v["t"], source=source))
 
     async def _on_form(
@@ -487,6 +502,8 @@ class SlackChannel:
         may not decide is told so, and gets no form."""
         await ack()  # nothing is stored yet: the text comes with the form
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            return
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
@@ -527,6 +544,9 @@ class SlackChannel:
             team=their_team,
             member=member,
         )
+        if not member:
+            await ack(response_action="errors", errors={"reason": OUTSIDER[:150]})
+            return
         try:
             if view.get("callback_id") == "tb_respond_modal":
                 await self.bot.decide(t, False, respond=text, call_id=c, source=source)
