@@ -68,8 +68,8 @@ def _create_private(path: str) -> None:
     mode it has."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
+    except OSError:
+        return  # it exists; or SQLite says why it cannot be opened
     os.close(fd)
 
 
