@@ -300,6 +300,13 @@ async def test_with_one_workspaces_token_someone_of_another_is_no_member(
         assert r.status_code == 200
         refusal = (await asyncio.to_thread(slack.wait_for, "chat.postEphemeral", before + 1))[-1]
         assert refusal["user"] == "U1" and "members of the workspaces" in refusal["text"]
+        # The same click with their workspace as the payload's `team`: the
+        # token's workspace is T1 (auth.test), so T9 is still another one.
+        theirs = SharedSender(base, "T9", user_team="T9")
+        r = await asyncio.to_thread(theirs.click, "U1", message, "C_TOKEN_SHARED", "tb_approve")
+        assert r.status_code == 200
+        refusal = (await asyncio.to_thread(slack.wait_for, "chat.postEphemeral", before + 2))[-1]
+        assert refusal["user"] == "U1" and "members of the workspaces" in refusal["text"]
         assert (await settled(s.bot))["status"] == "waiting_for_approval"
 
         await s.click("U1", message, "C_TOKEN_SHARED", "tb_approve")

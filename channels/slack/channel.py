@@ -244,7 +244,11 @@ class SlackChannel:
                 return via, True
             assert self.installations is not None  # settings.oauth
             return theirs, await self.installations.installed(theirs)
-        if theirs is None or not context.team_id or theirs == context.team_id:
+        # One workspace's token: its workspace is the token's (auth.test),
+        # whatever the payload says.
+        result = context.authorize_result
+        ours = (result.team_id if result is not None else None) or context.team_id
+        if theirs is None or not ours or theirs == ours:
             return None, True
         return theirs, False
 
