@@ -15,6 +15,7 @@ against the seq it expected.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,6 +63,18 @@ def without_fsync(conn: sqlite3.Connection, synchronous: str) -> Iterator[None]:
         conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
+def _create_private(path: str) -> None:
+    """A new database file is readable and writable by its owner only (its
+    -wal and -shm files take the same mode from SQLite): it holds what
+    people wrote, and Slack workspaces' tokens. An existing file keeps the
+    mode it has."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError:
+        return  # it exists; or SQLite says why it cannot be opened
+    os.close(fd)
+
+
 class EventStore(Reads):
     takeover_every: float | None = None
     """One file is on one host: a process that dies has its threads resumed
@@ -72,6 +85,8 @@ class EventStore(Reads):
         self.path = str(path)
         self.url = self.path
         self._durable = durable
+        if self.path not in ("", ":memory:"):
+            _create_private(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db = Database(conn)
         # Another process (the CLI beside a server) may hold the write lock

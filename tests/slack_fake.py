@@ -141,7 +141,7 @@ class FakeSlack:
             view = args.get("view") or {}
             return 200, {"ok": True, "view": {**view, "id": f"V{ts.split('.')[0]}"}}, {}
         if method in ("users.info", "users.lookupByEmail"):
-            return self._directory(method, args)
+            return self._directory(method, args, self._users_of(auth))
         if method == "apps.connections.open":
             return 200, {"ok": True, "url": self.socket_url}, {}
         if method == "openid.connect.token":
@@ -154,17 +154,26 @@ class FakeSlack:
             return 200, {"ok": True, **user}, {}
         return 200, {"ok": True}, {}
 
+    def _users_of(self, auth: str) -> dict[str, tuple[str, str]]:
+        """The directory the token's workspace sees: its own, where the test
+        gave it one (`directories`), else `users`."""
+        with self.lock:
+            found = self.workspaces.get(auth.removeprefix("Bearer "))
+            if found is not None and found[0] in self.directories:
+                return self.directories[found[0]]
+        return self.users
+
     def _directory(
-        self, method: str, args: dict[str, Any]
+        self, method: str, args: dict[str, Any], users: dict[str, tuple[str, str]]
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         if method == "users.info":
             uid = args.get("user")
-            found = self.users.get(uid) if isinstance(uid, str) else None
+            found = users.get(uid) if isinstance(uid, str) else None
             error = "user_not_found"
         else:
             email = str(args.get("email", "")).lower()
-            uid = next((u for u, (_, e) in self.users.items() if e.lower() == email), None)
-            found = self.users.get(uid) if uid else None
+            uid = next((u for u, (_, e) in users.items() if e.lower() == email), None)
+            found = users.get(uid) if uid else None
             error = "users_not_found"
         if found is None:
             return 200, {"ok": False, "error": error}, {}
@@ -227,6 +236,10 @@ class FakeSlack:
     """A code Slack handed out → (team, the redirect URL it was asked with)."""
     workspaces: dict[str, tuple[str, str]] = field(default_factory=dict)
     """An installed workspace's bot token → (team id, bot user id)."""
+    directories: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """A workspace's own directory (team id → user id → (real name, email)),
+    as the test sets it: its token's users.info and users.lookupByEmail see
+    that one only."""
 
     @property
     def install_url(self) -> str:

@@ -192,6 +192,32 @@ async def test_in_a_channel_the_stream_goes_to_the_person_who_asked(
         assert not [a for m, a in calls if m == "chat.postMessage"]
 
 
+async def test_what_the_model_writes_streams_as_text_never_as_a_mention_or_a_link(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """`<!channel>`, `<@U…>` and `<https://…|label>` in the model's reply
+    would notify the channel, mention someone and disguise a link if sent
+    raw: streamed, they are escaped as a whole post's are, and the streamed
+    message is still the answer (nothing is posted or updated after it)."""
+    answer = "Done <!channel>, ask <@U123> & see <https://evil.example|click>."
+    async with serving(tmp_path / "t.db", slack, ScriptedModel.of(say(answer))) as s:
+        ev = dm("D_ESCAPE", "anything?")
+        await s.event(ev)
+        body = await settled(s.bot, "done")
+        calls = slack.live_calls("D_ESCAPE")
+        start = calls[0][1]
+        shown = streamed_text(calls, start["_ts"])
+        assert shown == (
+            "Done &lt;!channel&gt;, ask &lt;@U123&gt; &amp; see &lt;https://evil.example|click&gt;."
+        )
+        assert "<" not in shown and ">" not in shown
+        methods = [m for m, _ in calls]
+        assert "chat.postMessage" not in methods and "chat.update" not in methods
+        delivered = body["events"][-1]
+        assert delivered["type"] == "delivered"
+        assert delivered["refs"]["ts"] == start["_ts"]
+
+
 async def test_where_slack_refuses_streaming_answers_are_posted_whole_and_it_is_not_asked_again(
     tmp_path: Path, slack: FakeSlack
 ) -> None:

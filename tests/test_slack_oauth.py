@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -300,6 +301,17 @@ def test_install_saves_the_workspace_in_the_database(
     assert saved["T1"].startswith("xoxb-T1-") and saved["T1"] in slack.workspaces
     # Bolt checked the new token once (auth.test), with that token.
     assert slack.calls_with(saved["T1"], "auth.test")
+
+
+def test_the_database_holding_the_tokens_is_its_owners_only(
+    server: ServerProcess, workdir: Path
+) -> None:
+    """The workspaces' tokens are in the SQLite file in plain text: threadbot
+    made it (and SQLite its -wal and -shm files) readable by its user only."""
+    db = workdir / "threadbot.db"
+    assert bots(db)  # the install before this one
+    files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
 
 
 def test_a_callback_without_the_browsers_cookie_is_refused(

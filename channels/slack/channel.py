@@ -78,6 +78,7 @@ _ASKS_PEOPLE = "request_human_input"
 PROMPTS = 4
 """Suggested prompts in an assistant thread (Slack shows four at most)."""
 GREETING = "Hi! Tell me what you need. Anything that needs approval, I ask before doing it."
+OUTSIDER = "I only take requests, answers and decisions from members of the workspaces I'm in."
 
 
 class SlackChannel:
@@ -206,12 +207,12 @@ class SlackChannel:
     async def _on_mention(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        await self._inbound(event, body, self._team(context), mentioned=True)
+        await self._inbound(event, body, context, mentioned=True)
 
     async def _on_message(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        await self._inbound(event, body, self._team(context), mentioned=False)
+        await self._inbound(event, body, context, mentioned=False)
 
     def _team(self, context: AsyncBoltContext) -> str | None:
         """Installed into several workspaces: the one the request came from
@@ -222,6 +223,34 @@ class SlackChannel:
         if not context.team_id:
             raise ValueError("a request from Slack with no workspace")
         return context.team_id
+
+    async def _actor(self, context: AsyncBoltContext, home: Any) -> tuple[str | None, bool]:
+        """Who acted, beyond the workspace the request came through: their own
+        workspace (`home`, as Slack gives it: `event.user_team`,
+        `user.team_id`), which in a channel shared with another workspace
+        (Slack Connect) may be someone else's. Returns the workspace to
+        qualify the user id with, and whether they are a member: of the
+        workspace the request came through, or (installed into several) of
+        another one listed and installed. Anyone else is known by their own
+        workspace's id, so never taken for someone of ours with the same id.
+        With one workspace's token, its members' ids stay bare."""
+        via = self._team(context)
+        theirs = home if isinstance(home, str) and home else None
+        if theirs is not None and theirs.startswith("E") and theirs == context.enterprise_id:
+            # An organization's member, in one of its own workspaces.
+            theirs = None
+        if self.settings.oauth:
+            if theirs is None or theirs == via:
+                return via, True
+            assert self.installations is not None  # settings.oauth
+            return theirs, await self.installations.installed(theirs)
+        # One workspace's token: its workspace is the token's (auth.test),
+        # whatever the payload says.
+        result = context.authorize_result
+        ours = (result.team_id if result is not None else None) or context.team_id
+        if theirs is None or not ours or theirs == ours:
+            return None, True
+        return theirs, False
 
     def _first_time(self, key: str) -> bool:
         """For replies that write no event: say them once per Slack message."""
@@ -237,7 +266,7 @@ class SlackChannel:
     ) -> None:
         """A person's message in a direct message's thread: in an assistant
         thread, or under a message of a plain direct message."""
-        await self._inbound(event, body, self._team(context), mentioned=False)
+        await self._inbound(event, body, context, mentioned=False)
 
     async def _on_assistant_thread(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         """Someone opened an assistant thread: a greeting, and the tools as
@@ -278,7 +307,12 @@ class SlackChannel:
             log.warning("could not title an assistant thread: %s", e.response.get("error"))
 
     async def _inbound(
-        self, event: dict[str, Any], body: dict[str, Any], team: str | None, *, mentioned: bool
+        self,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        *,
+        mentioned: bool,
     ) -> None:
         if (
             event.get("subtype") not in _PLAIN_SUBTYPES
@@ -286,6 +320,16 @@ class SlackChannel:
             or not event.get("user")
         ):
             return  # edits, deletions, joins, bots (this one included)
+        team = self._team(context)
+        # The writer's own workspace: Slack Connect events say it (`user_team`,
+        # `user_profile.team`; a message's `team` is its writer's).
+        profile = event.get("user_profile")
+        home = (
+            event.get("user_team")
+            or (profile.get("team") if isinstance(profile, dict) else None)
+            or event.get("team")
+        )
+        their_team, member = await self._actor(context, home)
         channel, ts, user = event["channel"], event["ts"], event["user"]
         root = event.get("thread_ts") or ts
         text = _MENTION.sub("", event.get("text") or "").strip()
@@ -297,6 +341,14 @@ class SlackChannel:
             "team": team or str(body.get("team_id", "")),
         }
         thread_id = self.bot.routed(route_key(channel, root, team))
+        if not member:
+            # Someone of another workspace, in a channel shared with ours:
+            # nothing they write reaches a thread.
+            addressed = mentioned or event.get("channel_type") == "im"
+            bound = thread_id or self.bot.routed(post_route_key(channel, root, team))
+            if (addressed or bound) and self._first_time(key):
+                self._later(self._ephemeral(channel, user, root, OUTSIDER, team))
+            return
         # Under a request posted to an approver elsewhere than the thread's
         # own conversation, only those who may write in the thread may.
         members_only = thread_id is None
@@ -319,7 +371,7 @@ class SlackChannel:
                 assistant = event.get("channel_type") == "im" and root != ts
                 if assistant:
                     refs["assistant"] = "1"
-                source = await self.directory.source(user, refs=refs, team=team)
+                source = await self.directory.source(user, refs=refs, team=their_team)
                 await self.bot.launch(
                     text, source=source, key=key, routes=[route_key(channel, root, team)]
                 )
@@ -330,7 +382,7 @@ class SlackChannel:
             return
         if not text or self.bot.received(key):
             return
-        source = await self.directory.source(user, refs=refs, team=team)
+        source = await self.directory.source(user, refs=refs, team=their_team)
         await self._continue(thread_id, text, source, key, members_only=members_only)
 
     async def _continue(
@@ -372,11 +424,13 @@ class SlackChannel:
         team = self._team(context)
         value.update(ch=channel, ts=ts, team=team)
         refs = {"channel": channel, "ts": ts}
+        their_team, member = await self._actor(context, body["user"].get("team_id"))
         source = await self.directory.source(
             body["user"]["id"],
             refs={**refs, "team": team} if team else refs,
             name=body["user"].get("username") or None,
-            team=team,
+            team=their_team,
+            member=member,
         )
         return value, source
 
@@ -384,6 +438,9 @@ class SlackChannel:
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         request = self.bot.request(v["t"], v["c"], self.name)
         options = request.options if isinstance(request, Question) else ()
         if not 0 <= v.get("i", -1) < len(options):
@@ -401,9 +458,20 @@ class SlackChannel:
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         await self._settle_click(
             ack, v, source, self.bot.decide(v["t"], True, call_id=v["c"], source=source)
         )
+
+    def _outsider(self, v: dict[str, Any], source: Source) -> bool:
+        """Someone of another workspace (no member) settles nothing: told
+        so, privately."""
+        if source.member:
+            return False
+        self._later(self._ephemeral(v["ch"], source.user or "", None, OUTSIDER, v["team"]))
+        return True
 
     async def _settle_click(self, ack: Any, v: dict[str, Any], source: Source, settle: Any) -> None:
         """Store the click's answer or decision, then acknowledge it. The
@@ -426,6 +494,9 @@ class SlackChannel:
     ) -> None:
         """Cancel the thread (Slack asked the clicker to confirm first)."""
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            await ack()
+            return
         await self._settle_click(ack, v, source, self.bot.cancel(v["t"], source=source))
 
     async def _on_form(
@@ -435,6 +506,8 @@ class SlackChannel:
         may not decide is told so, and gets no form."""
         await ack()  # nothing is stored yet: the text comes with the form
         v, source = await self._clicked(body, action, context)
+        if self._outsider(v, source):
+            return
         try:
             self.bot.check(v["t"], "approval", call_id=v["c"], source=source)
         except AlreadyAnswered as e:
@@ -468,9 +541,16 @@ class SlackChannel:
             return
         team = self._team(context)
         refs = {"channel": ch, "ts": ts, "view": view.get("id", "")}
+        their_team, member = await self._actor(context, body["user"].get("team_id"))
         source = await self.directory.source(
-            body["user"]["id"], refs={**refs, "team": team} if team else refs, team=team
+            body["user"]["id"],
+            refs={**refs, "team": team} if team else refs,
+            team=their_team,
+            member=member,
         )
+        if not member:
+            await ack(response_action="errors", errors={"reason": OUTSIDER[:150]})
+            return
         try:
             if view.get("callback_id") == "tb_respond_modal":
                 await self.bot.decide(t, False, respond=text, call_id=c, source=source)

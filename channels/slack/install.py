@@ -11,6 +11,9 @@ workspace's own token (web.py).
 
 Only the workspaces the operator lists (`SLACK_TEAMS`) may install it: a
 workspace's members start threads, and count as known to this deployment.
+Someone of another workspace, in a channel shared with an installed one
+(Slack Connect), is known by their own workspace's id and counts as a
+member only if that workspace is listed and installed too (channel.py).
 """
 
 from __future__ import annotations
@@ -110,6 +113,15 @@ class Installations:
         token = bot.bot_token if bot is not None else None
         self._tokens[team] = (now + TOKEN_TTL, token)
         return token
+
+    async def installed(self, team: str | None) -> bool:
+        """Whether `team` is listed and installed: its members are known to
+        this deployment. (A person of another workspace in a channel shared
+        with an installed one is not, unless theirs is installed too.)"""
+        if not self.allows(team):
+            return False
+        bot = await self.store.async_find_bot(enterprise_id=None, team_id=team)
+        return bot is not None
 
     def forget(self, team: str) -> None:
         """Ask the store again next time (the workspace was installed anew)."""

@@ -104,7 +104,8 @@ class SlackDirectory:
         found: SlackUser | None = None
         try:
             call = getattr(self.web(team), method)
-            response = await asyncio.wait_for(call(**args), LOOKUP_TIMEOUT)
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                response = await call(**args)
             found = _user(response.get("user"))
             if found is not None:
                 found = replace(found, id=qualify(team, found.id))
@@ -124,16 +125,21 @@ class SlackDirectory:
         refs: dict[str, str],
         name: str | None = None,
         team: str | None = None,
+        member: bool = True,
     ) -> Source:
         """The source of something a Slack user did (Slack authenticated
         them), naming the person the directory knows them as. Installed into
-        several workspaces, `team` is the workspace the request came from
-        (Slack signed it), and the user is known as `team:user_id`."""
-        person = await self.person(user_id, team)
+        several workspaces, `team` is the user's own workspace, and the user
+        is known as `team:user_id`. Someone who is no `member` (of another
+        workspace, in a channel shared with ours) is nobody in the directory:
+        not looked up, not linked to a person."""
+        person = await self.person(user_id, team) if member else None
         return Source(
             channel="slack",
             auth="slack",
-            member=True,  # a signed request or the Socket Mode connection: the workspace's
+            # A signed request or the Socket Mode connection: the workspace
+            # vouches for its own members only.
+            member=member,
             user=qualify(team, user_id),
             person=person.id if person else None,
             name=person.display if person else name,
@@ -151,9 +157,26 @@ class SlackDirectory:
     def _learn(self, user: SlackUser) -> Person | None:
         """Link a Slack user and their address in the directory, unless the
         people file gives them to two different people: then neither claim is
-        trusted over the other, and the Slack id alone counts."""
+        trusted over the other, and the Slack id alone counts.
+
+        Installed into several workspaces (ids qualified), the admin of any
+        of them can give their users any address: the address links a Slack
+        user to nobody, unless it is the address of the person whose `slack`
+        entry is in the user's own workspace (the same user, then). People
+        are named there by `T…:U…`."""
         by_id = self.people.find(user.id)
         by_email = self.people.find(user.email)
+        team = team_of(user.id)
+        if (
+            team is not None
+            and user.email is not None
+            and (by_email is None or by_email.slack is None or team_of(by_email.slack) != team)
+        ):
+            if by_email is not None and by_email is not by_id:
+                log.warning(
+                    "%s has the address of %s, who has no id in its workspace", user.id, by_email.id
+                )
+            user, by_email = replace(user, email=None), None
         if by_email is not None and (
             by_email.slack not in (None, user.id) or (by_id is not None and by_id.id != by_email.id)
         ):

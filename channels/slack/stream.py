@@ -49,7 +49,7 @@ from bot import Activity, Answer, Delivery, Delta, News, Notice, Source, ThreadB
 
 from . import format as fmt
 from .outbound import SlackPoster
-from .settings import bare
+from .settings import bare, team_of
 from .web import WebClients
 
 __all__ = ["INTERRUPTED", "Streams", "is_assistant"]
@@ -94,6 +94,7 @@ class _Stream:
     """Outside a direct message Slack streams to one person: who and their workspace."""
     ts: str | None = None
     sent: list[str] = field(default_factory=list)
+    """What reached the message, as sent (escaped)."""
     size: int = 0
     buffer: str = ""
     last: float = 0.0
@@ -171,7 +172,8 @@ class Streams:
             if s is not None and s.buffer and not s.dead:
                 wait = max(0.0, s.last + self._every(s) - time.monotonic())
             try:
-                news, origin = await asyncio.wait_for(t.queue.get(), wait)
+                async with asyncio.timeout(wait):
+                    news, origin = await t.queue.get()
             except TimeoutError:
                 if s is not None:
                     try:
@@ -218,10 +220,14 @@ class Streams:
             s = t.stream = _stream(news.seq, origin)
         if s.dead or not s.whole:
             return  # the delivery says the rest: a later piece would leave a hole
-        if s.size + len(s.buffer) + len(news.text) > STREAM_MAX:
+        # The model's text as text: `<!channel>`, `<@U…>` or `<https://…|label>`
+        # it writes are shown, never a notification, a mention or a disguised
+        # link (escaping is per character, so a piece may end anywhere).
+        piece = fmt.escape(news.text)
+        if s.size + len(s.buffer) + len(piece) > STREAM_MAX:
             s.whole = False
             return
-        s.buffer += news.text
+        s.buffer += piece
         if s.ts is None or time.monotonic() - s.last >= self._every(s):
             await self._send(thread_id, s)
 
@@ -430,8 +436,10 @@ def _stream(seq: int, origin: Source) -> _Stream:
     refs = origin.refs
     recipient = {}
     if not refs["channel"].startswith("D") and origin.user:
-        # Slack's own id (written with its workspace when installed into several).
-        recipient = {"user": bare(origin.user), "team": refs.get("team", "")}
+        # Slack's own id, and the person's own workspace (in a channel shared
+        # with another workspace, theirs may not be the channel's).
+        team = team_of(origin.user) or refs.get("team", "")
+        recipient = {"user": bare(origin.user), "team": team}
     return _Stream(
         seq,
         refs["channel"],
@@ -443,7 +451,8 @@ def _stream(seq: int, origin: Source) -> _Stream:
 
 
 def _same(s: _Stream, answer: Answer) -> bool:
-    return s.whole and s.text.strip() == answer.text.strip()
+    """Whether the message shows the whole answer (as it was sent: escaped)."""
+    return s.whole and s.text.strip() == fmt.escape(answer.text).strip()
 
 
 def _metadata(thread_id: str, seq: int) -> dict[str, Any]:
