@@ -444,7 +444,7 @@ def test_serve_stops_promptly_with_streams_open(
                         if i == 0:
                             opened.release()
                     ended.append(path)
-            except BaseException as e:  # noqa: BLE001 - reported below
+            except BaseException as e:
                 failed.append(e)
                 opened.release()
 
