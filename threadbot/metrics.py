@@ -18,17 +18,16 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import get_args
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
     Histogram,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from bot import Status
@@ -122,8 +121,11 @@ class Metrics(Observer):
         for outcome in ("delivered", "retrying", "failed"):
             self.webhooks.labels(outcome)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The metrics in the format the scraper's Accept header asks for
+        (Prometheus's text format, or OpenMetrics), and its media type."""
+        encode, media_type = choose_encoder(accept)
+        return encode(self.registry), media_type
 
     # -- the core's observations --------------------------------------------------
 
@@ -200,9 +202,10 @@ def mount_metrics(app: FastAPI, metrics: Metrics) -> None:
     """GET /metrics, in Prometheus's text format. Who may read it is decided
     before (channels.auth: admins, or THREADBOT_METRICS_TOKEN)."""
 
-    async def scrape() -> Response:
+    async def scrape(request: Request) -> Response:
         # On the serving loop, which owns the store's connection: one grouped
         # count and two indexed looks.
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=media_type)
 
     app.add_api_route("/metrics", scrape, methods=["GET"], include_in_schema=False)

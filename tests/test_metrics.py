@@ -1,0 +1,280 @@
+"""/metrics, /healthz and /readyz of a real `threadbot serve`: a known run of
+threads (a question answered over HTTP, a tool run, a model error retried, a
+thread started by mail and answered through the SMTP relay), then the
+scrape parsed with prometheus-client's own parser and checked number by
+number; who may scrape, and what is refused; readiness as the store comes
+and goes."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from store import Credentials, EventStore
+
+from . import pg
+from .fakes import FakeOpenAI, ServerProcess, ask, calls, free_port, text
+from .mail_fake import CaptureRelay
+from .test_http import env_for, wait_status
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(exposition: str) -> Samples:
+    """Every sample of a scrape, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def scrape(client: httpx.Client, **headers: str) -> Samples:
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    return parse(r.text)
+
+
+@pytest.fixture
+def relay() -> Iterator[CaptureRelay]:
+    with CaptureRelay().serve() as r:
+        yield r
+
+
+def test_a_known_run_counted_exactly(
+    tmp_path: Path, fake_openai: FakeOpenAI, relay: CaptureRelay
+) -> None:
+    smtp = free_port()
+    env = env_for(
+        tmp_path / "t.db",
+        fake_openai,
+        tmp_path / "ledger.txt",
+        THREADBOT_SMTP=f"127.0.0.1:{smtp}",
+        THREADBOT_EMAIL="bot@example.com",
+        THREADBOT_SMTP_RELAY=f"127.0.0.1:{relay.port}",
+    )
+    unavailable = {"status": 503, "error": "overloaded"}
+    fake_openai.add(
+        ask("Which service?"),
+        calls(("lookup", {"name": "api"})),
+        # The SDK tries 3 more times; then the runner records the error and asks again.
+        unavailable,
+        unavailable,
+        unavailable,
+        unavailable,
+        text("api is healthy."),
+    )
+    server = ServerProcess(env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            before = scrape(c)  # loopback, no token: the local operator, an admin
+            assert value(before, "threadbot_threads", status="done") == 0
+            assert value(before, "threadbot_model_calls_total", outcome="ok") == 0
+
+            thread_id = c.post("/threads", json={"text": "is the api up?"}).json()["id"]
+            wait_status(c, thread_id, "waiting_for_human")
+            waiting = scrape(c)
+            assert value(waiting, "threadbot_threads", status="waiting_for_human") == 1
+            assert value(waiting, "threadbot_oldest_wait_seconds", kind="question") >= 0
+            assert value(waiting, "threadbot_oldest_wait_seconds", kind="approval") == 0
+
+            c.post(f"/threads/{thread_id}/responses", json={"text": "api"})
+            done = wait_status(c, thread_id, "done")
+            assert [e["type"] for e in done["events"]] == [
+                "user_message",
+                "tool_call",
+                "human_response",
+                "tool_call",
+                "tool_result",
+                "error",
+                "assistant_message",
+            ]
+
+            fake_openai.add(text("Hello Ann."))
+            mail = EmailMessage()
+            mail["From"], mail["To"], mail["Subject"] = "ann@example.com", "bot@example.com", "hi"
+            mail["Message-ID"] = "<hi@client>"
+            mail.set_content("hello")
+            with smtplib.SMTP("127.0.0.1", smtp) as s:
+                s.send_message(mail)
+            relay.wait_for(1)
+            by_mail = next(t for t in c.get("/threads").json() if t["origin"] == "email")
+            wait_status(c, by_mail["id"], "done")
+            delivered = c.get(f"/threads/{by_mail['id']}").json()["events"][-1]
+            assert delivered["type"] == "delivered"
+
+            after = scrape(c)
+    finally:
+        server.stop()
+
+    def v(name: str, **labels: str) -> float:
+        return value(after, name, **labels)
+
+    assert v("threadbot_threads", status="done") == 2
+    for status in ("running", "waiting_for_human", "waiting_for_approval", "failed"):
+        assert v("threadbot_threads", status=status) == 0
+    assert v("threadbot_oldest_wait_seconds", kind="question") == 0
+
+    # Events by type: the HTTP thread's seven, the mail thread's three.
+    appended = {
+        dict(labels)["type"]: n
+        for (name, labels), n in after.items()
+        if name == "threadbot_events_appended_total"
+    }
+    assert appended == {
+        "user_message": 2,
+        "tool_call": 2,
+        "human_response": 1,
+        "tool_result": 1,
+        "error": 1,
+        "assistant_message": 2,
+        "delivered": 1,
+    }
+    # One transaction each: the HTTP thread's created, asked, answered,
+    # the lookup chosen, run, the error, the reply; the mail thread's
+    # created, answered, delivered.
+    assert v("threadbot_append_seconds_count") == 10
+    assert v("threadbot_append_seconds_bucket", le="+Inf") == 10
+    assert v("threadbot_append_conflicts_total") == 0
+
+    # Four replies and one error (the SDK's own retries are inside one call).
+    assert v("threadbot_model_calls_total", outcome="ok") == 4
+    assert v("threadbot_model_calls_total", outcome="error") == 1
+    assert v("threadbot_model_call_seconds_count") == 5
+    # Nobody watched, so each reply came whole, with its server's counts (1 and 1).
+    assert v("threadbot_model_tokens_total", kind="prompt") == 4
+    assert v("threadbot_model_tokens_total", kind="completion") == 4
+
+    assert v("threadbot_tool_calls_total", tool="lookup", outcome="ok") == 1
+    assert v("threadbot_tool_call_seconds_count") == 1
+    assert v("threadbot_deliveries_total", channel="email", outcome="ok") == 1
+    assert (
+        "threadbot_deliveries_total",
+        frozenset({("channel", "email"), ("outcome", "failed")}),
+    ) not in after
+    assert v("threadbot_lease_takeovers_total") == 0
+    for outcome in ("delivered", "retrying", "failed"):
+        assert v("threadbot_webhook_attempts_total", outcome=outcome) == 0
+    # The process's own, from the same registry.
+    assert v("process_resident_memory_bytes") > 0
+
+
+# -- who may scrape ---------------------------------------------------------------------
+
+ADMIN = "admin-token-for-tests"
+SCRAPE = "scrape-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def guarded(model: FakeOpenAI, workdir: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """A server with an admin token and a metrics token, and two people's
+    tokens: one may read, one is an admin."""
+    db = workdir / "t.db"
+    store = EventStore(db)
+    credentials = Credentials(store)
+    tokens = {
+        scope: credentials.create_token(f"someone-{scope}", scope, None)[1]
+        for scope in ("read", "admin")
+    }
+    store.close()
+    env = env_for(
+        db,
+        model,
+        workdir / "ledger.txt",
+        THREADBOT_API_TOKEN=ADMIN,
+        THREADBOT_METRICS_TOKEN=SCRAPE,
+    )
+    s = ServerProcess(env).start()
+    yield s, tokens
+    s.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_metrics_token_and_admins_scrape(guarded: tuple[ServerProcess, dict[str, str]]) -> None:
+    server, tokens = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        for token in (SCRAPE, ADMIN, tokens["admin"]):
+            assert "threadbot_threads" in {n for n, _ in scrape(c, **bearer(token))}
+        # The scheme in any case, as for the API's tokens.
+        assert c.get("/metrics", headers={"Authorization": f"bearer {SCRAPE}"}).status_code == 200
+
+
+def test_scrapes_without_the_right_token_are_refused(
+    guarded: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, tokens = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        nothing = c.get("/metrics")
+        assert nothing.status_code == 401 and nothing.headers["www-authenticate"] == "Bearer"
+        assert c.get("/metrics", headers=bearer(SCRAPE + "x")).status_code == 401
+        # A person's token that reads threads does not read everyone's counts.
+        reader = c.get("/metrics", headers=bearer(tokens["read"]))
+        assert reader.status_code == 403 and "admin needed" in reader.json()["error"]
+        # The metrics token opens nothing else.
+        assert c.get("/threads", headers=bearer(SCRAPE)).status_code == 401
+        assert c.get("/readyz", headers=bearer(SCRAPE)).status_code == 200  # open anyway
+        # A name this server does not answer to (DNS rebinding), even with the token.
+        foreign = c.get("/metrics", headers={**bearer(SCRAPE), "Host": "attacker.example"})
+        assert foreign.status_code == 400 and "Host" in foreign.json()["error"]
+
+
+def test_health_and_readiness_need_no_token(
+    guarded: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        assert c.get("/healthz").json() == {"status": "ok", "app": "threadbot"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"ready": True}
+        assert c.get("/readyz", headers={"Host": "attacker.example"}).status_code == 400
+
+
+# -- readiness, as the store comes and goes ------------------------------------------
+
+
+def test_readyz_is_503_while_postgresql_is_down(
+    restartable_pg: tuple[pg.PostgresServer, str], fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    pg_server, url = restartable_pg
+    env = env_for(tmp_path / "unused.db", fake_openai, tmp_path / "ledger.txt", THREADBOT_DB=url)
+    server = ServerProcess(env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.get("/readyz").json() == {"ready": True}
+            pg_server.halt()
+            try:
+                down = c.get("/readyz")
+                assert down.status_code == 503
+                body = down.json()
+                assert body["ready"] is False and list(body["not_ready"]) == ["store"]
+                assert body["not_ready"]["store"].startswith("unreachable (")
+                # The process itself is up, and says so.
+                assert c.get("/healthz").status_code == 200
+                # A scrape still answers, with the process's own metrics.
+                names = {n for n, _ in scrape(c)}
+                assert "process_resident_memory_bytes" in names
+                assert "threadbot_threads" not in names
+            finally:
+                pg_server.resume()
+            deadline = time.monotonic() + 20
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "still not ready after PostgreSQL came back"
+                time.sleep(0.1)
+            assert value(scrape(c), "threadbot_threads", status="done") == 0
+    finally:
+        server.stop()
