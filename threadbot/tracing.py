@@ -12,8 +12,9 @@ parent is the thread itself, which has no span of its own (tracing tools show
 the runs under a root they did not receive). A sampler that decides by trace
 id (`traceidratio`) keeps or drops a thread's runs together.
 
-Only imported when tracing is asked for (`threadbot.config.tracing_wanted`): without the extra, or
-without the variables, nothing of OpenTelemetry is loaded.
+Only imported when the OTEL_* variables ask for traces
+(`threadbot.config.tracing_wanted`): otherwise threadbot loads nothing of the
+SDK and its spans cost a call that does nothing.
 """
 
 from __future__ import annotations
