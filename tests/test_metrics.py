@@ -8,6 +8,7 @@ and goes."""
 from __future__ import annotations
 
 import smtplib
+import threading
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -17,12 +18,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from channels.email import EmailChannel, EmailSettings
 from store import Credentials, EventStore
 
 from . import pg
-from .fakes import FakeOpenAI, ServerProcess, ask, calls, free_port, text
+from .conftest import make_bot
+from .fakes import FakeOpenAI, Reply, ServerProcess, ask, calls, free_port, text
 from .mail_fake import CaptureRelay
 from .test_http import env_for, wait_status
+from .test_webhooks import SECRET
+from .webhook_receiver import Receiver
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -278,3 +283,82 @@ def test_readyz_is_503_while_postgresql_is_down(
             assert value(scrape(c), "threadbot_threads", status="done") == 0
     finally:
         server.stop()
+
+
+def test_a_takeover_and_webhooks_counted(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """The server is killed while the model writes its reply: the restarted
+    server takes the thread over from the dead process's lease, and its
+    thread.done webhook is refused once (500) and then delivered."""
+    asked, release = threading.Event(), threading.Event()
+
+    def held(body: dict[str, object]) -> Reply:
+        asked.set()
+        release.wait(30)
+        return text("too late: nobody is listening")
+
+    fake_openai.add(held, text("Done."))
+    with Receiver(SECRET, fail_first=True).serve() as receiver:
+        env = env_for(
+            tmp_path / "t.db",
+            fake_openai,
+            tmp_path / "ledger.txt",
+            THREADBOT_WEBHOOKS=receiver.url,
+            THREADBOT_WEBHOOK_SECRET=SECRET,
+            THREADBOT_WEBHOOK_RETRY="0.1",
+        )
+        first = ServerProcess(env).start()
+        with httpx.Client(base_url=first.url, timeout=10) as c:
+            thread_id = c.post("/threads", json={"text": "go"}).json()["id"]
+        assert asked.wait(10)
+        first.kill()
+        release.set()
+
+        again = ServerProcess(env, port=first.port).start(timeout=60)
+        try:
+            with httpx.Client(base_url=again.url, timeout=10) as c:
+                wait_status(c, thread_id, "done")
+                receiver.wait_for(lambda r: [x.answered for x in r.got] == [500, 204])
+                deadline = time.monotonic() + 10
+                while (
+                    value(
+                        after := scrape(c), "threadbot_webhook_attempts_total", outcome="delivered"
+                    )
+                    < 1
+                ):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+        finally:
+            again.stop()
+    assert value(after, "threadbot_lease_takeovers_total") == 1
+    assert value(after, "threadbot_webhook_attempts_total", outcome="retrying") == 1
+    assert value(after, "threadbot_webhook_attempts_total", outcome="failed") == 0
+    assert value(after, "threadbot_model_calls_total", outcome="ok") == 1
+
+
+# -- readiness, in process ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_readiness_names_what_is_not_ready(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path, tmp_path: Path
+) -> None:
+    bot = make_bot(db_path, fake_openai)
+    mail = EmailChannel(
+        bot, EmailSettings(listen=f"127.0.0.1:{free_port()}", outbox=str(tmp_path / "out"))
+    )
+    bot.add_channel("email", mail)
+    try:
+        assert await bot.not_ready() == {"email": "the SMTP server is not listening"}
+        await mail.start()
+        assert await bot.not_ready() == {}
+        await mail.stop()
+        assert await bot.not_ready() == {"email": "the SMTP server is not listening"}
+        # The SQLite file gone (the open connection would still read it).
+        db_path.rename(tmp_path / "moved.db")
+        assert await bot.not_ready() == {
+            "store": "unreachable (OperationalError)",
+            "email": "the SMTP server is not listening",
+        }
+    finally:
+        await bot.close()
+        bot.store.close()
