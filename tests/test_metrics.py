@@ -7,6 +7,7 @@ and goes."""
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import threading
 import time
@@ -18,8 +19,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot import Delivery, Notice, OpenAIModel, Source, ThreadBot
 from channels.email import EmailChannel, EmailSettings
 from store import Credentials, EventStore
+from threadbot.metrics import Metrics
 
 from . import pg
 from .conftest import make_bot
@@ -362,3 +365,51 @@ async def test_readiness_names_what_is_not_ready(
     finally:
         await bot.close()
         bot.store.close()
+
+
+# -- deliveries that fail ---------------------------------------------------------
+
+
+class DownOnce:
+    """A channel whose platform refuses the first post."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.posted = asyncio.Event()
+
+    async def deliver(self, notice: Notice) -> Delivery:
+        self.posts += 1
+        if self.posts == 1:
+            raise ConnectionError("the platform is down")
+        self.posted.set()
+        return Delivery(refs={"post": str(self.posts)})
+
+
+@pytest.mark.anyio
+async def test_a_failed_delivery_and_its_retry_are_counted(
+    db_path: Path, fake_openai: FakeOpenAI, ledger: Path
+) -> None:
+    store = EventStore(db_path)
+    metrics = Metrics(store)
+    bot = ThreadBot(
+        store,
+        OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test"),
+        retry_delay=0,
+        observer=metrics,
+    )
+    channel = DownOnce()
+    bot.add_channel("chat", channel)
+    fake_openai.add(text("Hello."))
+    try:
+        thread_id = await bot.launch("hi", source=Source(channel="chat", user="u1"))
+        await asyncio.wait_for(channel.posted.wait(), 10)  # the retry, a moment later
+        await bot.settle(thread_id)  # the run that posted it records it
+        assert bot.get(thread_id).events[-1].type == "delivered"
+        samples = parse(metrics.exposition()[0].decode())
+    finally:
+        await bot.close()
+        store.close()
+    assert value(samples, "threadbot_deliveries_total", channel="chat", outcome="failed") == 1
+    assert value(samples, "threadbot_deliveries_total", channel="chat", outcome="ok") == 1
+    assert channel.posts == 2
+    assert value(samples, "threadbot_threads", status="done") == 1
