@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import Delivery, Notice, OpenAIModel, Source, ThreadBot
@@ -28,7 +29,9 @@ from . import pg
 from .conftest import make_bot
 from .fakes import FakeOpenAI, Reply, ServerProcess, ask, calls, free_port, text
 from .mail_fake import CaptureRelay
+from .slack_fake import FakeSlack
 from .test_http import env_for, wait_status
+from .test_slack_socket import FakeSocket
 from .test_webhooks import SECRET
 from .webhook_receiver import Receiver
 
@@ -413,3 +416,46 @@ async def test_a_failed_delivery_and_its_retry_are_counted(
     assert value(samples, "threadbot_deliveries_total", channel="chat", outcome="ok") == 1
     assert channel.posts == 2
     assert value(samples, "threadbot_threads", status="done") == 1
+
+
+class DroppableSocket(FakeSocket):
+    """Slack's Socket Mode endpoint, whose connection can vanish."""
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        self.live = request
+        return await super()._socket(request)
+
+    def drop(self) -> None:
+        """Close the TCP connection under the WebSocket, with no goodbye."""
+        transport = self.live.transport
+        assert transport is not None
+        self.loop.call_soon_threadsafe(transport.close)
+
+
+def test_readyz_names_slack_while_its_socket_is_down(tmp_path: Path) -> None:
+    socket = DroppableSocket().start()
+    with FakeSlack().serve() as slack, FakeOpenAI().serve() as model:
+        slack.socket_url = socket.url
+        env = env_for(tmp_path / "t.db", model, tmp_path / "ledger.txt")
+        env.update(
+            SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=slack.api_url
+        )
+        server = ServerProcess(env).start()
+        try:
+            assert socket.connected.wait(10), server.output()
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                assert c.get("/readyz").json() == {"ready": True}
+                # Slack's end goes away, and its next address leads nowhere.
+                slack.socket_url = f"ws://127.0.0.1:{free_port()}/link"
+                socket.drop()
+                deadline = time.monotonic() + 20
+                while (r := c.get("/readyz")).status_code == 200:
+                    assert time.monotonic() < deadline, "still ready without a socket"
+                    time.sleep(0.05)
+                assert r.json() == {
+                    "ready": False,
+                    "not_ready": {"slack": "the Socket Mode connection is down"},
+                }
+        finally:
+            server.stop()
+            socket.stop()
