@@ -59,7 +59,7 @@ class Metrics(Observer):
         )
         self.append_seconds = Histogram(
             "threadbot_append_seconds",
-            "Time an append took, until it was on disk (one per transaction).",
+            "Time an append took (events of one thread), until it was on disk.",
             buckets=_APPEND_BUCKETS,
             registry=r,
         )
