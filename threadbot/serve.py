@@ -232,6 +232,7 @@ def _banner(
     slack: SlackChannel | None,
     mail: EmailChannel | None,
     tuned: str | None,
+    traces: str = "off",
 ) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (web page: /, API schema: /openapi.json)"]
@@ -273,6 +274,7 @@ def _banner(
             else f"written to {es.outbox} (set THREADBOT_SMTP_RELAY)"
         )
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
+    lines.append(f"  traces: {traces}")
     if settings.webhooks:
         where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
         lines.append(
@@ -415,8 +417,7 @@ async def serve(settings: Settings) -> None:
         await mail.start()
     mcp = await start_mcp(settings, bot)
     resumed = await bot.resume_all()
-    banner = _banner(settings, bot, len(resumed), slack, mail, tuned)
-    banner += f"\n  traces: {observing.traces}"
+    banner = _banner(settings, bot, len(resumed), slack, mail, tuned, observing.traces)
     if mcp is not None:
         banner += "".join(f"\n  mcp:    {line}" for line in mcp.describe())
     print(banner, file=sys.stderr, flush=True)
