@@ -223,6 +223,10 @@ def test_the_metrics_token_and_admins_scrape(guarded: tuple[ServerProcess, dict[
             assert "threadbot_threads" in {n for n, _ in scrape(c, **bearer(token))}
         # The scheme in any case, as for the API's tokens.
         assert c.get("/metrics", headers={"Authorization": f"bearer {SCRAPE}"}).status_code == 200
+        # OpenMetrics, when the scraper asks for it.
+        om = c.get("/metrics", headers={**bearer(SCRAPE), "Accept": "application/openmetrics-text"})
+        assert om.headers["content-type"].startswith("application/openmetrics-text")
+        assert om.text.endswith("# EOF\n") and "threadbot_threads{" in om.text
 
 
 def test_scrapes_without_the_right_token_are_refused(
