@@ -37,6 +37,7 @@ from .notices import (
     Question,
     Said,
 )
+from .observe import Observer, Observers, Usage
 from .people import ADMINS, Deciders, People, Person
 from .render import iso_utc
 from .step import next_step
@@ -71,6 +72,8 @@ __all__ = [
     "NotAllowed",
     "NotWaiting",
     "Notice",
+    "Observer",
+    "Observers",
     "OpenAIModel",
     "Outbound",
     "Outcome",
@@ -93,6 +96,7 @@ __all__ = [
     "ToolContext",
     "ToolError",
     "Toolbox",
+    "Usage",
     "UsageError",
     "Watch",
     "Webhooks",

@@ -61,6 +61,7 @@ from .notices import (
     pick_option,
     read_decision,
 )
+from .observe import Observer
 from .people import People, deciders, may_settle, takes_part
 from .render import pending_json, thread_json, thread_markdown
 from .runner import Runner
@@ -85,6 +86,9 @@ LOOK_ELSEWHERE = 1.0
 """Seconds between looks for other processes' writes while someone watches."""
 """Calls made by code in this process, without a source of their own: the
 operator's."""
+
+READY_WITHIN = 2.0
+"""Seconds the store has to answer a readiness check (`not_ready`)."""
 
 Kind = Literal["question", "approval", "result"]
 
@@ -138,10 +142,13 @@ class ThreadBot:
         approval_timers: Timers | None = None,
         question_timers: Timers | None = None,
         webhooks: Webhooks | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.live = Live(self._read_live)
         """What happens in threads as it happens (`watch`); nothing of it is stored."""
-        self._log = ThreadLog(store, live=self.live)
+        self.observer = observer or Observer()
+        """Told of appends, model and tool calls, deliveries (metrics, traces)."""
+        self._log = ThreadLog(store, live=self.live, observer=self.observer)
         if webhooks is not None:
             self._log.webhooks = webhooks.urls
         self._home = threading.get_ident()
@@ -202,7 +209,7 @@ class ThreadBot:
             # Built on the engine's thread, with a connection of its own that
             # the engine closes when it stops.
             lambda: Runner(
-                ThreadLog(self.store.reopen(), live=self.live),
+                ThreadLog(self.store.reopen(), live=self.live, observer=self.observer),
                 self.model,
                 self.tools,
                 outbound=outbound,
@@ -657,6 +664,27 @@ class ThreadBot:
         """A random secret kept in the store under `name` (made on first use):
         the same for every process on this database."""
         return self.store.meta(f"{name}_secret", secrets.token_hex(32))
+
+    async def not_ready(self) -> dict[str, str]:
+        """What keeps this process from doing its work, by name (empty when
+        nothing does): the store, read on a connection opened for the look,
+        and each channel that says whether it is connected (`ready()`)."""
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(READY_WITHIN):
+                # A thread of its own: a database that does not answer must
+                # not hold this loop.
+                await asyncio.to_thread(self.store.ping, READY_WITHIN)
+        except TimeoutError:
+            problems["store"] = f"no answer within {READY_WITHIN:g} s"
+        except Exception as e:
+            # The kind of failure only: the message may name the database's host.
+            problems["store"] = f"unreachable ({type(e).__name__})"
+        for name, channel in list(self.runner.outbound.items()):
+            ready = getattr(channel, "ready", None)
+            if ready is not None and (why := await ready()) is not None:
+                problems[name] = why
+        return problems
 
     def add_channel(self, name: str, channel: Outbound) -> None:
         """Deliver questions and answers of threads that started in `name` through `channel`."""

@@ -9,6 +9,7 @@ nothing but its rows.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from store import NewRow, SeqConflict, Store, UnknownThread
 from .errors import ThreadNotFound
 from .events import Event, dump_event, load_events, load_events_json
 from .live import Appended, Live
+from .observe import Observer
 from .thread import Fold, Status, ThreadState, waiting_summary
 from .webhooks import webhook_rows
 
@@ -66,11 +68,18 @@ def deliver_to(state: ThreadState) -> str:
 
 class ThreadLog:
     def __init__(
-        self, store: Store, *, cache_events: int = 20_000, live: Live | None = None
+        self,
+        store: Store,
+        *,
+        cache_events: int = 20_000,
+        live: Live | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.live = live
         """Told of every append made through this log."""
+        self.observer = observer or Observer()
+        """Told of every append and how long it took, and of lost races."""
         self.webhooks: tuple[str, ...] = ()
         """URLs told of the changes of status that appends make: each such
         append stores one webhook per URL in its transaction (`bot.webhooks`)."""
@@ -193,7 +202,9 @@ class ThreadLog:
         thread, projection = self._prepare_create(thread_id, events, parent)
         rows = _rows(events)
         outbox = self._outbox(None, thread)
+        started = time.perf_counter()
         await self.store.create_async(thread_id, rows, routes=routes, **outbox, **projection)
+        self.observer.appended([r.type for r in rows], time.perf_counter() - started)
         self._tell(thread, 0, rows, outbox)
         return self._keep(thread)
 
@@ -209,7 +220,9 @@ class ThreadLog:
         thread, projection = self._prepare_create(thread_id, events, parent)
         rows = _rows(events)
         outbox = self._outbox(None, thread)
+        started = time.perf_counter()
         self.store.create(thread_id, rows, routes=routes, **outbox, **projection)
+        self.observer.appended([r.type for r in rows], time.perf_counter() - started)
         self._tell(thread, 0, rows, outbox)
         return self._keep(thread)
 
@@ -232,6 +245,7 @@ class ThreadLog:
         after = self.preview(thread, new)
         rows = _rows(new)
         outbox = self._outbox(thread.state.status, after)
+        started = time.perf_counter()
         try:
             await self.store.append_async(
                 thread.id, len(thread.events), rows, routes=routes, **outbox, **_projection(after)
@@ -240,7 +254,9 @@ class ThreadLog:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)  # read it again, whatever else says
+            self.observer.append_conflict()
             raise
+        self.observer.appended([r.type for r in rows], time.perf_counter() - started)
         self._tell(after, len(thread.events), rows, outbox)
         return self._keep(after)
 
@@ -251,6 +267,7 @@ class ThreadLog:
         after = self.preview(thread, new)
         rows = _rows(new)
         outbox = self._outbox(thread.state.status, after)
+        started = time.perf_counter()
         try:
             seq = len(thread.events)
             self.store.append(thread.id, seq, rows, routes=routes, **outbox, **_projection(after))
@@ -258,7 +275,9 @@ class ThreadLog:
             raise ThreadNotFound(thread.id) from e
         except SeqConflict:
             self._fresh.discard(thread.id)
+            self.observer.append_conflict()
             raise
+        self.observer.appended([r.type for r in rows], time.perf_counter() - started)
         self._tell(after, seq, rows, outbox)
         return self._keep(after)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import Context
 from .errors import ModelError
+from .observe import Usage
 
 if TYPE_CHECKING:
     import openai
@@ -49,6 +50,8 @@ class ModelCall:
 class ModelReply:
     text: str | None = None
     calls: tuple[ModelCall, ...] = ()
+    usage: Usage | None = field(default=None, compare=False)
+    """The tokens the call used, when the server said (for metrics only)."""
 
 
 class Model(Protocol):
@@ -199,7 +202,19 @@ def _whole_reply(completion: dict[str, Any]) -> ModelReply:
                     c.get("id") or "", function.get("name") or "", function.get("arguments") or "{}"
                 )
             )
-    return ModelReply(text=message.get("content"), calls=tuple(calls))
+    return ModelReply(
+        text=message.get("content"), calls=tuple(calls), usage=_usage(completion.get("usage"))
+    )
+
+
+def _usage(counts: Any) -> Usage | None:
+    """A completion's token counts, if it has them as numbers."""
+    if not isinstance(counts, dict):
+        return None
+    prompt, completion = counts.get("prompt_tokens"), counts.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion)
 
 
 @dataclass(slots=True)
@@ -217,7 +232,12 @@ async def _streamed_reply(chunks: AsyncIterator[Any], on_text: TextSink | None) 
     calls: dict[int | str, _CallPieces] = {}
     last: int | str = 0
     finished = False
+    usage: Usage | None = None
     async for chunk in chunks:
+        if chunk.get("usage") is not None:
+            # Sent by servers that count a stream's tokens unasked (threadbot
+            # does not ask: some compatible servers refuse `stream_options`).
+            usage = _usage(chunk["usage"]) or usage
         for choice in chunk.get("choices") or ():  # none in a chunk that only counts tokens
             delta = choice.get("delta") or {}
             if content := delta.get("content"):
@@ -245,6 +265,7 @@ async def _streamed_reply(chunks: AsyncIterator[Any], on_text: TextSink | None) 
     return ModelReply(
         text="".join(text) if text else None,
         calls=tuple(ModelCall(c.id, c.name, "".join(c.arguments) or "{}") for c in calls.values()),
+        usage=usage,
     )
 
 

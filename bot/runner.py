@@ -171,6 +171,10 @@ class Runner:
         """Listening for other replicas' changes; looking for orphaned threads."""
         self._lease_waits: dict[str, asyncio.Event] = {}
         """Threads waiting here for another runner's lease, woken when it is freed."""
+        self._orphans: set[str] = set()
+        """Threads kicked because a runner that is gone left them with work."""
+        self.observe = log_.observer
+        """Told what the runs do (metrics, traces)."""
         self.log.store.hold_presence(self.owner)
         self._webhooks: WebhookSender | None = None
         if webhooks is not None:
@@ -179,6 +183,7 @@ class Runner:
                 self.log.store,
                 webhooks,
                 owner=self.owner,
+                observer=self.observe,
                 is_gone=lambda owner: (
                     _is_dead(owner, self.owner) or bool(self.log.store.owner_gone(owner))
                 ),
@@ -270,6 +275,7 @@ class Runner:
             for thread_id in orphans:
                 if thread_id not in self._tasks:
                     log.info("thread %s: taken over from a runner that is gone", thread_id)
+                    self._orphans.add(thread_id)
                     self.kick(thread_id)
 
     def active(self) -> list[str]:
@@ -356,20 +362,28 @@ class Runner:
             log.exception("thread %s: the run crashed", thread_id)
         finally:
             self._tasks.pop(thread_id, None)
+            self._orphans.discard(thread_id)
 
     # -- leases: one process runs a thread at a time --------------------------
 
     async def _acquire(self, thread_id: str) -> bool:
         store = self.log.store
         if await store.acquire_async(thread_id, self.owner, self.lease_ttl):
+            if thread_id in self._orphans:
+                self._orphans.discard(thread_id)
+                self.observe.lease_taken_over()
             return True
         holder = store.lease_owner(thread_id)
         if holder is None or holder == self.owner:
             return False
         gone = store.owner_gone(holder)
-        return (gone if gone is not None else _is_dead(holder, self.owner)) and store.acquire(
+        if (gone if gone is not None else _is_dead(holder, self.owner)) and store.acquire(
             thread_id, self.owner, self.lease_ttl, steal_from=holder
-        )
+        ):
+            self._orphans.discard(thread_id)
+            self.observe.lease_taken_over()
+            return True
+        return False
 
     async def _take_lease(self, thread_id: str) -> bool:
         """Wait for the lease while the thread still has work; another
@@ -425,40 +439,49 @@ class Runner:
         )
 
     async def run_until_paused(self, thread_id: str) -> ThreadState:
+        with self.observe.span("threadbot.run", thread_id):
+            return await self._run_steps(thread_id)
+
+    async def _run_steps(self, thread_id: str) -> ThreadState:
         thread = self.log.load(thread_id)
         # What this run appends is delivered for the first time; what it
         # found undelivered may have been posted by a process that died.
         first_new = len(thread.events)
         while True:
             step = self._decide(thread)
-            match step:
-                case Wait() | Stop():
-                    return thread.state
-                case CallModel():
-                    thread = await self._call_model(thread)
-                case RunTool(call=c):
-                    thread = await self._run_tool(thread, c)
-                case Interrupted(call=c):
-                    result = ToolResult(call_id=c.call.call_id, output=INTERRUPTED, is_error=True)
-                    thread = await self._try_append(thread, [result])
-                case Escalate(reason=reason):
-                    ask = ToolCall(
-                        call_id=f"escalate_{uuid.uuid4().hex[:12]}",
-                        name=HUMAN_INPUT,
-                        arguments={"question": reason},
-                    )
-                    thread = await self._try_append(thread, [ask])
-                case Fail(reason=reason):
-                    thread = await self._try_append(
-                        thread, [Error(message=reason, kind="limit", fatal=True)]
-                    )
-                case Fire(timer=timer):
-                    thread = await self._try_append(thread, self._fire(thread, timer))
-                case Deliver():
-                    delivered = await self._deliver(thread, step, fresh=step.seq >= first_new)
-                    if delivered is None:
-                        return thread.state
-                    thread = delivered
+            if isinstance(step, Wait | Stop):
+                return thread.state
+            with self.observe.span(
+                "threadbot.step", thread_id, {"threadbot.step": type(step).__name__}
+            ):
+                match step:
+                    case CallModel():
+                        thread = await self._call_model(thread)
+                    case RunTool(call=c):
+                        thread = await self._run_tool(thread, c)
+                    case Interrupted(call=c):
+                        result = ToolResult(
+                            call_id=c.call.call_id, output=INTERRUPTED, is_error=True
+                        )
+                        thread = await self._try_append(thread, [result])
+                    case Escalate(reason=reason):
+                        ask = ToolCall(
+                            call_id=f"escalate_{uuid.uuid4().hex[:12]}",
+                            name=HUMAN_INPUT,
+                            arguments={"question": reason},
+                        )
+                        thread = await self._try_append(thread, [ask])
+                    case Fail(reason=reason):
+                        thread = await self._try_append(
+                            thread, [Error(message=reason, kind="limit", fatal=True)]
+                        )
+                    case Fire(timer=timer):
+                        thread = await self._try_append(thread, self._fire(thread, timer))
+                    case Deliver():
+                        delivered = await self._deliver(thread, step, fresh=step.seq >= first_new)
+                        if delivered is None:
+                            return thread.state
+                        thread = delivered
 
     async def _try_append(self, thread: Thread, new: Sequence[Event]) -> Thread:
         """Append; if another writer got there first, return the fresh thread
@@ -529,12 +552,17 @@ class Runner:
         watched = (self.live is not None and self.live.watched(thread.id)) or (
             origin is not None and hasattr(self.outbound.get(origin.channel), "show")
         )
-        try:
-            reply = await self.model.complete(
-                self._context(thread), self.tools.schemas(), on_text=on_text if watched else None
-            )
-        except ModelError as e:
-            return [Error(message=str(e), kind="model", fatal=e.fatal)]
+        context = self._context(thread)
+        with self.observe.span("threadbot.model", thread.id, {"threadbot.model": self.model.name}):
+            started = time.perf_counter()
+            try:
+                reply = await self.model.complete(
+                    context, self.tools.schemas(), on_text=on_text if watched else None
+                )
+            except ModelError as e:
+                self.observe.model_called(time.perf_counter() - started, None, str(e))
+                return [Error(message=str(e), kind="model", fatal=e.fatal)]
+            self.observe.model_called(time.perf_counter() - started, reply.usage, None)
         return self._reply_events(thread, reply)
 
     def _show(self, thread_id: str, origin: Source | None, news: Delta | Activity) -> None:
@@ -726,7 +754,11 @@ class Runner:
             except SeqConflict:
                 return self.log.load(thread.id)
         approved_by = c.approval.source.who() if c.approval else None
-        outcome = await t.invoke(c.arguments, ToolContext(thread.id, call_id, approved_by))
+        attributes = {"threadbot.tool": t.name, "threadbot.call_id": call_id}
+        with self.observe.span("threadbot.tool", thread.id, attributes):
+            started = time.perf_counter()
+            outcome = await t.invoke(c.arguments, ToolContext(thread.id, call_id, approved_by))
+            self.observe.tool_called(t.name, time.perf_counter() - started, outcome.is_error)
         done: Event
         if outcome.deferred:
             done = ToolDeferred(call_id=call_id, note=outcome.output)
@@ -744,6 +776,7 @@ class Runner:
                 raise ValueError(f"#{step.seq} is nothing a channel delivers")
             delivery = await channel.deliver(notice)
         except Exception as e:
+            self.observe.delivered(step.channel, False)
             if isinstance(notice, Outcome):
                 # Only tidies a post (its buttons go): never holds the thread up.
                 log.warning(
@@ -753,6 +786,8 @@ class Runner:
             else:
                 self._retry_delivery(thread, step)
                 return None
+        else:
+            self.observe.delivered(step.channel, True)
         self._delivery_failures.pop(thread.id, None)
         record = Delivered(of_seq=step.seq, channel=step.channel, refs=delivery.refs)
         while True:

@@ -38,6 +38,7 @@ from store.outbox import Due
 
 from .errors import UsageError
 from .events import AssistantMessage, Event
+from .observe import Observer
 from .render import iso_utc, pending_json
 from .thread import Status, ThreadState, waiting_summary
 
@@ -199,8 +200,10 @@ class WebhookSender:
         *,
         owner: str,
         is_gone: Callable[[str], bool],
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
+        self.observer = observer or Observer()
         self.outbox = Outbox(store)
         self.store = store
         self.owner = owner
@@ -327,6 +330,8 @@ class WebhookSender:
                 error,
                 "; given up" if late else f"; again in {next_at - now:.0f} s",
             )
+        outcome = {"delivered": "delivered", "failed": "failed"}.get(state, "retrying")
+        self.observer.webhook_attempted(outcome, duration)
         try:
             self.outbox.record(
                 due,

@@ -29,9 +29,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import SCOPES, Credentials, People, Source
 
-__all__ = ["SCOPES", "SESSION_COOKIE", "Authenticate", "Identity", "identity_of", "still_valid"]
+__all__ = [
+    "METRICS_PATH",
+    "SCOPES",
+    "SESSION_COOKIE",
+    "Authenticate",
+    "Identity",
+    "identity_of",
+    "still_valid",
+]
 
 SESSION_COOKIE = "threadbot_session"
+
+METRICS_PATH = "/metrics"
+"""Prometheus's scrapes: for admins, or for the scrape token alone."""
 
 ScopeName = Literal["read", "answer", "approve", "admin"]
 
@@ -126,6 +137,9 @@ def required_scope(method: str, path: str) -> ScopeName:
     """What a route needs. Cancelling settles what waits for approval, so it
     takes as much as approving. Forking copies a thread's decisions with it
     (an approved call would run again), so it is an admin's."""
+    if path == METRICS_PATH:
+        # Counts of every thread, not only the reader's.
+        return "admin"
     if method in ("GET", "HEAD", "OPTIONS"):
         return "read"
     if path.endswith(("/approvals", "/cancel")):
@@ -149,8 +163,11 @@ class Authenticate:
         local_operator: bool,
         open_paths: tuple[str, ...] = (),
         open_prefixes: tuple[str, ...] = (),
+        metrics_token: str | None = None,
     ) -> None:
         self.app = app
+        self.metrics_token = metrics_token
+        """Opens GET /metrics (a scraper's credential, good for nothing else)."""
         self.credentials = credentials
         self.people = people
         self.admin_token = admin_token
@@ -164,6 +181,9 @@ class Authenticate:
             return
         path: str = scope["path"]
         headers = dict(scope["headers"])
+        if path == METRICS_PATH and self._scraper(headers):
+            await self.app(scope, receive, send)
+            return
         identity, problem = self._identify(headers)
         if identity is not None:
             scope.setdefault("state", {})["identity"] = identity
@@ -184,6 +204,16 @@ class Authenticate:
                 await _refuse(send, 403, "missing or wrong X-CSRF-Token for this session")
                 return
         await self.app(scope, receive, send)
+
+    def _scraper(self, headers: dict[bytes, bytes]) -> bool:
+        """Whether the request carries the metrics token."""
+        raw = headers.get(b"authorization")
+        found = _BEARER.match(raw.decode("latin-1")) if raw is not None else None
+        return (
+            self.metrics_token is not None
+            and found is not None
+            and hmac.compare_digest(found[1].encode(), self.metrics_token.encode())
+        )
 
     def _identify(self, headers: dict[bytes, bytes]) -> tuple[Identity | None, str | None]:
         raw = headers.get(b"authorization")

@@ -368,7 +368,17 @@ def create_app(bot: ThreadBot, *, streams: Streams | None = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """The process serves (a liveness probe)."""
         return {"status": "ok", "app": "threadbot"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """The store answers and the channels are connected (a readiness
+        probe); 503 naming what is not."""
+        problems = await bot.not_ready()
+        if problems:
+            return JSONResponse({"ready": False, "not_ready": problems}, status_code=503)
+        return JSONResponse({"ready": True})
 
     @app.post("/threads", status_code=201, response_model=Created)
     async def launch(
@@ -653,10 +663,11 @@ def protect(
     max_bytes: int = 1 << 20,
     admin_token: str | None = None,
     local_operator: bool = False,
+    metrics_token: str | None = None,
 ) -> ASGIApp:
     """The server's layers around the app, outermost first: the Host and
     cross-site checks, authentication (before any body is read), then the
-    body's size and type."""
+    body's size and type. `metrics_token` opens /metrics, and nothing else."""
     # Slack posts form bodies; it is exempt from the JSON rule, not the size cap.
     inner = BodyRules(app, max_bytes=max_bytes, exempt=("/slack/events",))
     authenticated = Authenticate(
@@ -665,9 +676,11 @@ def protect(
         people=bot.people,
         admin_token=admin_token,
         local_operator=local_operator,
+        metrics_token=metrics_token,
         # These authenticate themselves (Slack signs its requests) or hold no data.
         open_paths=(
             "/healthz",
+            "/readyz",
             "/openapi.json",
             "/slack/events",
             "/slack/install",

@@ -46,6 +46,7 @@ from .queries import (
     FIND_KEY,
     INSERT_OUTBOX,
     INSERT_THREAD,
+    PING,
     RELEASE,
     Reads,
     acquire_params,
@@ -631,6 +632,12 @@ class PostgresStore(Reads):
         self._write(op, durable=False)
 
     # -- rows beside the log ------------------------------------------------------------
+
+    def ping(self, timeout: float) -> None:
+        limits = {**KEEPALIVE, "connect_timeout": max(2, math.ceil(timeout))}
+        ms = max(1, int(timeout * 1000))
+        with psycopg.connect(self.url, options=f"-c statement_timeout={ms}", **limits) as conn:
+            conn.execute(PING).fetchone()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         with self._conn() as conn:

@@ -16,6 +16,7 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_OUTBOX",
     "INSERT_THREAD",
+    "PING",
     "RELEASE",
     "Reads",
     "acquire_params",
@@ -52,6 +53,11 @@ ACQUIRE = (
 RELEASE = "DELETE FROM leases WHERE thread_id = ? AND owner = ?"
 
 FIND_KEY = "SELECT thread_id, seq FROM events WHERE key = ?"
+
+COUNT_BY_STATUS = "SELECT status, count(*) FROM threads GROUP BY status"
+
+PING = "SELECT count(*) FROM meta"
+"""What a readiness check reads: a small table every database has."""
 
 
 def thread_params(
@@ -189,6 +195,16 @@ class Reads:
         order = "due_at IS NULL, due_at, updated_at DESC" if due_first else "updated_at DESC"
         sql = f"SELECT {THREAD_COLUMNS} FROM threads {clause} ORDER BY {order} LIMIT ?"
         return [ThreadRow(*r) for r in self._rows(sql, [*params, limit])]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many threads have each status (an index-only scan)."""
+        return {r[0]: int(r[1]) for r in self._rows(COUNT_BY_STATUS)}
+
+    def least_recently_updated(self, status: str) -> str | None:
+        """The `updated_at` of the thread of this status that changed least
+        recently (one look into the status index)."""
+        row = self._one("SELECT min(updated_at) FROM threads WHERE status = ?", [status])
+        return str(row[0]) if row and row[0] is not None else None
 
     def all_thread_ids(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT id FROM threads ORDER BY id")]

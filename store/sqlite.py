@@ -35,6 +35,7 @@ from .queries import (
     INSERT_EVENT,
     INSERT_OUTBOX,
     INSERT_THREAD,
+    PING,
     RELEASE,
     Reads,
     acquire_params,
@@ -118,6 +119,17 @@ class EventStore(Reads):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, list(params))
+
+    def ping(self, timeout: float) -> None:
+        if self.path == ":memory:":
+            return
+        # mode=rw: a file that is gone is not made again, empty.
+        uri = Path(self.path).resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+        try:
+            conn.execute(PING).fetchone()
+        finally:
+            conn.close()
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.db.conn.executemany(sql, rows)

@@ -178,7 +178,14 @@ class PostgresServer(Postgres):
     def restart(self) -> None:
         """Stop the server as an operator's restart does (every session is
         ended) and start it again on the same address and data."""
+        self.halt()
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server as an operator does, keeping its data (`resume`)."""
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-l", self.data.parent / "log", "-w", "start")
 
     def stop(self) -> None:

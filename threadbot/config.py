@@ -94,6 +94,22 @@ def _list(env: Mapping[str, str], *names: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(x for x in items if x))
 
 
+def tracing_wanted(env: Mapping[str, str]) -> bool:
+    """Whether the standard OTEL_* variables ask for traces: an OTLP
+    endpoint, or an exporter named (other than `none`), and the SDK not
+    turned off (`threadbot.tracing`)."""
+    if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return False
+    exporters = (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
+    if exporters == "none":
+        return False
+    return bool(
+        exporters
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     db: str = "./threadbot.db"
@@ -152,6 +168,9 @@ class Settings:
     """THREADBOT_WEBHOOK_GIVE_UP: how long after its event a webhook is tried (24h)."""
     webhook_timeout: float = 10.0
     """THREADBOT_WEBHOOK_TIMEOUT: seconds an attempt may take."""
+    metrics_token: str | None = None
+    """THREADBOT_METRICS_TOKEN: a bearer token that opens /metrics and
+    nothing else (for Prometheus); admins' credentials open it as well."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -185,6 +204,7 @@ class Settings:
             webhook_retry=_seconds(env, "THREADBOT_WEBHOOK_RETRY", cls.webhook_retry),
             webhook_give_up=_seconds(env, "THREADBOT_WEBHOOK_GIVE_UP", cls.webhook_give_up),
             webhook_timeout=_seconds(env, "THREADBOT_WEBHOOK_TIMEOUT", cls.webhook_timeout),
+            metrics_token=env.get("THREADBOT_METRICS_TOKEN") or None,
         )
         return replace(settings, **{k: v for k, v in flags.items() if v is not None})
 

@@ -10,8 +10,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -23,12 +24,13 @@ from bot.demo import DemoModel
 from bot.errors import UsageError
 from bot.mcp_tools import McpServers
 from bot.model import Model, OpenAIModel
+from bot.observe import Observer, Observers
 from bot.people import People
 from bot.tools import load_tools
 from bot.webhooks import Webhooks, check_urls, new_secret, shown
 from store import Store, is_postgres_url, open_store
 
-from .config import DEFAULT_TOOLS, Settings
+from .config import DEFAULT_TOOLS, Settings, tracing_wanted
 from .process import tune_for_serving
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from channels.email import EmailChannel
     from channels.slack import SlackChannel, SlackSettings
     from channels.slack.install import Installations
+
+    from .metrics import Metrics
 
 __all__ = ["build_bot", "build_model", "build_slack_installations", "serve", "start_mcp"]
 
@@ -86,7 +90,9 @@ def build_webhooks(settings: Settings, store: Store) -> Webhooks | None:
     )
 
 
-def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
+def build_bot(
+    settings: Settings, store: Store | None = None, observer: Observer | None = None
+) -> ThreadBot:
     store = store or open_store(settings.db)
     return ThreadBot(
         store,
@@ -98,6 +104,48 @@ def build_bot(settings: Settings, store: Store | None = None) -> ThreadBot:
         approval_timers=settings.approval_timers,
         question_timers=settings.question_timers,
         webhooks=build_webhooks(settings, store),
+        observer=observer,
+    )
+
+
+@dataclass(frozen=True)
+class Observing:
+    metrics: Metrics
+    observer: Observer
+    """The metrics, or the metrics and the spans."""
+    traces: str
+    """Where spans go, for the banner."""
+    close: Callable[[], None] = lambda: None
+    """Sends the spans still held."""
+
+
+def build_observer(store: Store, env: Mapping[str, str]) -> Observing:
+    """/metrics's counters, and spans too when the OTEL_* variables ask for
+    traces (`threadbot.tracing`)."""
+    from .metrics import Metrics
+
+    metrics = Metrics(store)
+    if not tracing_wanted(env):
+        return Observing(metrics, metrics, "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send spans)")
+    try:
+        from opentelemetry import trace
+
+        from .tracing import Tracing, provider_from_env
+    except ImportError:
+        raise UsageError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER is set, but OpenTelemetry "
+            "is not installed: pip install 'threadbot[otel]'"
+        ) from None
+    provider = provider_from_env(env)
+    # Global, so that spans the operator's tools make join the tool's span.
+    trace.set_tracer_provider(provider)
+    tracing = Tracing(provider.get_tracer("threadbot"))
+    where = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return Observing(
+        metrics,
+        Observers([metrics, tracing]),
+        f"spans to {where or 'OTEL_TRACES_EXPORTER'}",
+        provider.shutdown,
     )
 
 
@@ -184,6 +232,7 @@ def _banner(
     slack: SlackChannel | None,
     mail: EmailChannel | None,
     tuned: str | None,
+    traces: str = "off",
 ) -> str:
     host, port = settings.host_port()
     lines = [f"threadbot serving http://{host}:{port}  (web page: /, API schema: /openapi.json)"]
@@ -225,6 +274,7 @@ def _banner(
             else f"written to {es.outbox} (set THREADBOT_SMTP_RELAY)"
         )
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
+    lines.append(f"  traces: {traces}")
     if settings.webhooks:
         where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
         lines.append(
@@ -292,10 +342,14 @@ async def serve(settings: Settings) -> None:
     from channels.sse import Streams
     from channels.web.sign_in import SignInSettings, mount_sign_in
 
+    from .metrics import mount_metrics
+
     host, port = settings.host_port()
     if settings.mcp is not None:
         McpServers.load(settings.mcp)  # a bad file stops here, before anything starts
-    bot = build_bot(settings)
+    store = open_store(settings.db)
+    observing = build_observer(store, os.environ)
+    bot = build_bot(settings, store, observing.observer)
     settings.check_exposure(bot.people)
     slack_settings = SlackSettings.from_env()
     slack: SlackChannel | None = None
@@ -329,6 +383,7 @@ async def serve(settings: Settings) -> None:
     )
     if slack is not None and http_slack:
         slack.mount(app)
+    mount_metrics(app, observing.metrics)
     stack = protect(
         app,
         bot,
@@ -337,6 +392,7 @@ async def serve(settings: Settings) -> None:
         max_bytes=settings.http_max_bytes,
         admin_token=settings.api_token,
         local_operator=settings.local_operator(bot.people),
+        metrics_token=settings.metrics_token,
     )
 
     class Server(uvicorn.Server):
@@ -362,7 +418,7 @@ async def serve(settings: Settings) -> None:
         await mail.start()
     mcp = await start_mcp(settings, bot)
     resumed = await bot.resume_all()
-    banner = _banner(settings, bot, len(resumed), slack, mail, tuned)
+    banner = _banner(settings, bot, len(resumed), slack, mail, tuned, observing.traces)
     if mcp is not None:
         banner += "".join(f"\n  mcp:    {line}" for line in mcp.describe())
     print(banner, file=sys.stderr, flush=True)
@@ -378,6 +434,7 @@ async def serve(settings: Settings) -> None:
             print("threadbot: letting active threads pause (10 s at most)…", file=sys.stderr)
         await bot.close(grace=10.0)
         bot.store.close()
+        observing.close()  # the spans still held are sent
 
 
 @contextmanager

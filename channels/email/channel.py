@@ -82,6 +82,12 @@ class EmailChannel:
             port,
         )
 
+    async def ready(self) -> str | None:
+        """None while the SMTP server listens."""
+        if self._server is None or not self._server.is_serving():
+            return "the SMTP server is not listening"
+        return None
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

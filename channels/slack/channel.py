@@ -187,6 +187,16 @@ class SlackChannel:
             self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
             await self._socket.connect_async()  # type: ignore[no-untyped-call]  # untyped in slack_bolt
 
+    async def ready(self) -> str | None:
+        """None while Slack can reach threadbot: in Socket Mode, while the
+        socket is connected (its app token was accepted); in HTTP mode
+        Slack's requests come to the server itself."""
+        if not self.settings.socket_mode:
+            return None
+        if self._socket is None or not await self._socket.client.is_connected():
+            return "the Socket Mode connection is down"
+        return None
+
     async def stop(self) -> None:
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]  # untyped in slack_bolt
