@@ -250,7 +250,7 @@ def _auth_line(settings: Settings, people: People) -> str:
     return ", ".join(ways) + (f"; {len(people.persons)} people" if people.persons else "")
 
 
-def _outbox_beside(db: str) -> str:
+def outbox_beside(db: str) -> str:
     """Without a relay, outbound mail is kept next to the database (or in
     the working directory, for a database on a server)."""
     if is_postgres_url(db):
@@ -288,6 +288,7 @@ async def serve(settings: Settings) -> None:
     from channels import web
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app, protect
+    from channels.mcp import McpChannel, http_identity
     from channels.slack import SlackChannel, SlackSettings
     from channels.sse import Streams
     from channels.web.sign_in import SignInSettings, mount_sign_in
@@ -310,7 +311,7 @@ async def serve(settings: Settings) -> None:
             installations = build_slack_installations(settings, slack_settings)
         slack = SlackChannel(bot, slack_settings, installations)
         bot.add_channel("slack", slack)
-    email_settings = EmailSettings.from_env(outbox=_outbox_beside(settings.db))
+    email_settings = EmailSettings.from_env(outbox=outbox_beside(settings.db))
     mail: EmailChannel | None = None
     if email_settings is not None:
         mail = EmailChannel(bot, email_settings)
@@ -319,6 +320,8 @@ async def serve(settings: Settings) -> None:
     streams = Streams()
     app = create_app(bot, streams=streams)
     web.mount(app)
+    asked = McpChannel(bot, http_identity(bot))
+    app.router.routes[0:0] = asked.http_routes()
     mount_sign_in(
         app,
         credentials=bot.credentials,
@@ -343,6 +346,7 @@ async def serve(settings: Settings) -> None:
             # uvicorn waits for every open response to end, and event
             # streams end only when told to.
             streams.close()
+            asked.stop()  # calls waiting for a person return their handle
             await super().shutdown(sockets)
 
     server = Server(
@@ -367,7 +371,8 @@ async def serve(settings: Settings) -> None:
     print(banner, file=sys.stderr, flush=True)
     try:
         with _stopping_in_order(server):
-            await server.serve()
+            async with asked.server.session_manager.run():
+                await server.serve()
     finally:
         if slack is not None:
             await slack.stop()
