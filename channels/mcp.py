@@ -92,15 +92,7 @@ class McpChannel:
         self.bot = bot
         self.identify = identify
         self.progress_every = progress_every
-        self._watches: set[Watch] = set()
-        self._stopping = False
         self.server = self._build()
-
-    def stop(self) -> None:
-        """Let every waiting call return its handle (the server is stopping)."""
-        self._stopping = True
-        for watch in list(self._watches):
-            watch.close()
 
     def http_routes(self) -> list[BaseRoute]:
         """The `/mcp` route for the HTTP server, and the session manager it
@@ -206,7 +198,7 @@ class McpChannel:
         try:
             while True:
                 outcome = self._outcome(thread_id)  # read once the watch is made: nothing is missed
-                if outcome.status != "waiting" or self._stopping:
+                if outcome.status != "waiting":
                     return outcome
                 news = True
                 with anyio.move_on_after(self.progress_every) as waited:
@@ -214,20 +206,15 @@ class McpChannel:
                 if waited.cancelled_caught:
                     await self._progress(ctx, thread_id, began)
                 elif not news and watch.lost:
-                    watch.close()
-                    self._watches.discard(watch)
                     watch = self._watch(thread_id)  # fell behind: look again from now
                 elif not news:
-                    return self._outcome(thread_id)  # threadbot is stopping
+                    return self._outcome(thread_id)  # the bot is closing
         finally:
             watch.close()
-            self._watches.discard(watch)
 
     def _watch(self, thread_id: str) -> Watch:
         row = self.bot.thread_row(thread_id)
-        watch = self.bot.watch(thread_id, after=row.last_seq if row else -1)
-        self._watches.add(watch)
-        return watch
+        return self.bot.watch(thread_id, after=row.last_seq if row else -1)
 
     async def _progress(self, ctx: Context, thread_id: str, began: float) -> None:
         waited = time.monotonic() - began

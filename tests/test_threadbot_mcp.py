@@ -8,11 +8,13 @@ called; each refusal of the HTTP side is a test of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -369,3 +371,53 @@ async def test_threadbot_mcp_over_stdio_answered_by_mail(
     thread = (await api(served, tokens["bob"], "GET", f"/threads/{out['handle']}")).json()
     origin = thread["events"][0]["source"]
     assert (origin["channel"], origin["person"], origin["auth"]) == ("mcp", "bob", "mcp:stdio")
+
+
+async def test_a_read_token_cannot_ask(served: ServerProcess, env: dict[str, str]) -> None:
+    reader = await asyncio.to_thread(token_for, env, "carl", "--scope", "read")
+    assert post_mcp(served, Authorization=f"Bearer {reader}").status_code == 403
+
+
+async def test_a_request_outlives_a_restart_of_serve(env: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM while a call waits: the server stops at once (the call's
+    stream ends with it), and the handle the first progress notification
+    gave still works after the restart."""
+    own = {
+        **env,
+        "THREADBOT_DB": str(tmp_path / "own.db"),
+        "THREADBOT_SMTP": f"127.0.0.1:{free_port()}",
+    }
+    server = ServerProcess(own).start()
+    try:
+        bob, ann = [await asyncio.to_thread(token_for, own, p) for p in ("bob", "ann")]
+        progress = Progress()
+        # The client loses its connection: how it reports that is its own affair.
+        with contextlib.suppress(Exception):
+            async with over_http(server, bob) as session:
+                call = asyncio.create_task(
+                    session.call_tool(
+                        "ask_human",
+                        {"question": "Still there?", "person": "ann"},
+                        progress_callback=progress,
+                    )
+                )
+                await asyncio.wait_for(progress.first.wait(), 20)
+                server.proc.terminate()
+                await call
+        assert await asyncio.to_thread(server.proc.wait, 20) == 0
+    finally:
+        server.stop()
+    handle = progress.messages[0].rsplit("handle ", 1)[1].rstrip(")")
+    again = ServerProcess(own, server.port).start()
+    try:
+        async with over_http(again, bob) as session:
+            waiting = structured(await session.call_tool("get_answer", {"handle": handle}))
+            assert waiting["status"] == "waiting"
+            answered = await api(
+                again, ann, "POST", f"/threads/{handle}/responses", {"text": "yes"}
+            )
+            assert answered.status_code == 202
+            later = structured(await session.call_tool("get_answer", {"handle": handle}))
+        assert (later["status"], later["answer"]) == ("answered", "yes")
+    finally:
+        again.stop()

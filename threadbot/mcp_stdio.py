@@ -57,7 +57,6 @@ async def run_mcp_stdio(settings: Settings, person: str | None) -> None:
             bot.add_channel("email", EmailChannel(bot, email_settings))
         channel = McpChannel(bot, lambda ctx: source)
         await channel.server.run_stdio_async()
-        channel.stop()
     finally:
         await bot.close()
         bot.store.close()

@@ -346,7 +346,6 @@ async def serve(settings: Settings) -> None:
             # uvicorn waits for every open response to end, and event
             # streams end only when told to.
             streams.close()
-            asked.stop()  # calls waiting for a person return their handle
             await super().shutdown(sockets)
 
     server = Server(
