@@ -260,15 +260,18 @@ class ThreadBot:
         """Start a thread that only asks a person `question` (an MCP
         client's `ask_human`): no model runs, and the answer ends the thread.
         `person` (the people directory's id or a `group:`) is asked and may
-        answer; else whoever decides approvals by default (the deployment's
-        approvers, the person `source` is if known, else the admins). They
-        are reached on their channels like any question. Returns the id."""
+        answer; else the person `source` is, if the directory knows them;
+        else whoever decides approvals by default (the deployment's
+        approvers, else the admins). They are reached on their channels like
+        any question. Returns the id."""
         question = question.strip()
         if not question:
             raise UsageError("a question cannot be empty")
         choices = [str(o).strip() for o in options]
         if any(not o for o in choices) or len(set(choices)) != len(choices):
             raise UsageError("options must be different non-empty texts")
+        if person is None and self.people.identify(source) is not None:
+            person = source.person or source.user
         named = self._known(() if person is None else (person,))
         arguments: dict[str, Any] = {"question": question}
         if choices:

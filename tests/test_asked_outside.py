@@ -104,6 +104,7 @@ async def test_a_question_reaches_the_person_named_and_their_answer_ends_the_thr
 
 
 async def test_without_a_person_the_asker_themself_is_asked(bot: ThreadBot) -> None:
+    bot.people.approvers = ("ann",)  # who decides approvals, not who is asked
     thread_id = await bot.ask("Ship it today?", source=AGENT)
     await bot.settle(thread_id)
     [notice] = mailbox(bot).notices
@@ -111,6 +112,15 @@ async def test_without_a_person_the_asker_themself_is_asked(bot: ThreadBot) -> N
     await bot.respond(thread_id, "yes", source=by("bob@example.com"))
     await bot.settle(thread_id)
     assert bot.get(thread_id).state.status == "done"
+
+
+async def test_without_a_person_an_unknown_asker_reaches_the_approvers(bot: ThreadBot) -> None:
+    bot.people.approvers = ("ann",)
+    stranger = Source(channel="mcp", name="local operator", auth="operator", admin=True)
+    thread_id = await bot.ask("Ship it today?", source=stranger)
+    await bot.settle(thread_id)
+    [notice] = mailbox(bot).notices
+    assert [p.id for p in notice.reach] == ["ann"]
 
 
 async def test_an_approval_is_decided_by_its_approvers_and_runs_nothing(
