@@ -7,6 +7,8 @@ and streamable HTTP: tests/test_threadbot_mcp.py.)"""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from bot import OpenAIModel, People, Person, Source, ThreadBot
 from bot.events import Timers
 from channels.mcp import McpChannel
 
-from .fakes import FakeOpenAI, text
+from .fakes import REPO, FakeOpenAI, text
 
 pytestmark = pytest.mark.anyio
 
@@ -153,3 +155,15 @@ async def test_get_answer_refuses_threads_that_are_not_mcp_requests(
         for handle in (other, "../../etc", "x" * 64):
             result = await client.call_tool("get_answer", {"handle": handle})
             assert result.is_error and "no request with handle" in str(result.content)
+
+
+def test_the_wait_benchmark_runs_small() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.mcp_wait", "--rounds", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "3 ask_human calls" in out.stdout and "answer -> result:  p50" in out.stdout
