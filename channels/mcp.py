@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -50,6 +51,9 @@ DETAILS_MAX = 20_000
 OPTIONS_MAX = 20
 OPTION_MAX = 200
 PEOPLE_MAX = 20
+WAITING_MAX = 16
+"""Calls one identity may have waiting at once (each holds a connection and
+a watch): more ask with `wait: false` and poll."""
 
 Status = Literal["waiting", "answered", "approved", "rejected", "cancelled", "failed"]
 
@@ -92,6 +96,8 @@ class McpChannel:
         self.bot = bot
         self.identify = identify
         self.progress_every = progress_every
+        self._waiting: Counter[str] = Counter()
+        """Calls waiting, by who made them."""
         self.server = self._build()
 
     def http_routes(self) -> list[BaseRoute]:
@@ -136,10 +142,11 @@ class McpChannel:
                 len(options) > OPTIONS_MAX or any(len(o) > OPTION_MAX for o in options)
             ):
                 raise ToolError(f"at most {OPTIONS_MAX} options of {OPTION_MAX} characters")
+            self._may_wait(source, wait)
             thread_id = await self._open(
                 lambda: self.bot.ask(question, options=options or (), person=person, source=source)
             )
-            return await self._answer(thread_id, ctx, wait)
+            return await self._answer(thread_id, ctx, wait, source)
 
         @server.tool()
         async def request_approval(
@@ -158,12 +165,13 @@ class McpChannel:
                 raise ToolError(f"details have at most {DETAILS_MAX} characters")
             if approvers is not None and len(approvers) > PEOPLE_MAX:
                 raise ToolError(f"at most {PEOPLE_MAX} approvers")
+            self._may_wait(source, wait)
             thread_id = await self._open(
                 lambda: self.bot.ask_approval(
                     action, details, approvers=approvers or (), source=source
                 )
             )
-            return await self._answer(thread_id, ctx, wait)
+            return await self._answer(thread_id, ctx, wait, source)
 
         @server.tool()
         async def get_answer(handle: str, ctx: Context) -> Outcome:
@@ -189,9 +197,28 @@ class McpChannel:
 
     # -- waiting ----------------------------------------------------------------
 
-    async def _answer(self, thread_id: str, ctx: Context, wait: bool) -> Outcome:
+    def _may_wait(self, source: Source, wait: bool) -> None:
+        if wait and self._waiting[_holder(source)] >= WAITING_MAX:
+            raise ToolError(
+                f"{WAITING_MAX} of your calls are waiting already: ask with wait false "
+                "and look with get_answer(handle)"
+            )
+
+    async def _answer(self, thread_id: str, ctx: Context, wait: bool, source: Source) -> Outcome:
         if not wait:
             return self._outcome(thread_id)
+        holder = _holder(source)
+        self._waiting[holder] += 1
+        try:
+            return await self._follow(thread_id, ctx)
+        finally:
+            self._waiting[holder] -= 1
+            if not self._waiting[holder]:
+                del self._waiting[holder]
+
+    async def _follow(self, thread_id: str, ctx: Context) -> Outcome:
+        """Until the request is settled (or the bot closes), telling the
+        client every `progress_every` seconds that it still waits."""
         began = time.monotonic()
         await self._progress(ctx, thread_id, began)
         watch = self._watch(thread_id)
@@ -256,6 +283,11 @@ class McpChannel:
         if status == "failed":
             return Outcome(handle=thread_id, status="failed")
         return Outcome(handle=thread_id, status="waiting")
+
+
+def _holder(source: Source) -> str:
+    """Whose a waiting call is: one authenticated identity."""
+    return f"{source.auth}:{source.person or source.user or source.name}"
 
 
 def _who(event: dict[str, Any]) -> dict[str, Any]:

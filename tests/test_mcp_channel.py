@@ -18,7 +18,7 @@ from mcp import Client
 
 from bot import OpenAIModel, People, Person, Source, ThreadBot
 from bot.events import Timers
-from channels.mcp import McpChannel
+from channels.mcp import WAITING_MAX, McpChannel
 
 from .fakes import REPO, FakeOpenAI, text
 
@@ -122,6 +122,37 @@ async def test_a_cancelled_request_and_a_deadline_end_the_wait(bot: ThreadBot) -
         "no answer by the deadline",
         "deadline",
     )
+
+
+async def test_one_identity_has_at_most_sixteen_calls_waiting(bot: ThreadBot) -> None:
+    channel = McpChannel(bot, lambda ctx: AGENT)
+    firsts = [Progress(wanted=1) for _ in range(WAITING_MAX)]
+    async with Client(channel.server) as client:
+        calls = [
+            asyncio.create_task(
+                client.call_tool("ask_human", {"question": f"q{i}"}, progress_callback=p)
+            )
+            for i, p in enumerate(firsts)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(p.enough.wait() for p in firsts)), 20)
+        refused = await client.call_tool("ask_human", {"question": "one more"})
+        assert refused.is_error and "wait false" in str(refused.content)
+        polled = outcome(
+            await client.call_tool("ask_human", {"question": "one more", "wait": False})
+        )
+        assert polled["status"] == "waiting"
+        mine = Progress(wanted=1)
+        for p in firsts:
+            await bot.respond(p.handle(), "ok", source=AGENT)
+        for call in calls:
+            assert outcome(await asyncio.wait_for(call, 10))["answer"] == "ok"
+        again = asyncio.create_task(
+            client.call_tool("ask_human", {"question": "again"}, progress_callback=mine)
+        )
+        await asyncio.wait_for(mine.enough.wait(), 10)  # waiting again: the count went down
+        await bot.respond(mine.handle(), "fine", source=AGENT)
+        assert outcome(await asyncio.wait_for(again, 10))["answer"] == "fine"
+    assert len(bot.threads()) == WAITING_MAX + 2  # the refused call opened nothing
 
 
 @pytest.mark.parametrize(
