@@ -16,7 +16,8 @@ module only translates, waits and reports. A call waits for the answer,
 telling the client how long it has waited in progress notifications (the
 first at once, with the handle); with `wait: false` it returns the handle
 at once, for `get_answer`. A handle is shown only to whoever may see its
-thread: the identity that asked, the people asked, the admins.
+thread: the identity that asked, the people asked, the admins. One identity
+has at most `WAITING_MAX` calls waiting.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import anyio
@@ -38,7 +40,7 @@ from bot import Source, ThreadBot, ThreadbotError, Watch
 
 from .auth import identity_of
 
-__all__ = ["PROGRESS_EVERY", "McpChannel", "Outcome"]
+__all__ = ["PROGRESS_EVERY", "WAITING_MAX", "McpChannel", "RequestState", "http_identity"]
 
 CHANNEL = "mcp"
 
@@ -58,7 +60,7 @@ a watch): more ask with `wait: false` and poll."""
 Status = Literal["waiting", "answered", "approved", "rejected", "cancelled", "failed"]
 
 
-class Outcome(BaseModel):
+class RequestState(BaseModel):
     """Where a request stands: the tools' structured result."""
 
     handle: str = Field(description="The request's thread id: get_answer(handle) looks again.")
@@ -101,10 +103,10 @@ class McpChannel:
         self.server = self._build()
 
     def http_routes(self) -> list[BaseRoute]:
-        """The `/mcp` route for the HTTP server, and the session manager it
-        needs running (`self.server.session_manager.run()`). The server's
-        own Host and Origin checks stand in front of it (channels/guard.py),
-        so the SDK's are off."""
+        """The `/mcp` route for the HTTP server; it serves while
+        `self.server.session_manager.run()` runs. The server's own Host and
+        Origin checks stand in front of it (channels/guard.py), so the SDK's
+        are off."""
         app = self.server.streamable_http_app(
             streamable_http_path="/mcp",
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
@@ -130,7 +132,7 @@ class McpChannel:
             options: list[str] | None = None,
             person: str | None = None,
             wait: bool = True,
-        ) -> Outcome:
+        ) -> RequestState:
             """Ask a person a question and return their answer. `options`: the
             answers to choose from; `person`: who to ask (the people file's id
             or group:NAME; by default the person this client acts for, or the
@@ -142,11 +144,13 @@ class McpChannel:
                 len(options) > OPTIONS_MAX or any(len(o) > OPTION_MAX for o in options)
             ):
                 raise ToolError(f"at most {OPTIONS_MAX} options of {OPTION_MAX} characters")
-            self._may_wait(source, wait)
-            thread_id = await self._open(
-                lambda: self.bot.ask(question, options=options or (), person=person, source=source)
-            )
-            return await self._answer(thread_id, ctx, wait, source)
+            with self._slot(source, wait):
+                thread_id = await self._open(
+                    lambda: self.bot.ask(
+                        question, options=options or (), person=person, source=source
+                    )
+                )
+                return await self._answer(thread_id, ctx, wait)
 
         @server.tool()
         async def request_approval(
@@ -155,26 +159,27 @@ class McpChannel:
             details: str = "",
             approvers: list[str] | None = None,
             wait: bool = True,
-        ) -> Outcome:
+        ) -> RequestState:
             """Ask for approval of `action` (one line) with `details`, and
             return the decision: approved true or false, by whom, and why.
             `approvers`: who may decide (people's ids, group:NAME); by default
-            the deployment's approvers. With `wait` false, returns a handle at once."""
+            the deployment's approvers, else the person this client acts for.
+            With `wait` false, returns a handle at once."""
             source = self.identify(ctx)
             if len(details) > DETAILS_MAX:
                 raise ToolError(f"details have at most {DETAILS_MAX} characters")
             if approvers is not None and len(approvers) > PEOPLE_MAX:
                 raise ToolError(f"at most {PEOPLE_MAX} approvers")
-            self._may_wait(source, wait)
-            thread_id = await self._open(
-                lambda: self.bot.ask_approval(
-                    action, details, approvers=approvers or (), source=source
+            with self._slot(source, wait):
+                thread_id = await self._open(
+                    lambda: self.bot.ask_approval(
+                        action, details, approvers=approvers or (), source=source
+                    )
                 )
-            )
-            return await self._answer(thread_id, ctx, wait, source)
+                return await self._answer(thread_id, ctx, wait)
 
         @server.tool()
-        async def get_answer(handle: str, ctx: Context) -> Outcome:
+        async def get_answer(handle: str, ctx: Context) -> RequestState:
             """Where a request made with ask_human or request_approval stands:
             waiting, or its answer or decision."""
             source = self.identify(ctx)
@@ -184,7 +189,7 @@ class McpChannel:
             # someone else made tells nothing.
             if origin.get("channel") != CHANNEL or not self.bot.may_see(handle, source):
                 raise ToolError(f"no request with handle {handle!r} that you may see")
-            return self._outcome(handle)
+            return self._state(handle)
 
         return server
 
@@ -197,26 +202,31 @@ class McpChannel:
 
     # -- waiting ----------------------------------------------------------------
 
-    def _may_wait(self, source: Source, wait: bool) -> None:
-        if wait and self._waiting[_holder(source)] >= WAITING_MAX:
+    @contextmanager
+    def _slot(self, source: Source, wait: bool) -> Iterator[None]:
+        """One of the caller's `WAITING_MAX` waiting calls, taken before the
+        request is opened (a refused call opens nothing)."""
+        if not wait:
+            yield
+            return
+        holder = _holder(source)
+        if self._waiting[holder] >= WAITING_MAX:
             raise ToolError(
                 f"{WAITING_MAX} of your calls are waiting already: ask with wait false "
                 "and look with get_answer(handle)"
             )
-
-    async def _answer(self, thread_id: str, ctx: Context, wait: bool, source: Source) -> Outcome:
-        if not wait:
-            return self._outcome(thread_id)
-        holder = _holder(source)
         self._waiting[holder] += 1
         try:
-            return await self._follow(thread_id, ctx)
+            yield
         finally:
             self._waiting[holder] -= 1
             if not self._waiting[holder]:
                 del self._waiting[holder]
 
-    async def _follow(self, thread_id: str, ctx: Context) -> Outcome:
+    async def _answer(self, thread_id: str, ctx: Context, wait: bool) -> RequestState:
+        return await self._follow(thread_id, ctx) if wait else self._state(thread_id)
+
+    async def _follow(self, thread_id: str, ctx: Context) -> RequestState:
         """Until the request is settled (or the bot closes), telling the
         client every `progress_every` seconds that it still waits."""
         began = time.monotonic()
@@ -224,9 +234,9 @@ class McpChannel:
         watch = self._watch(thread_id)
         try:
             while True:
-                outcome = self._outcome(thread_id)  # read once the watch is made: nothing is missed
-                if outcome.status != "waiting":
-                    return outcome
+                state = self._state(thread_id)  # read once the watch is made: nothing is missed
+                if state.status != "waiting":
+                    return state
                 news = True
                 with anyio.move_on_after(self.progress_every) as waited:
                     news = await _news(watch)
@@ -235,7 +245,7 @@ class McpChannel:
                 elif not news and watch.lost:
                     watch = self._watch(thread_id)  # fell behind: look again from now
                 elif not news:
-                    return self._outcome(thread_id)  # the bot is closing
+                    return self._state(thread_id)  # the bot is closing
         finally:
             watch.close()
 
@@ -251,7 +261,7 @@ class McpChannel:
             round(waited, 1), message=f"waiting for {what} (handle {thread_id})"
         )
 
-    def _outcome(self, thread_id: str) -> Outcome:
+    def _state(self, thread_id: str) -> RequestState:
         """The request's state, read from its thread as the HTTP API shows it."""
         body = self.bot.get(thread_id).json()
         events: list[dict[str, Any]] = body["events"]
@@ -260,7 +270,7 @@ class McpChannel:
         call_id = call["call_id"] if call is not None else None
         for e in events:
             if e["type"] == "human_response" and e["call_id"] == call_id:
-                return Outcome(
+                return RequestState(
                     handle=thread_id,
                     status="answered",
                     answer=e["text"],
@@ -269,7 +279,7 @@ class McpChannel:
                 )
             if e["type"] == "approval" and e["call_id"] == call_id:
                 approved = bool(e["approved"])
-                return Outcome(
+                return RequestState(
                     handle=thread_id,
                     status="approved" if approved else "rejected",
                     approved=approved,
@@ -277,12 +287,12 @@ class McpChannel:
                     **_who(e),
                 )
             if e["type"] == "cancelled":
-                return Outcome(
+                return RequestState(
                     handle=thread_id, status="cancelled", comment=e.get("reason"), **_who(e)
                 )
         if status == "failed":
-            return Outcome(handle=thread_id, status="failed")
-        return Outcome(handle=thread_id, status="waiting")
+            return RequestState(handle=thread_id, status="failed")
+        return RequestState(handle=thread_id, status="waiting")
 
 
 def _holder(source: Source) -> str:
