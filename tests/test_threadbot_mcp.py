@@ -203,6 +203,7 @@ async def test_ask_human_over_http_answered_by_mail(
         assert "handle " in progress.messages[0]
         request = await asyncio.to_thread(mail_to, relay, ANN, since)
         assert "Which region for the new cluster?" in text_of(request)
+        assert "Bob asked me for this through an agent (MCP)." in text_of(request)
         await asyncio.to_thread(reply_by_mail, served, request, "2", ANN)
         out = structured(await asyncio.wait_for(call, 30))
     assert out["status"] == "answered"
