@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import smtplib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,8 +27,11 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from .fakes import REPO, FakeOpenAI, ServerProcess, clean_environ, free_port
 from .mail_fake import CaptureRelay, text_of
+from .slack_fake import SECRET, FakeSlack, SlackSender
 from .test_http import env_for
 from .test_identity import token_for
+from .test_slack import posts
+from .test_slack_deadlines import buttons, msg, updated
 
 pytestmark = pytest.mark.anyio
 
@@ -422,3 +426,67 @@ async def test_a_request_outlives_a_restart_of_serve(env: dict[str, str], tmp_pa
         assert (later["status"], later["answer"]) == ("answered", "yes")
     finally:
         again.stop()
+
+
+# -- Slack -----------------------------------------------------------------------
+
+SLACK_PEOPLE = (
+    PEOPLE
+    + """
+[people.sam]
+name = "Sam Ortiz"
+slack = "USAM"
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack().serve() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def with_slack(
+    env: dict[str, str], slack: FakeSlack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    d = tmp_path_factory.mktemp("mcp-slack")
+    (d / "people.toml").write_text(SLACK_PEOPLE)
+    s = ServerProcess(
+        {
+            **env,
+            "THREADBOT_DB": str(d / "threadbot.db"),
+            "THREADBOT_PEOPLE": str(d / "people.toml"),
+            "THREADBOT_SMTP": f"127.0.0.1:{free_port()}",
+            "THREADBOT_API_TOKEN": "mcp-admin",
+            "SLACK_BOT_TOKEN": "xoxb-test",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+        }
+    ).start()
+    yield s
+    s.stop()
+
+
+async def test_request_approval_reaches_an_approver_in_slack_who_clicks_approve(
+    with_slack: ServerProcess, slack: FakeSlack
+) -> None:
+    progress = Progress()
+    async with over_http(with_slack, "mcp-admin") as session:
+        call = asyncio.create_task(
+            session.call_tool(
+                "request_approval",
+                {"action": "rotate the api keys", "details": "all of them", "approvers": ["sam"]},
+                progress_callback=progress,
+            )
+        )
+        await asyncio.wait_for(progress.first.wait(), 20)
+        dm = (await asyncio.to_thread(posts, slack, "DUSAM", 1))[0]
+        assert "tb_approve" in buttons(dm) and "rotate the api keys" in json.dumps(dm["blocks"])
+        clicked = await asyncio.to_thread(
+            SlackSender(with_slack.url).click, "USAM", msg(dm), "DUSAM", "tb_approve"
+        )
+        assert clicked.status_code == 200
+        out = structured(await asyncio.wait_for(call, 30))
+    assert (out["status"], out["approved"], out["via"]) == ("approved", True, "slack")
+    await asyncio.to_thread(updated, slack, dm["_ts"], "Approved by <@USAM>")
