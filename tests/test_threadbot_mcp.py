@@ -217,6 +217,7 @@ async def test_ask_human_over_http_answered_by_mail(
     # The thread is the MCP client's, as Bob, and ended with the answer.
     thread = (await api(served, tokens["bob"], "GET", f"/threads/{out['handle']}")).json()
     assert thread["status"] == "done"
+    assert f"agents: MCP at {served.url}/mcp" in served.output()  # the banner says where
     origin = thread["events"][0]["source"]
     assert (origin["channel"], origin["person"]) == ("mcp", "bob")
     assert origin["auth"].startswith("token:")

@@ -225,6 +225,9 @@ def _banner(
             else f"written to {es.outbox} (set THREADBOT_SMTP_RELAY)"
         )
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
+    lines.append(
+        f"  agents: MCP at http://{host}:{port}/mcp (ask_human, request_approval, get_answer)"
+    )
     if settings.webhooks:
         where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
         lines.append(
