@@ -5,7 +5,7 @@ decision ends the thread."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from bot import (
 )
 from bot.events import Approval, HumanResponse, Timers, ToolCall, UserMessage
 from bot.notices import ApprovalRequest, Question
-from store import EventStore
+from store import Store
 
 from .fakes import FakeOpenAI
 
@@ -53,10 +53,11 @@ class Mailbox:
 
 
 @pytest.fixture
-async def bot(tmp_path: Path, fake_openai: FakeOpenAI) -> Any:
+async def bot(make_store: Callable[[], Store], fake_openai: FakeOpenAI) -> Any:
+    """On SQLite and on PostgreSQL."""
     model = OpenAIModel("fake-model", base_url=fake_openai.base_url, api_key="test")
     b = ThreadBot(
-        EventStore(tmp_path / "t.db"),
+        make_store(),
         model,
         people=People([ANN, BOB, ROOT]),
         question_timers=Timers(deadline=3600),
@@ -65,7 +66,6 @@ async def bot(tmp_path: Path, fake_openai: FakeOpenAI) -> Any:
     b.add_channel("email", Mailbox())
     yield b
     await b.close()
-    b.store.close()
 
 
 def mailbox(bot: ThreadBot) -> Mailbox:
