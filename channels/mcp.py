@@ -72,6 +72,11 @@ class RequestState(BaseModel):
     by: str | None = Field(None, description="Who answered or decided (a name or an address).")
     via: str | None = Field(None, description="How they were authenticated: email:signed, slack…")
     at: str | None = Field(None, description="When (ISO 8601, UTC).")
+    reached: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Who was asked on which channel (email, slack: people's ids); "
+        "empty when no channel reaches them (the web page and the HTTP API still show it).",
+    )
 
 
 Identify = Callable[[Context], Source]
@@ -268,10 +273,12 @@ class McpChannel:
         status = body["status"]
         call = next((e for e in events if e["type"] == "tool_call"), None)
         call_id = call["call_id"] if call is not None else None
+        reached = {ch: list(ids) for ch, ids in ((call or {}).get("reach") or {}).items()}
         for e in events:
             if e["type"] == "human_response" and e["call_id"] == call_id:
                 return RequestState(
                     handle=thread_id,
+                    reached=reached,
                     status="answered",
                     answer=e["text"],
                     option=e.get("option"),
@@ -281,6 +288,7 @@ class McpChannel:
                 approved = bool(e["approved"])
                 return RequestState(
                     handle=thread_id,
+                    reached=reached,
                     status="approved" if approved else "rejected",
                     approved=approved,
                     comment=e.get("comment"),
@@ -288,11 +296,15 @@ class McpChannel:
                 )
             if e["type"] == "cancelled":
                 return RequestState(
-                    handle=thread_id, status="cancelled", comment=e.get("reason"), **_who(e)
+                    handle=thread_id,
+                    reached=reached,
+                    status="cancelled",
+                    comment=e.get("reason"),
+                    **_who(e),
                 )
-        if status == "failed":
-            return RequestState(handle=thread_id, status="failed")
-        return RequestState(handle=thread_id, status="waiting")
+        return RequestState(
+            handle=thread_id, reached=reached, status="failed" if status == "failed" else "waiting"
+        )
 
 
 def _holder(source: Source) -> str:

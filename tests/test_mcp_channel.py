@@ -112,6 +112,7 @@ async def test_a_cancelled_request_and_a_deadline_end_the_wait(bot: ThreadBot) -
     channel = McpChannel(bot, lambda ctx: AGENT)
     async with Client(channel.server) as client:
         asked = outcome(await client.call_tool("request_approval", {"action": "x", "wait": False}))
+        assert asked["reached"] == {}  # this bot has no channel: the client can tell
         await bot.cancel(asked["handle"], "no longer needed", source=AGENT)
         cancelled = outcome(await client.call_tool("get_answer", {"handle": asked["handle"]}))
         assert (cancelled["status"], cancelled["comment"]) == ("cancelled", "no longer needed")

@@ -213,6 +213,7 @@ async def test_ask_human_over_http_answered_by_mail(
     assert out["status"] == "answered"
     assert (out["answer"], out["option"]) == ("us", "us")
     assert (out["by"], out["via"]) == ("Ann Lee", "email:signed")
+    assert out["reached"] == {"email": ["ann"]}
     assert out["handle"] in progress.messages[0]
     # The thread is the MCP client's, as Bob, and ended with the answer.
     thread = (await api(served, tokens["bob"], "GET", f"/threads/{out['handle']}")).json()
@@ -490,4 +491,5 @@ async def test_request_approval_reaches_an_approver_in_slack_who_clicks_approve(
         assert clicked.status_code == 200
         out = structured(await asyncio.wait_for(call, 30))
     assert (out["status"], out["approved"], out["via"]) == ("approved", True, "slack")
+    assert out["reached"] == {"slack": ["sam"]}
     await asyncio.to_thread(updated, slack, dm["_ts"], "Approved by <@USAM>")
