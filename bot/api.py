@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -64,9 +64,9 @@ from .notices import (
 from .observe import Observer
 from .people import People, deciders, may_settle, takes_part
 from .render import pending_json, thread_json, thread_markdown
-from .runner import Runner
+from .runner import Runner, reach
 from .thread import ENDED, HUMAN_INPUT, OpenCall, Pending, ThreadState, derive, waiting_summary
-from .tools import Toolbox
+from .tools import Toolbox, merge_timers
 from .webhooks import Webhooks
 
 __all__ = ["IN_PROCESS", "AwaitingDecision", "Receipt", "ThreadBot", "ThreadView"]
@@ -253,6 +253,107 @@ class ThreadBot:
             await self.log.create(thread_id, [first], routes=routes)
         except DuplicateKey as e:
             return e.thread_id
+        self.runner.kick(thread_id)
+        return thread_id
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        options: Sequence[str] = (),
+        person: str | None = None,
+        source: Source,
+    ) -> str:
+        """Start a thread that only asks a person `question` (an MCP
+        client's `ask_human`): no model runs, and the answer ends the thread.
+        `person` (the people directory's id or a `group:`) is asked and may
+        answer; else the person `source` is, if the directory knows them;
+        else whoever decides approvals by default (the deployment's
+        approvers, else the admins). They are reached on their channels like
+        any question. Returns the id."""
+        question = question.strip()
+        if not question:
+            raise UsageError("a question cannot be empty")
+        choices = [str(o).strip() for o in options]
+        if any(not o for o in choices) or len(set(choices)) != len(choices):
+            raise UsageError("options must be different non-empty texts")
+        if person is None and self.people.identify(source) is not None:
+            person = source.person or source.user
+        named = self._known(() if person is None else (person,))
+        arguments: dict[str, Any] = {"question": question}
+        if choices:
+            arguments["options"] = choices
+        call = ToolCall(
+            call_id=f"call_{uuid.uuid4().hex[:12]}",
+            name=HUMAN_INPUT,
+            arguments=arguments,
+            approvers=named,
+            timers=self._runner_settings["question_timers"],
+            external=True,
+        )
+        return await self._start_waiting(question, call, source)
+
+    async def ask_approval(
+        self,
+        action: str,
+        details: str,
+        *,
+        approvers: Sequence[str] = (),
+        source: Source,
+    ) -> str:
+        """Start a thread that only waits for a decision on `action` (an MCP
+        client's `request_approval`): nothing runs and no model is called;
+        the decision ends the thread. `approvers` (people's ids, `group:`s)
+        decide, else the deployment's rule for calls that name nobody; the
+        operator's approval timers apply. Returns the id."""
+        action = action.strip()
+        if not action or len(action) > 200 or len(action.splitlines()) != 1:
+            raise UsageError("an action is one line of at most 200 characters")
+        named = self._known(approvers)
+        call = ToolCall(
+            call_id=f"call_{uuid.uuid4().hex[:12]}",
+            name=action,
+            arguments={"details": details.strip()},
+            requires_approval=True,
+            approvers=named,
+            timers=merge_timers(None, self._runner_settings["approval_timers"]),
+            external=True,
+        )
+        text = f"Approval requested: {action}"
+        if details.strip():
+            text += f"\n\n{details.strip()}"
+        return await self._start_waiting(text, call, source)
+
+    def _known(self, specs: Sequence[str]) -> tuple[str, ...]:
+        """`specs` as the directory names them; refused if anyone is unknown."""
+        out = []
+        for spec in (s.strip() for s in specs):
+            if spec.startswith("group:"):
+                if not any(p.matches(spec) for p in self.people.persons):
+                    raise UsageError(f"{spec!r} is no group of the people file")
+                out.append(spec)
+                continue
+            found = self.people.find(spec)
+            if found is None:
+                raise UsageError(f"{spec!r} is not someone this deployment knows")
+            out.append(found.id)
+        return tuple(dict.fromkeys(out))
+
+    async def _start_waiting(self, text: str, call: ToolCall, source: Source) -> str:
+        """A thread whose first message is `text` and which waits on `call`
+        at once, its people reached on their channels (its own channel, the
+        asker's, delivers nothing of it)."""
+        first = UserMessage(text=text, source=source)
+        decide = deciders(self.people, call.approvers, source)
+        call = call.model_copy(
+            update={
+                "reach": reach(
+                    self.people, self.runner.outbound, source, decide.specs, starter_too=True
+                )
+            }
+        )
+        thread_id = uuid.uuid4().hex[:16]
+        await self.log.create(thread_id, [first, call])
         self.runner.kick(thread_id)
         return thread_id
 

@@ -165,6 +165,10 @@ class ToolCall(_Base):
     reach: dict[str, tuple[str, ...]] | None = None
     """People to reach on channels other than the thread's own (channel →
     their ids), worked out when the call was made."""
+    external: bool | None = None
+    """Asked from outside (an MCP client's `ask_human` or `request_approval`),
+    not by the model: nothing runs and no model is called; its answer or
+    decision ends the thread."""
 
 
 class ToolStarted(_Base):

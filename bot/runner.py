@@ -64,7 +64,7 @@ from .thread import HUMAN_INPUT, OpenCall, ThreadState, Timer
 from .tools import Toolbox, ToolContext, merge_timers
 from .webhooks import Webhooks, WebhookSender
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "reach"]
 
 log = logging.getLogger("threadbot.runner")
 
@@ -114,6 +114,32 @@ def _is_dead(owner: str, me: str) -> bool:
 def _reaches(channel: Outbound | None, person: Person) -> bool:
     reaches = getattr(channel, "reaches", None)
     return bool(reaches and reaches(person))
+
+
+def reach(
+    people: People,
+    outbound: Mapping[str, Outbound],
+    origin: Source | None,
+    specs: Sequence[str],
+    *,
+    starter_too: bool = False,
+) -> dict[str, tuple[str, ...]] | None:
+    """Where each person `specs` names is reached on their own (a direct
+    message, a mail): on the thread's own channel if it reaches them, else
+    on the first other channel that does. The person who started the thread
+    is there already, unless `starter_too` (a thread whose own channel
+    delivers nothing, such as an MCP client's)."""
+    home = origin.channel if origin is not None else ""
+    order = sorted(outbound.items(), key=lambda item: item[0] != home)
+    out: dict[str, tuple[str, ...]] = {}
+    for person in people.expand(specs):
+        if not starter_too and origin is not None and people.named(origin, (person.id,)):
+            continue
+        for name, channel in order:
+            if _reaches(channel, person):
+                out[name] = (*out.get(name, ()), person.id)
+                break
+    return out or None
 
 
 class Runner:
@@ -654,22 +680,7 @@ class Runner:
         return call.model_copy(update={"timers": timers, "reach": reach})
 
     def _reach(self, thread: Thread, specs: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
-        """Where each person `specs` names is reached on their own (a direct
-        message, a mail): on the thread's own channel if it reaches them,
-        else on the first other channel that does. The person who started
-        the thread is there already."""
-        origin = thread.state.origin
-        home = origin.channel if origin is not None else ""
-        order = sorted(self.outbound.items(), key=lambda item: item[0] != home)
-        out: dict[str, tuple[str, ...]] = {}
-        for person in self.people.expand(specs):
-            if origin is not None and self.people.named(origin, (person.id,)):
-                continue
-            for name, channel in order:
-                if _reaches(channel, person):
-                    out[name] = (*out.get(name, ()), person.id)
-                    break
-        return out or None
+        return reach(self.people, self.outbound, thread.state.origin, specs)
 
     def _fire(self, thread: Thread, timer: Timer) -> list[Event]:
         """The events a due timer makes: a reminder, an escalation, or the

@@ -344,6 +344,8 @@ class Fold:
             case HumanResponse():
                 if (c := self.open_calls.pop(e.call_id, None)) is not None:
                     self._resolve(c, Resolution("answer", seq, e.source, c.seq))
+                    if c.call.external:
+                        self._ended, self._closing = "answer", seq
                 self._batch_of.pop(e.call_id, None)
                 if not by_deadline(e.source):
                     self.errors = self.turns = 0
@@ -395,6 +397,12 @@ class Fold:
             approvals = (*c.approvals, e)
             if len(approvals) < (c.call.approvals_required or 1) and not by_deadline(e.source):
                 self.open_calls[e.call_id] = c._replace(approvals=approvals)
+            elif c.call.external:
+                # Nothing runs: the decision is the thread's outcome.
+                del self.open_calls[e.call_id]
+                self._batch_of.pop(e.call_id, None)
+                self._resolve(c, Resolution("approved", seq, e.source, c.seq))
+                self._ended, self._closing = "answer", seq
             else:
                 self.open_calls[e.call_id] = c._replace(approval=e, approvals=approvals)
                 self._resolve(c, Resolution("approved", seq, e.source, c.seq))
@@ -403,6 +411,8 @@ class Fold:
             self._batch_of.pop(e.call_id, None)
             kind: Literal["rejected", "responded"] = "responded" if e.responded else "rejected"
             self._resolve(c, Resolution(kind, seq, e.source, c.seq))
+            if c.call.external:
+                self._ended, self._closing = "answer", seq
         if not by_deadline(e.source):
             self.errors = self.turns = 0
 

@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run the bot: HTTP API and channels")
+    s = sub.add_parser(
+        "mcp", help="be an MCP server on stdio: ask_human, request_approval, get_answer"
+    )
+    s.add_argument("--person", help="who the MCP client acts for (the people file's id)")
     s = sub.add_parser("launch", help="start a thread")
     s.add_argument("text")
     s = sub.add_parser("reply", help="answer the question a thread asks")
@@ -428,6 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .serve import run_serve
 
             run_serve(settings)
+            return 0
+        if args.command == "mcp":
+            from .mcp_stdio import run_mcp_stdio
+
+            asyncio.run(run_mcp_stdio(settings, args.person))
             return 0
         if args.command == "tokens":
             _tokens(settings, args)

@@ -275,6 +275,9 @@ def _banner(
         )
         lines.append(f"  email:  SMTP on {es.listen} for {es.address}; outbound {out}")
     lines.append(f"  traces: {traces}")
+    lines.append(
+        f"  agents: MCP at http://{host}:{port}/mcp (ask_human, request_approval, get_answer)"
+    )
     if settings.webhooks:
         where = "THREADBOT_WEBHOOK_SECRET" if settings.webhook_secret else "the database"
         lines.append(
@@ -300,7 +303,7 @@ def _auth_line(settings: Settings, people: People) -> str:
     return ", ".join(ways) + (f"; {len(people.persons)} people" if people.persons else "")
 
 
-def _outbox_beside(db: str) -> str:
+def outbox_beside(db: str) -> str:
     """Without a relay, outbound mail is kept next to the database (or in
     the working directory, for a database on a server)."""
     if is_postgres_url(db):
@@ -338,6 +341,7 @@ async def serve(settings: Settings) -> None:
     from channels import web
     from channels.email import EmailChannel, EmailSettings
     from channels.http import create_app, protect
+    from channels.mcp import McpChannel, http_identity
     from channels.slack import SlackChannel, SlackSettings
     from channels.sse import Streams
     from channels.web.sign_in import SignInSettings, mount_sign_in
@@ -364,7 +368,7 @@ async def serve(settings: Settings) -> None:
             installations = build_slack_installations(settings, slack_settings)
         slack = SlackChannel(bot, slack_settings, installations)
         bot.add_channel("slack", slack)
-    email_settings = EmailSettings.from_env(outbox=_outbox_beside(settings.db))
+    email_settings = EmailSettings.from_env(outbox=outbox_beside(settings.db))
     mail: EmailChannel | None = None
     if email_settings is not None:
         mail = EmailChannel(bot, email_settings)
@@ -373,6 +377,8 @@ async def serve(settings: Settings) -> None:
     streams = Streams()
     app = create_app(bot, streams=streams)
     web.mount(app)
+    asked = McpChannel(bot, http_identity(bot))
+    app.router.routes[0:0] = asked.http_routes()
     mount_sign_in(
         app,
         credentials=bot.credentials,
@@ -424,7 +430,8 @@ async def serve(settings: Settings) -> None:
     print(banner, file=sys.stderr, flush=True)
     try:
         with _stopping_in_order(server):
-            await server.serve()
+            async with asked.server.session_manager.run():
+                await server.serve()
     finally:
         if slack is not None:
             await slack.stop()

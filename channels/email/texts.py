@@ -32,6 +32,7 @@ _WHERE = {
     "api": "through the API",
     "email": "by email",
     "web": "on the web page",
+    "mcp": "through an agent (MCP)",
 }
 
 _ON_DEADLINE = {
