@@ -73,6 +73,9 @@ CLAIM_MARGIN = 5.0
 IN_FLIGHT = 16
 """Webhooks sent at once, at most."""
 
+AGAIN = 0.05
+"""Seconds before looking again at webhooks due but not started."""
+
 
 @dataclass(frozen=True)
 class Webhooks:
@@ -244,15 +247,24 @@ class WebhookSender:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            started = 0
             try:
                 self._take_back()
-                self._start_due()
+                started = self._start_due()
                 following = self.outbox.next_at()
             except Exception:
                 log.exception("reading the webhook outbox failed; trying again shortly")
                 following = None
-            wait = LOOK if following is None else min(LOOK, following - time.time())
-            if wait > 0:
+            if following is None or len(self._sending) >= IN_FLIGHT:
+                wait = LOOK  # `_sent` wakes this when a slot frees
+            else:
+                wait = min(LOOK, following - time.time())
+            if wait <= 0 and started:
+                await asyncio.sleep(0)  # the agent shares this loop
+            else:
+                # Until the next is due, or news; never less than AGAIN, so
+                # that one due but not startable here is not looked at in a spin.
+                wait = max(wait, AGAIN)
                 # Not asyncio.wait_for: on Python 3.11 it loses a cancellation
                 # that comes as the event is set, and `stop` would wait forever.
                 with contextlib.suppress(TimeoutError):
@@ -267,10 +279,13 @@ class WebhookSender:
                 n = self.outbox.release(owner, time.time())
                 log.info("%d webhook(s) left by %s sent again", n, owner)
 
-    def _start_due(self) -> None:
+    def _start_due(self) -> int:
+        """Start sending what is due, as far as there are free slots; returns
+        how many were started."""
         room = IN_FLIGHT - len(self._sending)
         if room <= 0:
-            return
+            return 0
+        started = 0
         now = time.time()
         until = now + self.settings.timeout + CLAIM_MARGIN
         for due in self.outbox.due(now, limit=room):
@@ -279,6 +294,8 @@ class WebhookSender:
             task = asyncio.get_running_loop().create_task(self._send(due))
             self._sending.add(task)
             task.add_done_callback(self._sent)
+            started += 1
+        return started
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
@@ -303,14 +320,21 @@ class WebhookSender:
         error: str | None = None
         started = time.monotonic()
         try:
-            async with self._client.stream(
-                "POST",
-                due.url,
-                content=due.payload.encode(),
-                headers=headers,
-                timeout=self.settings.timeout,
-            ) as response:
+            # The whole attempt is bounded, not only each read: a receiver
+            # that trickles its answer would otherwise outlive its claim.
+            async with (
+                asyncio.timeout(self.settings.timeout),
+                self._client.stream(
+                    "POST",
+                    due.url,
+                    content=due.payload.encode(),
+                    headers=headers,
+                    timeout=self.settings.timeout,
+                ) as response,
+            ):
                 status = response.status_code
+        except TimeoutError:
+            status, error = None, f"no answer within {self.settings.timeout:g} s"
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as e:
             error = f"{type(e).__name__}: {e}".rstrip(": ")
         duration = time.monotonic() - started

@@ -96,9 +96,11 @@ class Outbox:
                 [due.id, due.url, attempt, at, status, error, duration],
             )
             self.db.execute(
+                # Only the attempt that was claimed: one that outlived its
+                # claim must not undo what a later attempt recorded.
                 "UPDATE webhook_outbox SET attempts = ?, state = ?, next_at = ?, "
-                "claimed_by = NULL WHERE id = ? AND url = ?",
-                [attempt, state, next_at, due.id, due.url],
+                "claimed_by = NULL WHERE id = ? AND url = ? AND attempts = ? AND state = 'pending'",
+                [attempt, state, next_at, due.id, due.url, due.attempts],
             )
 
     def claimants(self) -> list[str]:

@@ -442,3 +442,54 @@ async def test_two_servers_on_one_database_deliver_each_webhook_once(
     answered = [r.id for r in receiver.got if r.answered == 204]
     assert sorted(answered) == sorted(f"msg_{t}_1" for t in ids)
     assert len(receiver.got) == 12  # one 500 and one 204 each: no retry sent twice
+
+
+def test_more_webhooks_due_than_can_be_sent_at_once_are_all_sent_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    """One more webhook due than the sender sends at once, to a receiver that
+    answers at once: every one arrives, and the agent's other work on the
+    same loop keeps running meanwhile (the sender once spun without yielding
+    once its slots were full)."""
+    import threading
+
+    from bot.webhooks import IN_FLIGHT, WebhookSender
+    from store.queries import INSERT_OUTBOX
+
+    secret = new_secret()
+    store = EventStore(tmp_path / "t.db")
+    ticks = 0
+    stop = threading.Event()
+    try:
+        with Receiver(secret).serve() as r:
+            now = time.time()
+            for i in range(IN_FLIGHT + 1):
+                body = json.dumps({"type": "thread.done", "data": {"i": i}})
+                store.execute(
+                    INSERT_OUTBOX, [f"msg_t{i}_1", r.url, "thread.done", f"t{i}", 1, body, now, now]
+                )
+
+            async def main() -> None:
+                nonlocal ticks
+                sender = WebhookSender(
+                    store, Webhooks((r.url,), secret), owner="me", is_gone=lambda _: False
+                )
+                sender.start()
+                while not stop.is_set():  # the agent's other work on the loop
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+                await sender.stop()
+
+            loop = threading.Thread(target=lambda: asyncio.run(main()))
+            loop.start()
+            r.wait_for(lambda rr: len(rr.got) == IN_FLIGHT + 1, timeout=10)
+            assert sorted(g.id for g in r.got) == sorted(f"msg_t{i}_1" for i in range(IN_FLIGHT + 1))
+            seen = ticks
+            deadline = time.monotonic() + 10
+            while ticks == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ticks > seen
+    finally:
+        stop.set()
+        loop.join(10)
+        store.close()

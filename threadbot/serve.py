@@ -468,4 +468,6 @@ def _stopping_in_order(server: uvicorn.Server) -> Iterator[None]:
 
 def run_serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # httpx logs every request's whole URL at INFO; a webhook's may hold a token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(serve(settings))
