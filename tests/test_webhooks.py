@@ -483,7 +483,8 @@ def test_more_webhooks_due_than_can_be_sent_at_once_are_all_sent_and_the_loop_go
             loop = threading.Thread(target=lambda: asyncio.run(main()))
             loop.start()
             r.wait_for(lambda rr: len(rr.got) == IN_FLIGHT + 1, timeout=10)
-            assert sorted(g.id for g in r.got) == sorted(f"msg_t{i}_1" for i in range(IN_FLIGHT + 1))
+            wanted = sorted(f"msg_t{i}_1" for i in range(IN_FLIGHT + 1))
+            assert sorted(g.id for g in r.got) == wanted
             seen = ticks
             deadline = time.monotonic() + 10
             while ticks == seen and time.monotonic() < deadline:
