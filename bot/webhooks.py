@@ -95,13 +95,19 @@ class Webhooks:
 
     def __post_init__(self) -> None:
         check_urls(self.urls)
+        # Strictly: the library decodes loosely, and a receiver with a strict
+        # decoder would read another key from a sloppy one.
+        prefix, _, key = self.secret.partition("_")
         try:
+            size = len(base64.b64decode(key, validate=True))
             Webhook(self.secret)
         except Exception:
+            size = 0
+        if prefix != "whsec" or not 24 <= size <= 64:
             raise UsageError(
-                "the webhook secret must be whsec_ followed by base64 "
+                "the webhook secret must be whsec_ followed by 24 to 64 bytes in base64 "
                 "(as `threadbot serve` generates one)"
-            ) from None
+            )
 
     def delay(self, attempts: int) -> float:
         """The wait after the `attempts`th failed attempt, with jitter (so

@@ -297,8 +297,19 @@ def row_values(row: Any) -> tuple[str, str, str, int]:
 def test_settings_refuse_a_bad_url_or_secret(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="http"):
         Webhooks(("ftp://example.com/x",), SECRET)
-    with pytest.raises(UsageError, match="whsec_"):
-        Webhooks(("https://example.com/x",), "not base64!")
+    import base64
+
+    for weak in (
+        "not base64!",
+        "hunter2",  # no prefix
+        "whsec_AAAA",  # 3 bytes
+        "whsec_" + base64.b64encode(b"k" * 16).decode(),  # too short
+        "whsec_" + base64.b64encode(b"k" * 32).decode() + "$$",  # loose base64
+        "wh_" + base64.b64encode(b"k" * 32).decode(),
+    ):
+        with pytest.raises(UsageError, match="whsec_ followed by 24 to 64 bytes"):
+            Webhooks(("https://example.com/x",), weak)
+    Webhooks(("https://example.com/x",), "whsec_" + base64.b64encode(b"k" * 24).decode())
     env = {"THREADBOT_DB": str(tmp_path / "t.db"), "THREADBOT_WEBHOOKS": "example.com/hooks"}
     refused = cli(env, "--local", "threads")
     assert refused.returncode == 1
@@ -399,13 +410,21 @@ def test_a_change_made_from_the_shell_waits_in_the_outbox_for_the_server(
         THREADBOT_WEBHOOKS="https://example.com/hooks",
         THREADBOT_WEBHOOK_SECRET=SECRET,
     )
+    # A mistyped database is named, not read as one with no webhooks.
+    missing = cli(env, "webhooks", "log")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == f"threadbot: --db {db_path}: no such database file\n"
+    assert cli(env, "--local", "threads").returncode == 0
     assert cli(env, "webhooks", "log").stdout == "no webhooks\n"
     launched = cli(env, "--local", "launch", "deploy")
     assert launched.returncode == 0, launched.stderr
     log = cli(env, "webhooks", "log")
     [line] = log.stdout.splitlines()
     assert line.startswith("pending  msg_") and "thread.waiting" in line
-    assert line.endswith("https://example.com/hooks")
+    assert line.endswith("https://example.com/…")  # a path may hold a token
+    for bad in ("0", "-1", "x"):
+        refused = cli(env, "webhooks", "log", "--limit", bad)
+        assert refused.returncode == 2 and "--limit" in refused.stderr, refused.stderr
 
 
 async def test_two_servers_on_one_database_deliver_each_webhook_once(

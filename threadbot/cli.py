@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     hsub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     s = hsub.add_parser("log", help="the latest attempts, newest first, then those still to send")
     s.add_argument("--thread", help="only this thread's webhooks")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=_at_least_one, default=50, help="attempts and pending shown, each")
     s = sub.add_parser(
         "migrate", help="copy every thread into another database (SQLite to PostgreSQL, say)"
     )
@@ -370,10 +370,21 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> None:
         store.close()
 
 
-def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
-    """The delivery log, read from the database (as `tokens` is)."""
-    from store import Outbox, open_store
+def _at_least_one(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
 
+
+def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
+    """The delivery log, read from the database (as `tokens` is). URLs are
+    shown by their origin: a path may hold a token."""
+    from bot.webhooks import shown
+    from store import Outbox, is_postgres_url, open_store
+
+    if not is_postgres_url(settings.db) and not Path(settings.db).is_file():
+        raise UsageError(f"--db {settings.db}: no such database file")
     store = open_store(settings.db)
     try:
         outbox = Outbox(store)
@@ -383,11 +394,13 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
             error = f"  {a.error}" if a.error and a.status is None else ""
             print(
                 f"{_iso(a.at)}  {a.id}  {a.type:<16} #{a.attempt:<2} {result:>3} "
-                f"{a.duration * 1000:6.0f} ms  {a.state:<9} {a.url}{error}"
+                f"{a.duration * 1000:6.0f} ms  {a.state:<9} {shown(a.url)}{error}"
             )
         waiting = [d for d in outbox.pending() if args.thread in (None, d.thread_id)]
-        for d in waiting:
-            print(f"pending  {d.id}  {d.type:<16} next try {_iso(d.next_at)}  {d.url}")
+        for d in waiting[: args.limit]:
+            print(f"pending  {d.id}  {d.type:<16} next try {_iso(d.next_at)}  {shown(d.url)}")
+        if len(waiting) > args.limit:
+            print(f"… and {len(waiting) - args.limit} more pending")
         if not attempts and not waiting:
             print("no webhooks")
     finally:
