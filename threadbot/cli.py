@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     hsub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     s = hsub.add_parser("log", help="the latest attempts, newest first, then those still to send")
     s.add_argument("--thread", help="only this thread's webhooks")
-    s.add_argument("--limit", type=_at_least_one, default=50, help="attempts and pending shown, each")
+    s.add_argument("--limit", type=_at_least_one, default=50, help="how many of each to show")
     s = sub.add_parser(
         "migrate", help="copy every thread into another database (SQLite to PostgreSQL, say)"
     )
