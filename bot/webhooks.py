@@ -73,6 +73,12 @@ CLAIM_MARGIN = 5.0
 IN_FLIGHT = 16
 """Webhooks sent at once, at most."""
 
+KEEP = 7 * 86400.0
+"""Seconds a delivered or given-up webhook stays in the log."""
+
+PRUNE_EVERY = 3600.0
+"""Seconds between prunings of the log."""
+
 AGAIN = 0.05
 """Seconds before looking again at webhooks due but not started."""
 
@@ -220,6 +226,7 @@ class WebhookSender:
         self._is_gone = is_gone
         self._signer = Webhook(settings.secret)
         self._wake = asyncio.Event()
+        self._pruned_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
@@ -255,6 +262,7 @@ class WebhookSender:
             self._wake.clear()
             started = 0
             try:
+                self._prune()
                 self._take_back()
                 started = self._start_due()
                 following = self.outbox.next_at()
@@ -277,6 +285,14 @@ class WebhookSender:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
 
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            n = self.outbox.prune(now - KEEP)
+            if n:
+                log.info("%d webhook(s) older than %d days left the log", n, KEEP // 86400)
+
     def _take_back(self) -> None:
         """Webhooks claimed by a sender that died (a killed process) are due
         again at once, rather than when its claims run out."""
@@ -295,6 +311,21 @@ class WebhookSender:
         now = time.time()
         until = now + self.settings.timeout + CLAIM_MARGIN
         for due in self.outbox.due(now, limit=room):
+            if due.url not in self.settings.urls:
+                # The operator took this URL out: it gets nothing more.
+                self.outbox.record(
+                    due,
+                    at=now,
+                    status=None,
+                    error="not sent: the URL is no longer in THREADBOT_WEBHOOKS",
+                    duration=0.0,
+                    state="failed",
+                    next_at=now,
+                )
+                log.warning(
+                    "webhook %s to %s dropped: URL no longer configured", due.id, shown(due.url)
+                )
+                continue
             if not self.outbox.claim(due, self.owner, until):
                 continue  # another process's sender took it
             task = asyncio.get_running_loop().create_task(self._send(due))

@@ -103,6 +103,21 @@ class Outbox:
                 [attempt, state, next_at, due.id, due.url, due.attempts],
             )
 
+    def prune(self, before: float) -> int:
+        """Forget the webhooks made before `before` that are delivered or
+        given up, with their attempts; returns how many."""
+        with self.db.atomic():
+            self.db.execute(
+                "DELETE FROM webhook_attempts WHERE (id, url) IN (SELECT id, url "
+                "FROM webhook_outbox WHERE state <> 'pending' AND created_at < ?)",
+                [before],
+            )
+            cursor = self.db.execute(
+                "DELETE FROM webhook_outbox WHERE state <> 'pending' AND created_at < ?",
+                [before],
+            )
+        return int(cursor.rowcount)
+
     def claimants(self) -> list[str]:
         """The senders holding claims on pending webhooks."""
         rows = self.db.execute(

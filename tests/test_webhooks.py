@@ -513,3 +513,67 @@ def test_more_webhooks_due_than_can_be_sent_at_once_are_all_sent_and_the_loop_go
         stop.set()
         loop.join(10)
         store.close()
+
+
+async def test_the_log_forgets_old_webhooks_and_a_url_taken_out_gets_nothing(
+    make_store: Callable[[], Store],
+) -> None:
+    """The sender forgets delivered and given-up webhooks older than a week
+    (with their attempts), keeps what is pending however old, and sends
+    nothing more to a URL no longer configured: its webhooks are given up,
+    with the reason in the log."""
+    from bot.webhooks import KEEP, WebhookSender
+    from store.queries import INSERT_OUTBOX
+
+    store = make_store()
+    secret = new_secret()
+    with Receiver(secret).serve() as r:
+        gone = "http://127.0.0.1:9/taken-out"
+        now = time.time()
+        old = now - KEEP - 60
+
+        def put(msg: str, url: str, created: float) -> None:
+            body = json.dumps({"type": "thread.done", "data": {}})
+            store.execute(INSERT_OUTBOX, [msg, url, "thread.done", "t", 1, body, created, created])
+
+        put("msg_old_1", r.url, old)
+        put("msg_old_2", r.url, old)
+        put("msg_recent_1", r.url, now - 60)
+        outbox = Outbox(store)
+        for due in outbox.due(now):
+            if due.id in ("msg_old_1", "msg_recent_1"):
+                outbox.record(
+                    due,
+                    at=now,
+                    status=204,
+                    error=None,
+                    duration=0.01,
+                    state="delivered",
+                    next_at=now,
+                )
+        put("msg_removed_1", gone, now)
+        # msg_old_2 is still pending: it is sent, not forgotten.
+        sender = WebhookSender(
+            store, Webhooks((r.url,), secret), owner="me", is_gone=lambda _: False
+        )
+        sender.start()
+        try:
+            await asyncio.to_thread(r.wait_for, lambda rr: len(rr.got) == 1)
+            async with asyncio.timeout(10):
+                while outbox.pending():
+                    await asyncio.sleep(0.02)
+        finally:
+            await sender.stop()
+    assert [g.id for g in r.got] == ["msg_old_2"]
+    kept = store.execute("SELECT id, state FROM webhook_outbox ORDER BY id").fetchall()
+    assert [tuple(k) for k in kept] == [
+        ("msg_old_2", "delivered"),
+        ("msg_recent_1", "delivered"),
+        ("msg_removed_1", "failed"),
+    ]
+    attempts = store.execute("SELECT id, error FROM webhook_attempts ORDER BY id").fetchall()
+    assert [tuple(a) for a in attempts] == [
+        ("msg_old_2", None),
+        ("msg_recent_1", None),
+        ("msg_removed_1", "not sent: the URL is no longer in THREADBOT_WEBHOOKS"),
+    ]
