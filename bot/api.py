@@ -62,7 +62,7 @@ from .notices import (
     read_decision,
 )
 from .observe import Observer
-from .people import People, deciders, may_settle, takes_part
+from .people import ADMINS, People, deciders, may_settle, takes_part
 from .render import pending_json, thread_json, thread_markdown
 from .runner import Runner, reach
 from .thread import ENDED, HUMAN_INPUT, OpenCall, Pending, ThreadState, derive, waiting_summary
@@ -310,12 +310,26 @@ class ThreadBot:
         if not action or len(action) > 200 or len(action.splitlines()) != 1:
             raise UsageError("an action is one line of at most 200 characters")
         named = self._known(approvers)
+        allowed = self.people.approvers
+        if allowed and not source.admin:
+            # A caller narrows the deployment's approvers; it never widens them.
+            for spec in named:
+                person = None if spec.startswith("group:") else self.people.find(spec)
+                if spec not in allowed and not (person and any(map(person.matches, allowed))):
+                    raise UsageError(
+                        f"{spec!r} is not among this deployment's approvers (THREADBOT_APPROVERS)"
+                    )
+        if not named and not allowed:
+            # Not the asker: an agent holding its person's token would approve itself.
+            named = (f"group:{ADMINS}",)
         call = ToolCall(
             call_id=f"call_{uuid.uuid4().hex[:12]}",
             name=action,
             arguments={"details": details.strip()},
             requires_approval=True,
             approvers=named,
+            # Four eyes: whoever asked through the client never decides it.
+            self_approval=False,
             timers=merge_timers(None, self._runner_settings["approval_timers"]),
             external=True,
         )

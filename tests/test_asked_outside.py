@@ -188,3 +188,38 @@ def test_settling_an_external_call_ends_the_thread_a_models_call_does_not() -> N
         state = derive([ask, call, decided])
         assert state.status == ("done" if external else "running")  # a model's call runs
         assert not state.open_calls if external else state.open_calls
+
+
+async def test_whoever_asked_never_decides_their_own_request(bot: ThreadBot) -> None:
+    """An agent holding Bob's token asks: naming Bob as approver, or naming
+    nobody where the deployment names no approvers, does not let Bob (nor
+    his token) approve it; the admins decide what names nobody."""
+    mine = await bot.ask_approval("deploy prod", "", approvers=["bob"], source=AGENT)
+    with pytest.raises(NotAllowed, match="four eyes"):
+        await bot.decide(mine, True, source=by("bob@example.com"))
+    with pytest.raises(NotAllowed):
+        await bot.decide(mine, True, source=AGENT)
+    nobody = await bot.ask_approval("deploy prod", "", source=AGENT)
+    with pytest.raises(NotAllowed):
+        await bot.decide(nobody, True, source=by("bob@example.com"))
+    with pytest.raises(NotAllowed):
+        await bot.decide(nobody, True, source=by("ann@example.com"))
+    await bot.decide(nobody, True, source=by("root@example.com"))
+    await bot.settle(nobody)
+    assert bot.get(nobody).state.status == "done"
+    assert bot.get(mine).state.status == "waiting_for_approval"
+
+
+async def test_a_caller_narrows_the_deployments_approvers_and_never_widens_them(
+    bot: ThreadBot,
+) -> None:
+    bot.people.approvers = ("group:ops",)
+    with pytest.raises(UsageError, match="not among this deployment's approvers"):
+        await bot.ask_approval("deploy prod", "", approvers=["bob"], source=AGENT)
+    with pytest.raises(UsageError, match="not among this deployment's approvers"):
+        await bot.ask_approval("deploy prod", "", approvers=["group:admins"], source=AGENT)
+    assert bot.threads() == []  # nothing opened
+    narrowed = await bot.ask_approval("deploy prod", "", approvers=["ann"], source=AGENT)
+    await bot.decide(narrowed, True, source=by("ann@example.com"))
+    await bot.settle(narrowed)
+    assert bot.get(narrowed).state.status == "done"
