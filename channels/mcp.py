@@ -30,11 +30,14 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, Field
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import Source, ThreadBot, ThreadbotError, Watch
 
@@ -116,6 +119,9 @@ class McpChannel:
             streamable_http_path="/mcp",
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
+        for route in app.routes:
+            if isinstance(route, Route):
+                route.app = _sessions_owned(route.app)
         return list(app.routes)
 
     # -- the tools ------------------------------------------------------------
@@ -305,6 +311,21 @@ class McpChannel:
         return RequestState(
             handle=thread_id, reached=reached, status="failed" if status == "failed" else "waiting"
         )
+
+
+def _sessions_owned(app: ASGIApp) -> ASGIApp:
+    """The SDK ties an MCP session to the user that opened it, and answers
+    anyone else as if it did not exist: the user here is the authenticated
+    identity, so one token cannot use or end another's session."""
+
+    async def owned(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            who = identity_of(scope).who
+            token = AccessToken(token="", client_id=who, scopes=[], subject=who)
+            scope = {**scope, "user": AuthenticatedUser(token)}
+        await app(scope, receive, send)
+
+    return owned
 
 
 def _holder(source: Source) -> str:

@@ -345,6 +345,21 @@ async def test_mcp_under_a_foreign_host_is_refused(
     assert refused.status_code == 400
 
 
+def test_an_mcp_session_is_its_tokens_only(served: ServerProcess, tokens: dict[str, str]) -> None:
+    """Another token that learns a session's id can neither use nor end it:
+    the server answers as if the session did not exist."""
+    opened = post_mcp(served, Authorization=f"Bearer {tokens['bob']}")
+    assert opened.status_code == 200
+    session = opened.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    for token, status in ((tokens["ann"], 404), (tokens["bob"], 200)):
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "mcp-session-id": session}
+        used = httpx.post(served.url + "/mcp", json=ping, headers=headers)
+        assert used.status_code == status, used.text
+    ann = {**MCP_HEADERS, "Authorization": f"Bearer {tokens['ann']}", "mcp-session-id": session}
+    assert httpx.delete(served.url + "/mcp", headers=ann).status_code == 404
+
+
 # -- stdio: threadbot mcp ------------------------------------------------------
 
 

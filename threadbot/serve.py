@@ -470,4 +470,6 @@ def run_serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # httpx logs every request's whole URL at INFO; a webhook's may hold a token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The MCP SDK logs each session's id at INFO: an id is a key to its session.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
     asyncio.run(serve(settings))
