@@ -46,6 +46,12 @@ class FakeSlack:
     users: dict[str, tuple[str, str]] = field(default_factory=dict)
     """The workspace's directory, as the test sets it: user id → (real
     name, email). Users not in it are unknown to users.info."""
+    enterprise: str | None = None
+    """The Enterprise Grid organization of the bot token's workspace, as
+    auth.test says it (None: no organization)."""
+    grid: dict[str, str] = field(default_factory=dict)
+    """Members of Enterprise Grid organizations: user id → organization id.
+    users.info knows them (with `enterprise_user`) from any workspace."""
 
     @property
     def api_url(self) -> str:
@@ -90,6 +96,7 @@ class FakeSlack:
                     "bot_id": "BBOT",
                     "team_id": "T1",
                     "user": "threadbot",
+                    **({"enterprise_id": self.enterprise} if self.enterprise else {}),
                 },
                 {},
             )
@@ -170,6 +177,13 @@ class FakeSlack:
             uid = args.get("user")
             found = users.get(uid) if isinstance(uid, str) else None
             error = "user_not_found"
+            with self.lock:
+                org = self.grid.get(uid) if isinstance(uid, str) else None
+            if org is not None:
+                name = found[0] if found else str(uid)
+                user = {"id": uid, "name": str(uid).lower(), "real_name": name}
+                user["enterprise_user"] = {"id": uid, "enterprise_id": org}
+                return 200, {"ok": True, "user": user}, {}
         else:
             email = str(args.get("email", "")).lower()
             uid = next((u for u, (_, e) in users.items() if e.lower() == email), None)

@@ -313,3 +313,124 @@ async def test_with_one_workspaces_token_someone_of_another_is_no_member(
         body = await settled(s.bot, "done")
         approval = next(e for e in body["events"] if e["type"] == "approval")
         assert (approval["source"]["user"], approval["source"]["member"]) == ("U1", True)
+
+
+class GridSender(SlackSender):
+    """Enterprise Grid: what a member of an organization whose own (home)
+    workspace is `home` does in a channel of T1. Slack gives `user.team_id`
+    as their home workspace (slackapi/bolt-js#1875)."""
+
+    def __init__(self, base_url: str, home: str, enterprise: str) -> None:
+        super().__init__(base_url)
+        self.home = home
+        self.enterprise = enterprise
+
+    def interaction(self, payload: dict[str, Any]) -> httpx.Response:
+        payload["user"]["team_id"] = self.home
+        payload["enterprise"] = {"id": self.enterprise, "name": "org"}
+        payload["is_enterprise_install"] = False
+        return SlackSender.interaction(self, payload)
+
+
+@tool(requires_approval=True, approvers=["W1", "W7"])
+def flush(cache: str) -> str:
+    """Flush a cache."""
+    return f"flushed {cache}"
+
+
+@pytest.mark.anyio
+async def test_in_an_organization_its_member_with_another_home_workspace_is_one_of_ours(
+    tmp_path: Path,
+) -> None:
+    """T1 belongs to the Enterprise Grid organization E1 (auth.test). W1,
+    a member of E1 whose home workspace is T2, clicks Approve in T1's
+    channel: Slack's directory says W1 is E1's, so W1 is one of ours, known
+    by their bare id, and approves. W7 of another organization (E2), whose
+    click says the same workspace and organization, is refused."""
+    model = ScriptedModel.of(
+        ModelReply(calls=(ModelCall("call_1", "flush", json.dumps({"cache": "edge"})),)),
+        say("Flushed."),
+    )
+    with FakeSlack(enterprise="E1", grid={"W1": "E1", "W7": "E2"}).serve() as grid:
+        async with serving(tmp_path / "t.db", grid, model, tools=[flush]) as s:
+            await s.event(mention("C_GRID", "flush the edge cache", user="W9", ts=new_ts()))
+            await settled(s.bot, "waiting_for_approval")
+            request = next(
+                a
+                for m, a in grid.live_calls("C_GRID")
+                if m == "chat.postMessage" and "Approval needed" in str(a.get("text"))
+            )
+            message = {"ts": request["_ts"], "blocks": request["blocks"]}
+            base = s.sender.url.removesuffix("/slack/events")
+            sender = GridSender(base, home="T2", enterprise="E1")
+            r = await asyncio.to_thread(sender.click, "W7", message, "C_GRID", "tb_approve")
+            assert r.status_code == 200
+            refusal = (await asyncio.to_thread(grid.wait_for, "chat.postEphemeral", 1))[-1]
+            assert refusal["user"] == "W7" and "members of the workspaces" in refusal["text"]
+            assert (await settled(s.bot))["status"] == "waiting_for_approval"
+
+            r = await asyncio.to_thread(sender.click, "W1", message, "C_GRID", "tb_approve")
+            assert r.status_code == 200
+            body = await settled(s.bot, "done")
+            approval = next(e for e in body["events"] if e["type"] == "approval")
+            assert (approval["source"]["user"], approval["source"]["member"]) == ("W1", True)
+            assert len(grid.called("chat.postEphemeral")) == 1
+            # Slack's directory was asked once about each (kept, not asked per click).
+            asked = sorted(c["user"] for c in grid.called("users.info"))
+            assert asked.count("W1") == 1 and asked.count("W7") == 1, asked
+
+
+def shared_event(sender: SlackSender, event: dict[str, Any]) -> httpx.Response:
+    """An event of a channel shared with other workspaces
+    (`is_ext_shared_channel`) that says nothing of the writer's workspace."""
+    body, _ = sender.signed_event(event)
+    payload = json.loads(body)
+    payload["is_ext_shared_channel"] = True
+    body = json.dumps(payload)
+    headers = {"Content-Type": "application/json", **signed_headers(body)}
+    return httpx.post(sender.url, content=body, headers=headers, timeout=10)
+
+
+@pytest.mark.anyio
+async def test_in_a_shared_channel_a_writer_of_no_known_workspace_is_no_member(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """An event of a Slack Connect channel that names no workspace for its
+    writer: they start nothing and are told so privately. (Outside shared
+    channels, an event without one is of our workspace, as before.)"""
+    model = ScriptedModel.of(say("Started for a known writer."))
+    async with serving(tmp_path / "t.db", slack, model) as s:
+        before = len(slack.called("chat.postEphemeral"))
+        ev = {"type": "app_mention", "user": "U1", "text": "<@UBOT> deploy all", "ts": new_ts()}
+        r = await asyncio.to_thread(shared_event, s.sender, {**ev, "channel": "C_EXT"})
+        assert r.status_code == 200
+        said = (await asyncio.to_thread(slack.wait_for, "chat.postEphemeral", before + 1))[-1]
+        assert said["user"] == "U1" and "members of the workspaces" in said["text"]
+        assert not s.bot.threads()
+
+        await s.event({**ev, "ts": new_ts(), "channel": "C_NOT_SHARED"})
+        assert (await settled(s.bot, "done"))["events"][0]["source"]["member"] is True
+
+
+@pytest.mark.anyio
+async def test_in_a_shared_channel_a_member_of_our_organization_of_no_known_workspace_is_ours(
+    tmp_path: Path,
+) -> None:
+    """The same, in a workspace of an Enterprise Grid organization: a writer
+    Slack's directory says is the organization's is one of ours."""
+    model = ScriptedModel.of(say("Started for an organization's member."))
+    with FakeSlack(enterprise="E1", grid={"W1": "E1", "W7": "E2"}).serve() as grid:
+        async with serving(tmp_path / "t.db", grid, model) as s:
+            ev = {"type": "app_mention", "text": "<@UBOT> hello", "channel": "C_EXT"}
+            r = await asyncio.to_thread(
+                shared_event, s.sender, {**ev, "user": "W7", "ts": new_ts()}
+            )
+            assert r.status_code == 200
+            await asyncio.to_thread(grid.wait_for, "chat.postEphemeral", 1)
+            assert not s.bot.threads()
+            r = await asyncio.to_thread(
+                shared_event, s.sender, {**ev, "user": "W1", "ts": new_ts()}
+            )
+            assert r.status_code == 200
+            source = (await settled(s.bot, "done"))["events"][0]["source"]
+            assert (source["user"], source["member"]) == ("W1", True)

@@ -247,6 +247,32 @@ async def test_where_slack_refuses_streaming_answers_are_posted_whole_and_it_is_
         slack.refuse_streaming = None
 
 
+async def test_a_markdown_link_posted_whole_shows_where_it_goes(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """The model's `[label](url)` with a label that looks like another
+    address: posted whole, the post shows the real address beside the label
+    (a link whose label is its address stays a plain link)."""
+    answer = (
+        "Log in again at [https://sso.example.com](https://evil.example/login) "
+        "or read [https://docs.example.com](https://docs.example.com)."
+    )
+    slack.refuse_streaming = "not_allowed"
+    try:
+        async with serving(tmp_path / "t.db", slack, ScriptedModel.of(say(answer))) as s:
+            await s.event(dm("D_LINK_WHOLE", "anything?"))
+            await settled(s.bot, "done")
+            posts = [a for m, a in slack.live_calls("D_LINK_WHOLE") if m == "chat.postMessage"]
+            shown = posts[0]["blocks"][0]["text"]["text"]
+            assert shown == (
+                "Log in again at https://sso.example.com (<https://evil.example/login>) "
+                "or read <https://docs.example.com>."
+            )
+            assert "|" not in shown
+    finally:
+        slack.refuse_streaming = None
+
+
 @tool(idempotent=True)
 def lookup(name: str) -> str:
     """Look a host up."""

@@ -234,7 +234,9 @@ class SlackChannel:
             raise ValueError("a request from Slack with no workspace")
         return context.team_id
 
-    async def _actor(self, context: AsyncBoltContext, home: Any) -> tuple[str | None, bool]:
+    async def _actor(
+        self, context: AsyncBoltContext, home: Any, user: str, *, shared: bool = False
+    ) -> tuple[str | None, bool]:
         """Who acted, beyond the workspace the request came through: their own
         workspace (`home`, as Slack gives it: `event.user_team`,
         `user.team_id`), which in a channel shared with another workspace
@@ -243,24 +245,48 @@ class SlackChannel:
         workspace the request came through, or (installed into several) of
         another one listed and installed. Anyone else is known by their own
         workspace's id, so never taken for someone of ours with the same id.
-        With one workspace's token, its members' ids stay bare."""
+        With one workspace's token, its members' ids stay bare.
+
+        In an Enterprise Grid organization, Slack gives a member's home
+        workspace, which may be another of the organization's: whoever Slack
+        says belongs to our workspace's organization is one of ours, known by
+        the id our workspace knows them by. In a channel `shared` with other
+        workspaces, a writer whose workspace Slack does not say is one of
+        ours only if they belong to our organization."""
         via = self._team(context)
         theirs = home if isinstance(home, str) and home else None
         if theirs is not None and theirs.startswith("E") and theirs == context.enterprise_id:
             # An organization's member, in one of its own workspaces.
             theirs = None
+        result = context.authorize_result
+        if theirs is None and not shared:
+            return via, True
         if self.settings.oauth:
-            if theirs is None or theirs == via:
+            if theirs == via:
+                return via, True
+            if await self._in_our_organization(context, user):
                 return via, True
             assert self.installations is not None  # settings.oauth
-            return theirs, await self.installations.installed(theirs)
+            return theirs or via, theirs is not None and await self.installations.installed(theirs)
         # One workspace's token: its workspace is the token's (auth.test),
         # whatever the payload says.
-        result = context.authorize_result
         ours = (result.team_id if result is not None else None) or context.team_id
-        if theirs is None or not ours or theirs == ours:
+        if theirs is not None and (not ours or theirs == ours):
+            return None, True
+        if await self._in_our_organization(context, user):
             return None, True
         return theirs, False
+
+    async def _in_our_organization(self, context: AsyncBoltContext, user: str) -> bool:
+        """Whether `user` belongs to the Enterprise Grid organization of the
+        workspace the request came through: its own (auth.test's, never the
+        payload's), and theirs as Slack's directory says it to our token."""
+        result = context.authorize_result
+        ours = result.enterprise_id if result is not None else None
+        if not ours or not user:
+            return False
+        found = await self.directory.user(user, self._team(context))
+        return found is not None and found.enterprise == ours
 
     def _first_time(self, key: str) -> bool:
         """For replies that write no event: say them once per Slack message."""
@@ -339,8 +365,10 @@ class SlackChannel:
             or (profile.get("team") if isinstance(profile, dict) else None)
             or event.get("team")
         )
-        their_team, member = await self._actor(context, home)
         channel, ts, user = event["channel"], event["ts"], event["user"]
+        their_team, member = await self._actor(
+            context, home, user, shared=body.get("is_ext_shared_channel") is True
+        )
         root = event.get("thread_ts") or ts
         text = _MENTION.sub("", event.get("text") or "").strip()
         key = f"slack:msg:{qualify(team, channel)}:{ts}"
@@ -434,7 +462,9 @@ class SlackChannel:
         team = self._team(context)
         value.update(ch=channel, ts=ts, team=team)
         refs = {"channel": channel, "ts": ts}
-        their_team, member = await self._actor(context, body["user"].get("team_id"))
+        their_team, member = await self._actor(
+            context, body["user"].get("team_id"), str(body["user"].get("id") or "")
+        )
         source = await self.directory.source(
             body["user"]["id"],
             refs={**refs, "team": team} if team else refs,
@@ -551,7 +581,9 @@ class SlackChannel:
             return
         team = self._team(context)
         refs = {"channel": ch, "ts": ts, "view": view.get("id", "")}
-        their_team, member = await self._actor(context, body["user"].get("team_id"))
+        their_team, member = await self._actor(
+            context, body["user"].get("team_id"), str(body["user"].get("id") or "")
+        )
         source = await self.directory.source(
             body["user"]["id"],
             refs={**refs, "team": team} if team else refs,

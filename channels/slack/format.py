@@ -36,6 +36,7 @@ Block = dict[str, Any]
 
 _converter = SlackMarkdownConverter()
 _QUOTE_MARK = re.compile(r"^(\s*)&gt;", re.MULTILINE)
+_LINK = re.compile(r"<([^|>]+)\|([^>]*)>")
 
 
 def escape(text: str) -> str:
@@ -46,10 +47,17 @@ def escape(text: str) -> str:
 def to_mrkdwn(markdown: str) -> str:
     """The model's Markdown as Slack mrkdwn: bold, italics, strikethrough,
     links, headings, lists and code converted; `&`, `<` and `>` escaped
-    (a `>` that starts a quote stays a quote)."""
+    (a `>` that starts a quote stays a quote). A link shows where it goes:
+    `label (<url>)`, so a label that looks like another address hides
+    nothing."""
     escaped = _QUOTE_MARK.sub(r"\1>", escape(markdown))
     converted: str = _converter.convert(escaped)
-    return converted.strip()
+    return _LINK.sub(_shown_link, converted).strip()
+
+
+def _shown_link(link: re.Match[str]) -> str:
+    url, label = link.group(1), link.group(2).strip()
+    return f"<{url}>" if label in ("", url) else f"{label} (<{url}>)"
 
 
 def split_mrkdwn(text: str, limit: int = SECTION_LIMIT) -> list[str]:

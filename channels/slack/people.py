@@ -52,6 +52,8 @@ class SlackUser:
     id: str
     name: str
     email: str | None
+    enterprise: str | None = None
+    """Their Enterprise Grid organization (`enterprise_user.enterprise_id`)."""
 
 
 def _user(raw: Any) -> SlackUser | None:
@@ -65,8 +67,13 @@ def _user(raw: Any) -> SlackUser | None:
         or raw.get("name")
         or ""
     )
+    grid = raw.get("enterprise_user")
+    enterprise = grid.get("enterprise_id") if isinstance(grid, dict) else None
     return SlackUser(
-        id=raw["id"], name=str(name), email=email if isinstance(email, str) and email else None
+        id=raw["id"],
+        name=str(name),
+        email=email if isinstance(email, str) and email else None,
+        enterprise=enterprise if isinstance(enterprise, str) and enterprise else None,
     )
 
 
