@@ -201,7 +201,7 @@ def posts(slack: FakeSlack, token: str, channel: str, count: int) -> list[dict[s
 
 def said(slack: FakeSlack, token: str, channel: str, count: int) -> list[tuple[str, str]]:
     """What threadbot said in `channel` with `token`, posted whole or
-    streamed (a model that streams makes the answer a streamed message):
+    streamed and stopped (a model that streams makes the answer a streamed message):
     (thread_ts, text) in order, once there are `count`."""
     deadline = time.monotonic() + 10
     while True:
@@ -217,6 +217,8 @@ def said(slack: FakeSlack, token: str, channel: str, count: int) -> list[tuple[s
                     for x in calls
                     if x.method in ("chat.appendStream", "chat.stopStream") and x.args["ts"] == ts
                 ]
+                if not any(x.method == "chat.stopStream" and x.args["ts"] == ts for x in calls):
+                    continue  # still being written
                 text = "".join(str(a.get("markdown_text") or "") for a in parts)
                 found.append((str(c.args.get("thread_ts")), text))
         if len(found) >= count:
