@@ -81,11 +81,11 @@ async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
 
 
 IN_PROCESS = Source(channel="api", auth="python", admin=True)
+"""Calls made by code in this process, without a source of their own: the
+operator's."""
 
 LOOK_ELSEWHERE = 1.0
 """Seconds between looks for other processes' writes while someone watches."""
-"""Calls made by code in this process, without a source of their own: the
-operator's."""
 
 READY_WITHIN = 2.0
 """Seconds the store has to answer a readiness check (`not_ready`)."""

@@ -367,7 +367,9 @@ def test_an_answer_through_one_replica_is_acted_on_at_once(
         assert result["seq"] > answered[tag]  # the answer came while the tool ran
         busy.append(ts(done["events"][result["seq"] + 1]) - ts(result))
     print(f"answer → next event: paused {summary(paused)}; busy, tool end → {summary(busy)}")
-    assert max(paused) < 1.0 and max(busy) < 1.0
+    # At once: B is woken by A's notification, not by a later look of its own
+    # (the margin is for a loaded machine).
+    assert max(paused) < 1.5 and max(busy) < 1.5
 
 
 def test_a_killed_replicas_threads_finish_on_the_other(
