@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -56,6 +56,12 @@ DETAILS_MAX = 20_000
 OPTIONS_MAX = 20
 OPTION_MAX = 200
 PEOPLE_MAX = 20
+OPENED_MAX = 60
+"""Requests one identity may open in OPENED_WINDOW (an admin, any number):
+each reaches people by mail or Slack, and a client in a loop would flood them."""
+
+OPENED_WINDOW = 3600.0
+
 WAITING_MAX = 16
 """Calls one identity may have waiting at once (each holds a connection and
 a watch): more ask with `wait: false` and poll."""
@@ -101,11 +107,19 @@ def http_identity(bot: ThreadBot) -> Identify:
 
 class McpChannel:
     def __init__(
-        self, bot: ThreadBot, identify: Identify, *, progress_every: float = PROGRESS_EVERY
+        self,
+        bot: ThreadBot,
+        identify: Identify,
+        *,
+        progress_every: float = PROGRESS_EVERY,
+        opened_max: int = OPENED_MAX,
     ) -> None:
         self.bot = bot
         self.identify = identify
         self.progress_every = progress_every
+        self.opened_max = opened_max
+        self._opened: dict[str, deque[float]] = {}
+        """When each identity opened its latest requests."""
         self._waiting: Counter[str] = Counter()
         """Calls waiting, by who made them."""
         self.server = self._build()
@@ -157,6 +171,7 @@ class McpChannel:
                 raise ToolError(f"at most {OPTIONS_MAX} options of {OPTION_MAX} characters")
             with self._slot(source, wait):
                 thread_id = await self._open(
+                    source,
                     lambda: self.bot.ask(
                         question, options=options or (), person=person, source=source
                     )
@@ -183,6 +198,7 @@ class McpChannel:
                 raise ToolError(f"at most {PEOPLE_MAX} approvers")
             with self._slot(source, wait):
                 thread_id = await self._open(
+                    source,
                     lambda: self.bot.ask_approval(
                         action, details, approvers=approvers or (), source=source
                     )
@@ -204,11 +220,21 @@ class McpChannel:
 
         return server
 
-    async def _open(self, start: Callable[[], Any]) -> str:
+    async def _open(self, source: Source, start: Callable[[], Any]) -> str:
+        now = time.monotonic()
+        opened = self._opened.setdefault(_holder(source), deque())
+        while opened and opened[0] <= now - OPENED_WINDOW:
+            opened.popleft()
+        if len(opened) >= self.opened_max and not source.admin:
+            raise ToolError(
+                f"you opened {len(opened)} requests in the last hour, the most one "
+                "client may: wait, or ask the operator"
+            )
         try:
             thread_id: str = await start()
         except ThreadbotError as e:
             raise ToolError(str(e)) from None
+        opened.append(now)
         return thread_id
 
     # -- waiting ----------------------------------------------------------------

@@ -199,3 +199,28 @@ def test_the_wait_benchmark_runs_small() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "3 ask_human calls" in out.stdout and "answer -> result:  p50" in out.stdout
+
+
+async def test_one_identity_opens_so_many_requests_an_hour_and_no_more(bot: ThreadBot) -> None:
+    """A client in a loop would mail people without end: past its share of
+    requests an hour, a call is a tool error and reaches nobody; another
+    identity still asks."""
+    caller = [AGENT]
+    channel = McpChannel(bot, lambda ctx: caller[0], opened_max=3)
+    async with Client(channel.server) as client:
+        for i in range(3):
+            asked = outcome(
+                await client.call_tool("ask_human", {"question": f"q{i}", "wait": False})
+            )
+            assert asked["status"] == "waiting"
+        for tool, args in (
+            ("ask_human", {"question": "q3", "wait": False}),
+            ("request_approval", {"action": "deploy", "wait": False}),
+        ):
+            refused = await client.call_tool(tool, args)
+            assert refused.is_error and "in the last hour" in str(refused.content)
+    assert len(bot.threads()) == 3
+    caller[0] = Source(channel="mcp", user="ann", person="ann", name="Ann", auth="token:t2")
+    async with Client(channel.server) as client:
+        asked = outcome(await client.call_tool("ask_human", {"question": "mine", "wait": False}))
+        assert asked["status"] == "waiting"

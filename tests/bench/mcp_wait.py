@@ -54,7 +54,7 @@ def _ms(values: list[float]) -> str:
 async def _run(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         bot = ThreadBot(EventStore(Path(d) / "bench.db"), ScriptedModel(), people=People([ANN]))
-        channel = McpChannel(bot, lambda ctx: AGENT)
+        channel = McpChannel(bot, lambda ctx: AGENT, opened_max=10**9)
         opened: list[float] = []
         answered: list[float] = []
         try:
