@@ -174,7 +174,7 @@ class McpChannel:
                     source,
                     lambda: self.bot.ask(
                         question, options=options or (), person=person, source=source
-                    )
+                    ),
                 )
                 return await self._answer(thread_id, ctx, wait)
 
@@ -201,7 +201,7 @@ class McpChannel:
                     source,
                     lambda: self.bot.ask_approval(
                         action, details, approvers=approvers or (), source=source
-                    )
+                    ),
                 )
                 return await self._answer(thread_id, ctx, wait)
 
